@@ -1,0 +1,53 @@
+# hashplane: two commands on a fresh machine.
+#   make demo   installs into .venv and runs the whole system embedded
+#   make test   installs the test dependencies and runs every test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstalls only when the project's dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+install: $(STAMP)
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	@# Debian packages the tests use (a real MQTT broker, headless Chromium) when root;
+	@# without root the tests fall back to the amqtt broker that pip installed.
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  echo "make: root: installing Debian packages mosquitto (MQTT broker for tests)"; \
+	  (command -v mosquitto >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null)) \
+	    || echo "make: apt-get failed; tests use the amqtt broker"; \
+	fi
+	touch $@
+
+install-test: $(TEST_STAMP)
+
+demo: install
+	$(BIN)/hashplane demo $(DEMO_ARGS)
+
+test: install-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check schemas streams agents connectors api sim bench tests
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

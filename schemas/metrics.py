@@ -1,0 +1,75 @@
+"""Derived facts computed by the agents (past tense: something was computed)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.envelope import Event
+
+Scope = Literal["worker", "device", "pool", "site"]
+
+
+class ShareRatioComputed(Event):
+    """Share ratios of one subject over one event-time window; later revisions supersede."""
+
+    kind: Literal["ShareRatioComputed"] = "ShareRatioComputed"
+    scope: Scope = Field(description="What the subject is: worker, device, pool or site")
+    subject: str = Field(description="Worker, device, pool URL or site the ratios are for")
+    window_s: int = Field(gt=0, description="Window length, s (60, 900, 3600)")
+    window_start: AwareDatetime = Field(description="Start of the window, UTC, inclusive")
+    window_end: AwareDatetime = Field(description="End of the window, UTC, exclusive")
+    final: bool = Field(default=False, description="The window is closed; no later revision")
+    accepted: int = Field(ge=0, description="Accepted shares in the window")
+    rejected: int = Field(ge=0, description="Rejected shares in the window")
+    stale: int = Field(ge=0, description="Stale shares in the window")
+    accepted_pct: float = Field(ge=0, le=100, description="Accepted share of all shares, %")
+    rejected_pct: float = Field(ge=0, le=100, description="Rejected share of all shares, %")
+    stale_pct: float = Field(ge=0, le=100, description="Stale share of all shares, %")
+    shares_per_s: float = Field(ge=0, description="All shares per second of window")
+    difficulty_accepted: float = Field(default=0.0, ge=0, description="Summed accepted difficulty")
+    difficulty_rejected: float = Field(default=0.0, ge=0, description="Summed rejected difficulty")
+    events: int = Field(ge=0, description="Share-count events folded into the window")
+
+
+class RewardComputed(Event):
+    """Seed-000 reward of one worker over one window."""
+
+    kind: Literal["RewardComputed"] = "RewardComputed"
+    worker: str = Field(description="Worker the reward is for")
+    window_s: int = Field(gt=0, description="Window length, s")
+    window_start: AwareDatetime = Field(description="Start of the window, UTC")
+    reward: float = Field(ge=0, le=100, description="Reward, 0-100")
+    accepted_pct: float = Field(ge=0, le=100, description="Worker's accepted %, of its shares")
+    rejected_pct: float = Field(ge=0, le=100, description="Worker's rejected %, of its shares")
+    temp_c: float | None = Field(default=None, description="GPU temperature used, °C")
+    temp_max_c: float = Field(default=90.0, description="T_max used, °C")
+    worker_accepted: int = Field(ge=0, description="Worker's accepted shares in the window")
+    cluster_accepted: int = Field(ge=0, description="Cluster's accepted shares in the window")
+
+
+class EnergyHeadroomComputed(Event):
+    """Supply, load and headroom of a site, and the target load the grid asks for."""
+
+    kind: Literal["EnergyHeadroomComputed"] = "EnergyHeadroomComputed"
+    supply_kw: float = Field(ge=0, description="Measured supply, sum of feeds, kW")
+    margin_kw: float = Field(ge=0, description="Safety margin subtracted from supply, kW")
+    available_kw: float = Field(description="supply_kw - margin_kw")
+    load_kw: float = Field(ge=0, description="Measured load, kW")
+    asic_load_kw: float = Field(ge=0, description="ASIC share of the load, kW")
+    gpu_load_kw: float = Field(ge=0, description="GPU share of the load, kW")
+    headroom_kw: float = Field(description="available_kw - load_kw")
+    frequency_hz: float | None = Field(default=None, description="Latest grid frequency, Hz")
+    band: str = Field(default="normal", description="Demand-response band in force")
+    target_load_kw: float = Field(ge=0, description="Load the site should run at, kW")
+
+
+class ComputeScoreComputed(Event):
+    """A compute score: seed-001 GPU score or seed-004 endpoint score."""
+
+    kind: Literal["ComputeScoreComputed"] = "ComputeScoreComputed"
+    scheme: Literal["gpu", "endpoint"] = Field(description="seed-001 gpu or seed-004 endpoint")
+    subject: str = Field(description="GPU, rig or endpoint scored")
+    score: float = Field(ge=0, description="Score value")
+    components: dict[str, float] = Field(default_factory=dict, description="Score components")

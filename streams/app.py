@@ -1,0 +1,67 @@
+"""The Faust app factory and the decode-at-the-edge helper every agent uses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from schemas.envelope import Event
+from streams.codec import DecodeError, dead_letter, decode, encode, encode_key
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, **overrides: Any) -> faust.App:
+    """A Faust app on ``settings.kafka_bootstrap`` with join timings that suit the broker.
+
+    Tables live in memory and are rebuilt from their changelog topics on start; the broker,
+    not local disk, is their durable copy.
+    """
+    conf: dict[str, Any] = {
+        "broker": f"kafka://{settings.kafka_bootstrap.replace(',', ';kafka://')}",
+        "store": "memory://",
+        "topic_replication_factor": settings.topic_replication,
+        "broker_rebalance_timeout": settings.worker_rebalance_timeout_s,
+        "broker_session_timeout": settings.worker_session_timeout_s,
+        "broker_heartbeat_interval": settings.worker_heartbeat_interval_s,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "web_enabled": False,
+        "table_standby_replicas": 0,
+        "stream_wait_empty": False,
+    }
+    conf.update(overrides)
+    return faust.App(settings.app_id, **conf)
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A Faust topic carrying raw bytes; the hashplane codec decodes at the edge."""
+    return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+
+async def send(topic: faust.TopicT, event: Event) -> None:
+    """Publish an event on a Faust topic, keyed by its registry key."""
+    await topic.send(key=encode_key(event), value=encode(event))
+
+
+async def decoded(
+    stream: faust.StreamT, topic_name: str, dlq: faust.TopicT, site: str, source: str
+) -> AsyncIterator[Event]:
+    """Yield the stream's records decoded; send undecodable ones to ``dlq`` and go on."""
+    async for ev in stream.events():
+        try:
+            yield decode(topic_name, ev.value)
+        except DecodeError as exc:
+            msg = ev.message
+            letter = dead_letter(
+                source_topic=topic_name, raw=ev.value, reason=exc.reason, site=site,
+                source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,
+                offset=msg.offset)
+            log.warning("dead-lettered %s@%s:%s: %s", topic_name, msg.partition, msg.offset,
+                        exc.reason)
+            await send(dlq, letter)

@@ -1,0 +1,278 @@
+"""``hashplane``: the command line. Every subcommand is a thin entry point (no I/O at import)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "api_port", None) is not None:
+        overrides["api_port"] = args.api_port
+    return Settings(**overrides)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from schemas.registry import TOPICS
+
+    if args.create:
+        from streams.topics import ensure_topics
+
+        created = asyncio.run(ensure_topics(_settings(args).kafka_bootstrap))
+        print(f"created {len(created)} topics: {', '.join(created) or '-'}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([t.as_dict() for t in TOPICS], indent=2))
+    else:
+        for t in TOPICS:
+            print(f"{t.name:18} key={t.key:10} schema={t.schema:24} partitions={t.partitions:<3}"
+                  f" retention={t.retention_ms // 3_600_000}h  {t.description}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.export import export_json_schemas
+
+    paths = export_json_schemas(Path(args.dir))
+    print(f"wrote {len(paths)} files to {args.dir}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from streams.history import HistoryStore
+
+    s = _settings(args)
+    store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+    try:
+        ran = store.migrate()
+    finally:
+        store.close()
+    print(f"{s.history_dsn}: applied {ran or 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from agents.workers import build_app
+
+    s = _settings(args)
+    app = build_app(s)
+    level = "warning" if s.log_level.upper() == "INFO" else s.log_level.lower()
+    worker = faust.Worker(app, loglevel=level, quiet=True,
+                          logfile=None, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from streams.history import HistoryStore
+    from streams.sink import HistorySink
+
+    s = _settings(args)
+    _logging(s.log_level)
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+        await asyncio.to_thread(store.migrate)
+        try:
+            await HistorySink(s, store).run(stop)
+        finally:
+            store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_api
+    from streams.history import HistoryStore
+
+    s = _settings(args)
+    store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+    store.migrate()
+    uvicorn.run(create_api(s, store), host=s.api_host, port=s.api_port, log_level="info")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import EmbeddedBroker
+    from streams.topics import ensure_topics
+
+    async def main() -> None:
+        broker = EmbeddedBroker(args.port)
+        await broker.start()
+        await ensure_topics(broker.bootstrap)
+        print(f"tansu broker ready: HASHPLANE_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await broker.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from connectors.synthetic import run_synthetic
+    from streams.publish import Publisher
+
+    s = _settings(args)
+    _logging(s.log_level)
+    if args.name != "synthetic":
+        print(f"unknown connector {args.name!r}; available: synthetic", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with Publisher(s.kafka_bootstrap, client_id="hashplane-synthetic") as pub:
+            stop = asyncio.Event()
+            await run_synthetic(pub, stop, site=s.site, workers=args.workers,
+                                interval_s=args.interval)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
+    from streams.runtime import Stack, StackOptions, run_stack
+
+    s = _settings(args)
+    _logging(s.log_level)
+    opts = StackOptions(
+        embedded_broker=embedded, kafka_port=getattr(args, "kafka_port", 0) or 0,
+        synthetic_workers=args.workers if embedded else 0, duration_s=args.duration)
+    stack = Stack(settings=s)
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        stop = asyncio.Event()
+        runner = asyncio.create_task(run_stack(s, opts, stop=stop, ready=ready, stack=stack))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            _banner(stack, embedded)
+        await runner
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - one clear line for the operator
+        print(f"hashplane: {exc}", file=sys.stderr)
+        return 1
+    print(f"hashplane stopped; history kept in {stack.settings.history_dsn}", flush=True)
+    return 0
+
+
+def _banner(stack: Any, embedded: bool) -> None:
+    s = stack.settings
+    lines = [
+        "",
+        "hashplane is running" + (" (embedded demo)" if embedded else ""),
+        f"  API        {stack.api_url}   (docs: {stack.api_url}/docs)",
+        f"  health     curl {stack.api_url}/healthz",
+        f"  shares     curl {stack.api_url}/v1/workers/rig01-gpu5/shares",
+        f"  Kafka      {s.kafka_bootstrap}",
+        f"  ClickHouse {s.history_dsn} (database {s.clickhouse_database})",
+        f"  logs       {s.data_dir}/worker.log, {s.data_dir}/broker.log",
+        "  Ctrl-C stops everything; the history stays readable.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the commands in the README)."""
+    p = argparse.ArgumentParser(prog="hashplane", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--data-dir", help="data directory (HASHPLANE_DATA_DIR)")
+        return sp
+
+    d = common(sub.add_parser("demo", help="run everything embedded against a synthetic farm"))
+    d.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    d.add_argument("--api-port", type=int, default=None, help="API port (0 = any free)")
+    d.add_argument("--kafka-port", type=int, default=0, help="embedded broker port (0 = any)")
+    d.add_argument("--workers", type=int, default=16, help="synthetic share workers")
+    d.set_defaults(func=lambda a: _run_stack(a, embedded=True), data_dir_default="var/demo")
+
+    u = common(sub.add_parser("up", help="run sink, API and worker against configured endpoints"))
+    u.add_argument("--duration", type=float, default=None)
+    u.add_argument("--api-port", type=int, default=None)
+    u.set_defaults(func=lambda a: _run_stack(a, embedded=False), workers=0)
+
+    common(sub.add_parser("worker", help="run the Faust agents")).set_defaults(func=cmd_worker)
+    common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(
+        func=cmd_sink)
+    a = common(sub.add_parser("api", help="run the read API"))
+    a.add_argument("--api-port", type=int, default=None)
+    a.set_defaults(func=cmd_api)
+    common(sub.add_parser("migrate", help="apply ClickHouse migrations")).set_defaults(
+        func=cmd_migrate)
+
+    b = sub.add_parser("broker", help="run the embedded Tansu broker with the contract topics")
+    b.add_argument("--port", type=int, default=9092)
+    b.set_defaults(func=cmd_broker)
+
+    t = sub.add_parser("topics", help="print the topic registry")
+    t.add_argument("--json", action="store_true", help="JSON list of topic specs")
+    t.add_argument("--create", action="store_true", help="create missing topics on the broker")
+    t.set_defaults(func=cmd_topics)
+
+    sc = sub.add_parser("schemas", help="JSON Schema export")
+    scs = sc.add_subparsers(dest="action", required=True)
+    ex = scs.add_parser("export", help="write one JSON Schema per topic into DIR")
+    ex.add_argument("dir")
+    ex.set_defaults(func=cmd_schemas)
+
+    c = common(sub.add_parser("connect", help="run one source connector"))
+    c.add_argument("name", help="connector: synthetic")
+    c.add_argument("--workers", type=int, default=16)
+    c.add_argument("--interval", type=float, default=2.0)
+    c.set_defaults(func=cmd_connect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hashplane`` console script."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "data_dir_default", None) and not getattr(args, "data_dir", None) \
+            and "HASHPLANE_DATA_DIR" not in os.environ:
+        args.data_dir = args.data_dir_default
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The one codec: events <-> Kafka bytes. Everything else passes typed models (STYLE.md 4)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.envelope import Event
+from schemas.events import RecordDeadLettered
+from schemas.registry import TopicSpec, topic, topic_of
+from schemas.upcast import UpcastError, upcast
+
+RAW_LIMIT = 4096
+
+
+class DecodeError(ValueError):
+    """A record that is not a valid event of its topic; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode(event: Event) -> bytes:
+    """Serialise an event to the JSON bytes put on its topic."""
+    return event.__pydantic_serializer__.to_json(event)
+
+
+def encode_key(event: Event, spec: TopicSpec | None = None) -> bytes:
+    """The Kafka key of an event (its topic's key field)."""
+    spec = spec or topic_of(type(event))
+    return str(getattr(event, spec.key)).encode()
+
+
+def parse_record(raw: bytes | None) -> dict[str, Any]:
+    """Parse raw bytes to a JSON object or raise DecodeError."""
+    if raw is None:
+        raise DecodeError("empty record (null value)")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"not a JSON object: {type(obj).__name__}")
+    return obj
+
+
+def decode_dict(topic_name: str, obj: dict[str, Any]) -> Event:
+    """Validate a parsed record against its topic, upcasting old versions first."""
+    spec = topic(topic_name)
+    kind = obj.get("kind")
+    if not isinstance(kind, str):
+        raise DecodeError("missing 'kind'")
+    model = spec.model_for(kind)
+    if model is None:
+        raise DecodeError(f"kind {kind!r} not allowed on {topic_name} (allowed: {spec.kinds})")
+    try:
+        obj = upcast(obj, model.SCHEMA_VERSION)
+        return model.model_validate(obj)
+    except UpcastError as exc:
+        raise DecodeError(str(exc)) from None
+    except ValidationError as exc:
+        errs = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise DecodeError(f"invalid {kind}: {errs}"[:2000]) from None
+
+
+def decode(topic_name: str, raw: bytes | None) -> Event:
+    """Decode a record of ``topic_name`` into its event model, or raise DecodeError."""
+    return decode_dict(topic_name, parse_record(raw))
+
+
+def dead_letter(
+    *,
+    source_topic: str,
+    raw: bytes | None,
+    reason: str,
+    site: str,
+    source: str,
+    ts: datetime,
+    key: bytes | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> RecordDeadLettered:
+    """Build the dlq event for a refused record (raw bytes kept, base64, up to 4 KiB)."""
+    data = raw or b""
+    device = (key or b"").decode("utf-8", "replace")[:256] or "unknown"
+    return RecordDeadLettered(
+        site=site,
+        device_id=device,
+        ts=ts,
+        source=source,
+        source_topic=source_topic,
+        reason=reason[:4096],
+        raw=base64.b64encode(data[:RAW_LIMIT]).decode(),
+        raw_truncated=len(data) > RAW_LIMIT,
+        partition=partition,
+        offset=offset,
+    )

@@ -1,0 +1,134 @@
+"""ClickHouse DDL derived from the registry (STYLE.md 3): typed tables and their views.
+
+The sink writes only the raw log ``events``; each typed table ``<topic with _>`` is filled
+by a materialized view that extracts the kind's fields from the stored JSON, so one insert
+feeds the log and the typed tables together.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Union, get_args, get_origin
+from uuid import UUID
+
+from pydantic import AwareDatetime
+from pydantic.fields import FieldInfo
+
+from schemas.envelope import Command, Event
+from schemas.registry import TopicSpec
+
+#: Envelope columns every typed table copies straight from ``events``.
+ENVELOPE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "UUID"),
+    ("kind", "LowCardinality(String)"),
+    ("schema_version", "UInt16"),
+    ("site", "LowCardinality(String)"),
+    ("device_id", "String"),
+    ("ts", "DateTime64(3, 'UTC')"),
+    ("source", "LowCardinality(String)"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+ENVELOPE_FIELDS = frozenset(Event.model_fields)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A typed-table column and the expression that extracts it from ``payload``."""
+
+    name: str
+    type: str
+    expr: str
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], len(args) < len(get_args(tp))
+    return tp, False
+
+
+def column_for(name: str, field: FieldInfo, nullable: bool = False) -> Column:
+    """Map a pydantic field to a ClickHouse column type and a JSON extraction."""
+    tp, optional = _strip_optional(field.annotation)
+    null = optional or nullable
+    q = f"'{name}'"
+    origin = get_origin(tp)
+    if tp is bool:
+        ch = "Bool"
+    elif tp is int:
+        ch = "Int64"
+    elif tp is float:
+        ch = "Float64"
+    elif tp is UUID:
+        return Column(name, "Nullable(UUID)" if null else "UUID",
+                      f"toUUIDOrNull(JSONExtractString(payload, {q}))" if null
+                      else f"toUUIDOrZero(JSONExtractString(payload, {q}))")
+    elif tp is datetime or tp is AwareDatetime:
+        fn = "parseDateTime64BestEffortOrNull" if null else "parseDateTime64BestEffortOrZero"
+        return Column(name, "Nullable(DateTime64(3, 'UTC'))" if null else "DateTime64(3, 'UTC')",
+                      f"{fn}(JSONExtractString(payload, {q}), 3, 'UTC')")
+    elif origin is Literal:
+        inner = "Nullable(String)" if null else "String"
+        return Column(name, f"LowCardinality({inner})", f"JSONExtract(payload, {q}, '{inner}')")
+    elif tp is str:
+        ch = "String"
+    elif origin is list:
+        (item,) = get_args(tp) or (str,)
+        inner = {int: "Int64", float: "Float64", str: "String"}.get(item, "String")
+        return Column(name, f"Array({inner})", f"JSONExtract(payload, {q}, 'Array({inner})')")
+    elif origin is dict or tp is dict:
+        return Column(name, "String", f"JSONExtractRaw(payload, {q})")
+    else:
+        ch = "String"
+        return Column(name, ch, f"JSONExtractRaw(payload, {q})")
+    full = f"Nullable({ch})" if null else ch
+    return Column(name, full, f"JSONExtract(payload, {q}, '{full}')")
+
+
+def typed_columns(spec: TopicSpec) -> list[Column]:
+    """Payload columns of a topic's typed table: the union of its kinds' fields.
+
+    A field that is not on every kind of the topic is nullable.
+    """
+    seen: dict[str, Column] = {}
+    for model in spec.models:
+        for name, field in model.model_fields.items():
+            if name in ENVELOPE_FIELDS or name in seen:
+                continue
+            on_all = all(name in m.model_fields for m in spec.models)
+            seen[name] = column_for(name, field, nullable=not on_all)
+    return list(seen.values())
+
+
+def order_key(spec: TopicSpec) -> str:
+    """Sorting key: per device, then time; commands also by command id."""
+    if any(issubclass(m, Command) for m in spec.models):
+        return "(site, device_id, ts, command_id, event_id)"
+    return "(site, device_id, ts, event_id)"
+
+
+def create_typed_table(db: str, spec: TopicSpec) -> str:
+    """CREATE TABLE for a topic's typed table (ReplacingMergeTree: duplicates collapse)."""
+    cols = [f"`{n}` {t}" for n, t in ENVELOPE_COLUMNS]
+    cols += [f"`{c.name}` {c.type}" for c in typed_columns(spec)]
+    ttl_days = max(1, spec.retention_ms // 86_400_000)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {db}.{spec.table} (\n  " + ",\n  ".join(cols) + "\n)"
+        f" ENGINE = ReplacingMergeTree(ingested_at)"
+        f" PARTITION BY toYYYYMM(ts) ORDER BY {order_key(spec)}"
+        f" COMMENT 'typed rows of topic {spec.name} (kafka keeps {ttl_days} d, history all)'"
+    )
+
+
+def create_typed_view(db: str, spec: TopicSpec) -> str:
+    """CREATE MATERIALIZED VIEW that fills a typed table from ``events``."""
+    select = [n for n, _ in ENVELOPE_COLUMNS]
+    select += [f"{c.expr} AS `{c.name}`" for c in typed_columns(spec)]
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{spec.table}_mv TO {db}.{spec.table} AS "
+        f"SELECT {', '.join(select)} FROM {db}.events WHERE topic = '{spec.name}'"
+    )

@@ -1,0 +1,207 @@
+"""Running hashplane's services together: ``hashplane demo`` (embedded) and ``hashplane up``.
+
+One process owns the history store (the sink and the API share its client, because the
+in-process ClickHouse engine allows one owner per data directory).  The Faust worker runs as
+a child process, as it would on its own host in production; the embedded broker is a child
+process too.  With ``HASHPLANE_KAFKA_BOOTSTRAP`` and ``HASHPLANE_CLICKHOUSE_DSN`` pointing at a
+cluster, ``up`` runs the same code with no embedded part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from api.app import create_api
+from connectors.synthetic import run_synthetic
+from streams.broker import BrokerError, EmbeddedBroker, free_port, wait_ready
+from streams.history import HistoryStore
+from streams.publish import Publisher
+from streams.settings import Settings
+from streams.sink import HistorySink
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runtime owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"HASHPLANE_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class StackOptions:
+    """What to run."""
+
+    embedded_broker: bool = True
+    kafka_port: int = 0
+    synthetic_workers: int = 16
+    synthetic_interval_s: float = 2.0
+    worker: bool = True
+    sink: bool = True
+    api: bool = True
+    duration_s: float | None = None
+    extra_tasks: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Stack:
+    """Handles to what a running stack started (tests and the banner read them)."""
+
+    settings: Settings
+    store: HistoryStore | None = None
+    sink: HistorySink | None = None
+    broker: EmbeddedBroker | None = None
+    api_url: str = ""
+    worker_proc: subprocess.Popen[bytes] | None = None
+
+
+def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[bytes]:
+    """Start ``hashplane worker`` (the Faust agents) as a child process."""
+    out: Any = subprocess.DEVNULL
+    if log_path is not None:
+        out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(  # noqa: S603 - our own entry point
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM a child, SIGKILL it if it has not exited after ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def run_stack(settings: Settings, opts: StackOptions,
+                    stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
+                    stack: Stack | None = None) -> Stack:
+    """Start everything ``opts`` asks for, run until ``stop`` or the duration, stop cleanly."""
+    stop = stop or asyncio.Event()
+    stack = stack or Stack(settings=settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tasks: list[asyncio.Task[Any]] = []
+    publisher: Publisher | None = None
+    server: _Server | None = None
+    try:
+        if opts.embedded_broker:
+            stack.broker = EmbeddedBroker(opts.kafka_port, log_file=settings.data_dir / "broker.log")
+            await stack.broker.start()
+            settings = settings.model_copy(update={"kafka_bootstrap": stack.broker.bootstrap})
+            stack.settings = settings
+        else:
+            await wait_ready(settings.kafka_bootstrap, 30.0)
+        await ensure_topics(settings.kafka_bootstrap, replication=settings.topic_replication)
+
+        if opts.sink or opts.api:
+            stack.store = HistoryStore(settings.history_dsn, settings.clickhouse_database)
+            await asyncio.to_thread(_open_store, stack.store)
+        if opts.worker:
+            stack.worker_proc = spawn_worker(settings, settings.data_dir / "worker.log")
+        if opts.sink:
+            assert stack.store is not None
+            stack.sink = HistorySink(settings, stack.store)
+            tasks.append(asyncio.create_task(stack.sink.run(stop), name="history-sink"))
+        if opts.api:
+            assert stack.store is not None
+            port = settings.api_port or free_port(settings.api_host)
+            server = _Server(uvicorn.Config(
+                create_api(settings, stack.store), host=settings.api_host, port=port,
+                log_level="warning", lifespan="off"))
+            tasks.append(asyncio.create_task(server.serve(), name="api"))
+            stack.api_url = f"http://{settings.api_host}:{port}"
+        if opts.synthetic_workers:
+            publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-synthetic")
+            await publisher.start()
+            tasks.append(asyncio.create_task(run_synthetic(
+                publisher, stop, site=settings.site, workers=opts.synthetic_workers,
+                interval_s=opts.synthetic_interval_s), name="synthetic-source"))
+        tasks += [asyncio.create_task(t) for t in opts.extra_tasks]
+        if server is not None:
+            while not server.started and not stop.is_set():
+                if tasks[-1].done() and tasks[-1].exception():
+                    raise tasks[-1].exception()  # type: ignore[misc]
+                await asyncio.sleep(0.05)
+        if ready is not None:
+            ready.set()
+        await _wait(stop, tasks, opts.duration_s, stack)
+    finally:
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+        await asyncio.to_thread(stop_process, stack.worker_proc)
+        for t in tasks:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(t), 15)
+        if publisher is not None:
+            await publisher.stop()
+        if stack.store is not None:
+            stack.store.close()
+        if stack.broker is not None:
+            await stack.broker.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+    return stack
+
+
+def _open_store(store: HistoryStore) -> None:
+    try:
+        store.open().migrate()
+    except Exception as exc:
+        raise RuntimeError(
+            f"cannot open the history store {store.dsn}: {exc}. An embedded (chdb) directory "
+            f"has one owner process: stop the other hashplane using it or pick another "
+            f"--data-dir.") from exc
+
+
+async def _wait(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], duration_s: float | None,
+                stack: Stack) -> None:
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    while not stop.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        for t in tasks:
+            if t.done():
+                exc = t.exception()
+                if exc is not None:
+                    raise RuntimeError(f"service {t.get_name()} failed: {exc!r}") from exc
+        if stack.worker_proc is not None and stack.worker_proc.poll() is not None:
+            raise RuntimeError(f"Faust worker exited with code {stack.worker_proc.returncode}; "
+                               f"see {stack.settings.data_dir / 'worker.log'}")
+        if stack.broker is not None and not stack.broker.running():
+            raise BrokerError("embedded broker exited")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)

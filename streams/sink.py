@@ -1,0 +1,255 @@
+"""The history sink: every contract topic into ClickHouse, at least once, without duplicates.
+
+Offsets are committed only after the insert that holds them succeeded.  Rows carry their
+Kafka position; after a restart or rebalance the sink skips records at or below the highest
+offset ClickHouse already holds (``HistoryStore.watermarks``), so a batch redelivered after a
+crash mid-insert is not stored twice.  A ClickHouse outage pauses consumption and retries
+with capped exponential backoff; nothing is committed meanwhile, so nothing is lost.
+Undecodable records are published to ``dlq`` with the reason and their offsets committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from schemas.envelope import Event
+from schemas.events import RecordDeadLettered
+from schemas.registry import TOPICS
+from streams.codec import DecodeError, dead_letter, decode_dict, encode, parse_record
+from streams.history import HistoryStore
+from streams.publish import Publisher
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """Wall-clock UTC (ingestion time and dlq stamps only; logic takes time as input)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class SinkStats:
+    """Counters exposed on the metrics endpoint."""
+
+    inserted: int = 0
+    batches: int = 0
+    duplicates_skipped: int = 0
+    dead_lettered: int = 0
+    insert_failures: int = 0
+    last_error: str = ""
+    last_insert_s: float = 0.0
+
+
+@dataclass
+class Batch:
+    """Rows and dead letters gathered from one or more fetches, with their positions."""
+
+    rows: dict[TopicPartition, list[tuple[Any, ...]]] = field(default_factory=dict)
+    dead: dict[TopicPartition, list[RecordDeadLettered]] = field(default_factory=dict)
+    last_offset: dict[TopicPartition, int] = field(default_factory=dict)
+    size: int = 0
+
+    def drop(self, tps: set[TopicPartition]) -> None:
+        """Forget partitions this sink no longer owns (their new owner re-reads them)."""
+        for tp in tps:
+            self.size -= len(self.rows.pop(tp, ())) + len(self.dead.pop(tp, ()))
+            self.last_offset.pop(tp, None)
+
+    def all_rows(self) -> list[tuple[Any, ...]]:
+        return [r for rows in self.rows.values() for r in rows]
+
+    def all_dead(self) -> list[RecordDeadLettered]:
+        return [d for dead in self.dead.values() for d in dead]
+
+
+def to_row(topic: str, rec: ConsumerRecord[bytes, bytes], obj: dict[str, Any], event: Event,
+           ingested_at: datetime) -> tuple[Any, ...]:
+    """The raw-log row of a decoded record (payload as received unless it was upcast)."""
+    version = obj.get("schema_version", 1)
+    payload = rec.value if version == event.schema_version else encode(event)
+    assert payload is not None
+    return (
+        event.event_id, topic, event.kind, event.schema_version, event.site, event.device_id,
+        event.ts, ingested_at, event.source, payload.decode("utf-8", "replace"),
+        rec.partition, rec.offset,
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sink: HistorySink):
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.sink.batch.drop(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.sink.load_watermarks(set(assigned))
+
+
+class HistorySink:
+    """Consume the contract topics and insert them into the raw log in batches."""
+
+    def __init__(self, settings: Settings, store: HistoryStore, *,
+                 topics: list[str] | None = None, clock: Clock = utc_now,
+                 bootstrap: str | None = None):
+        self.settings = settings
+        self.store = store
+        self.topics = topics or [t.name for t in TOPICS]
+        self.clock = clock
+        self.bootstrap = bootstrap or settings.kafka_bootstrap
+        self.stats = SinkStats()
+        self.batch = Batch()
+        self.watermark: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dlq: Publisher | None = None
+
+    async def load_watermarks(self, tps: set[TopicPartition]) -> None:
+        """Read ClickHouse's highest stored offset for newly assigned partitions."""
+        topics = sorted({tp.topic for tp in tps})
+        while True:
+            try:
+                marks = await asyncio.to_thread(self.store.watermarks, topics)
+                break
+            except Exception as exc:  # noqa: BLE001 - store down: wait, never guess
+                self._record_failure(exc)
+                await asyncio.sleep(1.0)
+        for tp in tps:
+            mark = marks.get((tp.topic, tp.partition))
+            if mark is None:
+                self.watermark.pop(tp, None)
+            else:
+                self.watermark[tp] = mark
+        log.info("sink assigned %d partitions (%d with stored history)",
+                 len(tps), sum(1 for tp in tps if tp in self.watermark))
+
+    def add(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes], ingested: datetime) -> None:
+        """Decode one record into the batch (row, dead letter, or skipped duplicate)."""
+        self.batch.last_offset[tp] = rec.offset
+        mark = self.watermark.get(tp)
+        if mark is not None and rec.offset <= mark:
+            self.stats.duplicates_skipped += 1
+            return
+        try:
+            obj = parse_record(rec.value)
+            event = decode_dict(tp.topic, obj)
+        except DecodeError as exc:
+            if tp.topic == "dlq":
+                log.error("undecodable record on dlq itself at %s@%d: %s", tp, rec.offset,
+                          exc.reason)
+                return
+            self.batch.dead.setdefault(tp, []).append(dead_letter(
+                source_topic=tp.topic, raw=rec.value, reason=exc.reason,
+                site=self.settings.site, source="history-sink", ts=ingested, key=rec.key,
+                partition=rec.partition, offset=rec.offset))
+            self.batch.size += 1
+            return
+        self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, obj, event, ingested))
+        self.batch.size += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; flush what was gathered, then leave the group."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=s.sink_group,
+            client_id="hashplane-history-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            session_timeout_ms=int(s.worker_session_timeout_s * 1000) * 3,
+            heartbeat_interval_ms=int(s.worker_heartbeat_interval_s * 1000),
+            rebalance_timeout_ms=int(s.worker_rebalance_timeout_s * 1000) * 3,
+            max_poll_interval_ms=3_600_000,
+        )
+        self._consumer = consumer
+        self._dlq = Publisher(self.bootstrap, client_id="hashplane-history-sink-dlq")
+        await self._dlq.start()
+        consumer.subscribe(self.topics, listener=_Rebalance(self))
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                await self._gather(consumer, stop)
+                if self.batch.size or self.batch.last_offset:
+                    await self._flush(consumer, stop)
+        finally:
+            await consumer.stop()
+            await self._dlq.stop()
+            self._consumer = None
+
+    async def _gather(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        s = self.settings
+        deadline = time.monotonic() + s.sink_batch_window_s
+        while self.batch.size < s.sink_batch_max and not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            fetched = await consumer.getmany(
+                timeout_ms=int(min(remaining, 0.25) * 1000),
+                max_records=s.sink_batch_max - self.batch.size)
+            ingested = self.clock()
+            for tp, records in fetched.items():
+                for rec in records:
+                    self.add(tp, rec, ingested)
+
+    async def _flush(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Insert the batch (retrying through outages), publish dead letters, commit."""
+        attempt = 0
+        while True:
+            rows = self.batch.all_rows()
+            t0 = time.perf_counter()
+            try:
+                await asyncio.to_thread(self.store.insert_events, rows)
+                break
+            except Exception as exc:  # noqa: BLE001 - any store failure: back off, keep rows
+                attempt += 1
+                self._record_failure(exc)
+                delay = min(self.settings.sink_retry_max_s, 0.25 * 2 ** min(attempt, 10))
+                log.warning("history insert failed (attempt %d, retry in %.1fs): %s",
+                            attempt, delay, exc)
+                consumer.pause(*consumer.assignment())
+                end = time.monotonic() + delay
+                while time.monotonic() < end:
+                    if stop.is_set():
+                        log.warning("stopping with %d rows not inserted; offsets not committed",
+                                    len(rows))
+                        return
+                    # Paused: returns nothing but keeps group membership alive.
+                    await consumer.getmany(timeout_ms=100)
+        if attempt:
+            consumer.resume(*consumer.assignment())
+        self.stats.last_insert_s = time.perf_counter() - t0
+        dead = self.batch.all_dead()
+        if dead and self._dlq is not None:
+            await self._dlq.publish_many(dead)
+        offsets = {tp: OffsetAndMetadata(off + 1, "") for tp, off in self.batch.last_offset.items()
+                   if tp in consumer.assignment()}
+        for tp, rows_tp in self.batch.rows.items():
+            if rows_tp:
+                self.watermark[tp] = max(self.watermark.get(tp, -1), rows_tp[-1][-1])
+        self.stats.inserted += len(rows)
+        self.stats.dead_lettered += len(dead)
+        self.stats.batches += 1
+        self.batch = Batch()
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except Exception as exc:  # noqa: BLE001 - rebalance mid-commit: data is stored and
+                # the watermark keeps the next owner from storing it twice.
+                log.warning("offset commit failed after insert: %s", exc)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self.stats.insert_failures += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]

@@ -1,0 +1,41 @@
+"""Create the registry's topics on a broker (idempotent)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.registry import TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(
+    bootstrap: str, specs: tuple[TopicSpec, ...] = TOPICS, replication: int = 1, prefix: str = ""
+) -> list[str]:
+    """Create every missing topic of ``specs``; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name=prefix + s.name,
+                num_partitions=s.partitions,
+                replication_factor=replication,
+                topic_configs={"retention.ms": str(s.retention_ms)},
+            )
+            for s in specs
+            if prefix + s.name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race; the topics exist, which is all we need
+            log.info("created topics: %s", ", ".join(t.name for t in new))
+        return [t.name for t in new]
+    finally:
+        await admin.close()

@@ -24,13 +24,6 @@ install: $(STAMP)
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
-	@# Debian packages the tests use (a real MQTT broker, headless Chromium) when root;
-	@# without root the tests fall back to the amqtt broker that pip installed.
-	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-	  echo "make: root: installing Debian packages mosquitto (MQTT broker for tests)"; \
-	  (command -v mosquitto >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null)) \
-	    || echo "make: apt-get failed; tests use the amqtt broker"; \
-	fi
 	touch $@
 
 install-test: $(TEST_STAMP)

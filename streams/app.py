@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,9 +50,10 @@ async def send(topic: faust.TopicT, event: Event) -> None:
 
 
 async def decoded(
-    stream: faust.StreamT, topic_name: str, dlq: faust.TopicT, site: str, source: str
+    stream: faust.StreamT, topic_name: str, publish: Callable[[Event], Awaitable[None]],
+    site: str, source: str,
 ) -> AsyncIterator[Event]:
-    """Yield the stream's records decoded; send undecodable ones to ``dlq`` and go on."""
+    """Yield the stream's records decoded; publish undecodable ones to dlq and go on."""
     async for ev in stream.events():
         try:
             yield decode(topic_name, ev.value)
@@ -64,4 +65,4 @@ async def decoded(
                 offset=msg.offset)
             log.warning("dead-lettered %s@%s:%s: %s", topic_name, msg.partition, msg.offset,
                         exc.reason)
-            await send(dlq, letter)
+            await publish(letter)

@@ -1,0 +1,58 @@
+"""The share-ratio agent under Faust's test_context (memory store, no broker)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from agents.workers import register_share_ratio
+from schemas.envelope import Event
+from schemas.events import RecordDeadLettered, ShareCountsObserved
+from schemas.metrics import ShareRatioComputed
+from streams.app import create_app
+from streams.codec import encode
+from streams.settings import Settings
+from tests.factories import T0, sample
+
+
+@pytest.fixture
+def harness(tmp_path):  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", share_window_s=60,
+                        share_grace_s=30)
+    app = create_app(settings, app_id="agent-test")
+    app.finalize()
+    published: list[Event] = []
+
+    async def record(event: Event) -> None:
+        published.append(event)
+
+    agent = register_share_ratio(app, settings, publish=record)
+    return agent, published
+
+
+async def test_agent_folds_events_and_publishes_ratios(harness) -> None:  # type: ignore[no-untyped-def]
+    agent, published = harness
+    async with agent.test_context() as a:
+        for i, (acc, rej) in enumerate([(95, 5), (45, 5), (10, 0)]):
+            ev = sample(ShareCountsObserved, worker="w1", device_id="w1", accepted=acc,
+                        rejected=rej, stale=0, ts=T0 + timedelta(seconds=[1, 20, 95][i]))
+            await a.put(encode(ev), key=b"w1")
+    ratios = [m for m in published if isinstance(m, ShareRatioComputed)]
+    assert [(m.accepted, m.rejected, m.final) for m in ratios] == [
+        (95, 5, False), (140, 10, False), (140, 10, True), (10, 0, False)]
+    assert ratios[1].rejected_pct == pytest.approx(100 * 10 / 150)
+
+
+async def test_agent_dead_letters_bad_records_and_keeps_going(harness) -> None:  # type: ignore[no-untyped-def]
+    agent, published = harness
+    async with agent.test_context() as a:
+        await a.put(b"{not json", key=b"w1")
+        await a.put(b'{"kind": "GridMeasured"}', key=b"w1")
+        await a.put(encode(sample(ShareCountsObserved, worker="w1", accepted=3, rejected=1)),
+                    key=b"w1")
+    dead = [m for m in published if isinstance(m, RecordDeadLettered)]
+    assert [d.source_topic for d in dead] == ["shares", "shares"]
+    assert "not JSON" in dead[0].reason and "not allowed on shares" in dead[1].reason
+    ratios = [m for m in published if isinstance(m, ShareRatioComputed)]
+    assert len(ratios) == 1 and ratios[0].accepted == 3

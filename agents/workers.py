@@ -7,6 +7,7 @@ registry topic of the event.  Agent tests pass a recorder instead of a broker.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 
@@ -31,14 +32,14 @@ def topic_publisher(app: faust.App) -> Publish:
 
 
 def register_share_ratio(app: faust.App, settings: Settings,
-                         publish: Publish | None = None) -> faust.types.AgentT:
+                         publish: Publish | None = None) -> faust.types.AgentT[Any]:
     """Share ratios per worker over ``settings.share_window_s`` windows -> metrics.shares."""
     publish = publish or topic_publisher(app)
     state = app.Table(f"share_ratio_worker_{settings.share_window_s}s", default=lambda: None,
                       partitions=topic("shares").partitions)
 
     @app.agent(raw_topic(app, "shares"), name="share_ratio")
-    async def share_ratio_agent(stream: faust.StreamT) -> None:
+    async def share_ratio_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, "shares", publish, settings.site, share_ratio.SOURCE):
             assert isinstance(event, ShareCountsObserved)
             s = share_ratio.WindowState.from_primitive(state[event.worker])

@@ -39,7 +39,7 @@ def create_api(settings: Settings, store: HistoryStore) -> FastAPI:
     async def q(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             return await asyncio.to_thread(store.query_dicts, sql, params, _SETTINGS)
-        except Exception as exc:  # noqa: BLE001 - store down is a 503, not a crash
+        except Exception as exc:
             raise HTTPException(503, f"history store unavailable: {exc}") from exc
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
@@ -50,7 +50,8 @@ def create_api(settings: Settings, store: HistoryStore) -> FastAPI:
     @app.get("/v1/workers/{worker}/shares", response_model=WorkerShares, tags=["shares"])
     async def worker_shares(
         worker: Annotated[str, Path(min_length=1, max_length=256)],
-        window_s: Annotated[int, Query(gt=0, description="Window length, s")] = settings.share_window_s,
+        window_s: Annotated[int, Query(gt=0, description="Window length, s")] = (
+            settings.share_window_s),
         since: Annotated[datetime | None, Query(description="Windows starting at or after")] = None,
         until: Annotated[datetime | None, Query(description="Windows starting before")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 60,

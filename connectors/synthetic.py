@@ -51,7 +51,8 @@ def tick(workers: list[SyntheticWorker], rng: random.Random, ts: datetime, inter
     """Share counts every worker produced during the interval ending at ``ts``."""
     out = []
     for w in workers:
-        n = max(0, round(rng.gauss(w.shares_per_s * interval_s, (w.shares_per_s * interval_s) ** 0.5)))
+        mean = w.shares_per_s * interval_s
+        n = max(0, round(rng.gauss(mean, mean**0.5)))
         rejected = sum(1 for _ in range(n) if rng.random() < w.reject_p)
         stale = sum(1 for _ in range(n - rejected) if rng.random() < w.stale_p)
         accepted = n - rejected - stale
@@ -71,7 +72,7 @@ async def run_synthetic(publisher: Publisher, stop: asyncio.Event, *, site: str,
     while not stop.is_set():
         try:
             await publisher.publish_many(tick(ws, rng, clock(), interval_s, site))
-        except Exception as exc:  # noqa: BLE001 - broker hiccup: keep the source alive
+        except Exception as exc:
             log.warning("synthetic source publish failed: %s", exc)
         try:
             await asyncio.wait_for(stop.wait(), interval_s)

@@ -44,11 +44,8 @@ class Event(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: object) -> object:
-        # Fill kind and schema_version from the class so producers never spell them.
+        # Producers never spell the version: it comes from the class (kind is a field default).
         if isinstance(data, dict):
-            kind_field = cls.model_fields.get("kind")
-            if "kind" not in data and kind_field is not None and kind_field.default:
-                data = {**data, "kind": kind_field.default}
             if "schema_version" not in data:
                 data = {**data, "schema_version": cls.SCHEMA_VERSION}
         return data

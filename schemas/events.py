@@ -9,7 +9,8 @@ from pydantic import Field
 from schemas.envelope import Event
 
 AsicState = Literal["running", "sleeping", "waking", "offline", "error"]
-JobState = Literal["assigned", "started", "completed", "submitted", "accepted", "rejected", "failed"]
+JobState = Literal[
+    "assigned", "started", "completed", "submitted", "accepted", "rejected", "failed"]
 
 
 class GridMeasured(Event):
@@ -31,7 +32,8 @@ class FeedPowerMeasured(Event):
     voltage_v: float = Field(ge=0, description="RMS voltage, V")
     current_a: float = Field(ge=0, description="RMS current, A")
     power_kw: float = Field(description="Power delivered by the feed, kW")
-    capacity_kw: float | None = Field(default=None, ge=0, description="Supply the feed can give, kW")
+    capacity_kw: float | None = Field(
+        default=None, ge=0, description="Supply the feed can give, kW")
 
 
 class AsicTelemetryObserved(Event):

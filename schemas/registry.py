@@ -75,7 +75,7 @@ class TopicSpec:
         """Validator for a record of this topic (discriminated on ``kind`` when several)."""
         if len(self.models) == 1:
             return TypeAdapter(self.models[0])
-        union = Annotated[Union[self.models], Field(discriminator="kind")]  # noqa: UP007
+        union = Annotated[Union[self.models], Field(discriminator="kind")]  # type: ignore[name-defined]  # noqa: UP007
         return TypeAdapter(union)
 
     def model_for(self, kind: str) -> type[Event] | None:

@@ -50,7 +50,7 @@ async def send(topic: faust.TopicT, event: Event) -> None:
 
 
 async def decoded(
-    stream: faust.StreamT, topic_name: str, publish: Callable[[Event], Awaitable[None]],
+    stream: faust.StreamT[Any], topic_name: str, publish: Callable[[Event], Awaitable[None]],
     site: str, source: str,
 ) -> AsyncIterator[Event]:
     """Yield the stream's records decoded; publish undecodable ones to dlq and go on."""

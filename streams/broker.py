@@ -66,7 +66,7 @@ class EmbeddedBroker:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_file.open("ab")
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        self._proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True  # type: ignore[arg-type]
         )
         log.info("tansu broker starting on %s (pid %s)", self.bootstrap, self._proc.pid)
@@ -84,7 +84,7 @@ class EmbeddedBroker:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if proc.poll() is None:
             proc.kill()
@@ -118,7 +118,7 @@ async def wait_ready(
             await admin.start()
             await admin.list_topics()
             return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as exc:
             last = exc
         finally:
             with contextlib.suppress(Exception):

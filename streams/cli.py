@@ -42,8 +42,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
         print(json.dumps([t.as_dict() for t in TOPICS], indent=2))
     else:
         for t in TOPICS:
-            print(f"{t.name:18} key={t.key:10} schema={t.schema:24} partitions={t.partitions:<3}"
-                  f" retention={t.retention_ms // 3_600_000}h  {t.description}")
+            print(f"{t.name:17} key={t.key:10} schema={t.schema:22} partitions={t.partitions:<2}"
+                  f" retention={t.retention_ms // 3_600_000:>3}h  {t.description}")
     return 0
 
 
@@ -65,6 +65,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"{s.history_dsn}: applied {ran or 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_ddl(args: argparse.Namespace) -> int:
+    from streams.history import ddl_script
+
+    print(ddl_script(args.database), end="")
     return 0
 
 
@@ -188,7 +195,7 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    except Exception as exc:  # noqa: BLE001 - one clear line for the operator
+    except Exception as exc:
         print(f"hashplane: {exc}", file=sys.stderr)
         return 1
     print(f"hashplane stopped; history kept in {stack.settings.history_dsn}", flush=True)
@@ -241,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_api)
     common(sub.add_parser("migrate", help="apply ClickHouse migrations")).set_defaults(
         func=cmd_migrate)
+
+    dd = sub.add_parser("ddl", help="print the ClickHouse DDL the migrations apply")
+    dd.add_argument("--database", default="hashplane")
+    dd.set_defaults(func=cmd_ddl)
 
     b = sub.add_parser("broker", help="run the embedded Tansu broker with the contract topics")
     b.add_argument("--port", type=int, default=9092)

@@ -83,8 +83,8 @@ def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[b
     """Start ``hashplane worker`` (the Faust agents) as a child process."""
     out: Any = subprocess.DEVNULL
     if log_path is not None:
-        out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    return subprocess.Popen(  # noqa: S603 - our own entry point
+        out = open(log_path, "ab")
+    return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker"],
         env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT)
 
@@ -117,7 +117,8 @@ async def run_stack(settings: Settings, opts: StackOptions,
     server: _Server | None = None
     try:
         if opts.embedded_broker:
-            stack.broker = EmbeddedBroker(opts.kafka_port, log_file=settings.data_dir / "broker.log")
+            stack.broker = EmbeddedBroker(opts.kafka_port,
+                                          log_file=settings.data_dir / "broker.log")
             await stack.broker.start()
             settings = settings.model_copy(update={"kafka_bootstrap": stack.broker.bootstrap})
             stack.settings = settings

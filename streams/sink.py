@@ -24,7 +24,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
 from schemas.registry import TOPICS
-from streams.codec import DecodeError, dead_letter, decode_dict, encode, parse_record
+from streams.codec import DecodeError, dead_letter, decode_record, encode
 from streams.history import HistoryStore
 from streams.publish import Publisher
 from streams.settings import Settings
@@ -74,12 +74,11 @@ class Batch:
         return [d for dead in self.dead.values() for d in dead]
 
 
-def to_row(topic: str, rec: ConsumerRecord[bytes, bytes], obj: dict[str, Any], event: Event,
+def to_row(topic: str, rec: ConsumerRecord[bytes, bytes], event: Event, upcast: bool,
            ingested_at: datetime) -> tuple[Any, ...]:
-    """The raw-log row of a decoded record (payload as received unless it was upcast)."""
-    version = obj.get("schema_version", 1)
-    payload = rec.value if version == event.schema_version else encode(event)
-    assert payload is not None
+    """The raw-log row of a decoded record (payload as received unless it was upcast, in
+    which case the log stores the current version)."""
+    payload = encode(event) if upcast or rec.value is None else rec.value
     return (
         event.event_id, topic, event.kind, event.schema_version, event.site, event.device_id,
         event.ts, ingested_at, event.source, payload.decode("utf-8", "replace"),
@@ -95,6 +94,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink.batch.drop(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.sink.settle()  # the watermark must include the insert in flight
         await self.sink.load_watermarks(set(assigned))
 
 
@@ -112,8 +112,8 @@ class HistorySink:
         self.stats = SinkStats()
         self.batch = Batch()
         self.watermark: dict[TopicPartition, int] = {}
-        self._consumer: AIOKafkaConsumer | None = None
         self._dlq: Publisher | None = None
+        self._inflight: tuple[Batch, asyncio.Task[None], float] | None = None
 
     async def load_watermarks(self, tps: set[TopicPartition]) -> None:
         """Read ClickHouse's highest stored offset for newly assigned partitions."""
@@ -122,7 +122,7 @@ class HistorySink:
             try:
                 marks = await asyncio.to_thread(self.store.watermarks, topics)
                 break
-            except Exception as exc:  # noqa: BLE001 - store down: wait, never guess
+            except Exception as exc:
                 self._record_failure(exc)
                 await asyncio.sleep(1.0)
         for tp in tps:
@@ -134,7 +134,8 @@ class HistorySink:
         log.info("sink assigned %d partitions (%d with stored history)",
                  len(tps), sum(1 for tp in tps if tp in self.watermark))
 
-    def add(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes], ingested: datetime) -> None:
+    def add(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
+            ingested: datetime) -> None:
         """Decode one record into the batch (row, dead letter, or skipped duplicate)."""
         self.batch.last_offset[tp] = rec.offset
         mark = self.watermark.get(tp)
@@ -142,8 +143,7 @@ class HistorySink:
             self.stats.duplicates_skipped += 1
             return
         try:
-            obj = parse_record(rec.value)
-            event = decode_dict(tp.topic, obj)
+            event, upcast = decode_record(tp.topic, rec.value)
         except DecodeError as exc:
             if tp.topic == "dlq":
                 log.error("undecodable record on dlq itself at %s@%d: %s", tp, rec.offset,
@@ -155,11 +155,15 @@ class HistorySink:
                 partition=rec.partition, offset=rec.offset))
             self.batch.size += 1
             return
-        self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, obj, event, ingested))
+        self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, event, upcast, ingested))
         self.batch.size += 1
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; flush what was gathered, then leave the group."""
+        """Consume until ``stop`` is set; store what was gathered, then leave the group.
+
+        One insert is in flight while the next batch is gathered (the engine works in a
+        thread); a batch's offsets are committed only after its own insert succeeded.
+        """
         s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -174,7 +178,6 @@ class HistorySink:
             rebalance_timeout_ms=int(s.worker_rebalance_timeout_s * 1000) * 3,
             max_poll_interval_ms=3_600_000,
         )
-        self._consumer = consumer
         self._dlq = Publisher(self.bootstrap, client_id="hashplane-history-sink-dlq")
         await self._dlq.start()
         consumer.subscribe(self.topics, listener=_Rebalance(self))
@@ -182,14 +185,20 @@ class HistorySink:
         try:
             while not stop.is_set():
                 await self._gather(consumer, stop)
-                if self.batch.size or self.batch.last_offset:
-                    await self._flush(consumer, stop)
+                await self._complete(consumer, stop)
+                self._launch()
+            # Graceful stop: store what was gathered too.
+            await self._complete(consumer, stop)
+            self._launch()
+            await self._complete(consumer, None)
         finally:
+            if self._inflight is not None and not self._inflight[1].done():
+                self._inflight[1].cancel()
             await consumer.stop()
             await self._dlq.stop()
-            self._consumer = None
 
     async def _gather(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Fetch into ``self.batch`` until it is full or the batch window has passed."""
         s = self.settings
         deadline = time.monotonic() + s.sink_batch_window_s
         while self.batch.size < s.sink_batch_max and not stop.is_set():
@@ -204,16 +213,36 @@ class HistorySink:
                 for rec in records:
                     self.add(tp, rec, ingested)
 
-    async def _flush(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        """Insert the batch (retrying through outages), publish dead letters, commit."""
+    def _launch(self) -> None:
+        """Start inserting the gathered batch in a worker thread."""
+        if not (self.batch.size or self.batch.last_offset):
+            return
+        batch, self.batch = self.batch, Batch()
+        task = asyncio.create_task(asyncio.to_thread(self.store.insert_events, batch.all_rows()))
+        self._inflight = (batch, task, time.perf_counter())
+
+    async def settle(self) -> None:
+        """Wait for the insert in flight (used before reading watermarks on assignment)."""
+        if self._inflight is not None:
+            await asyncio.wait({self._inflight[1]})
+
+    async def _complete(self, consumer: AIOKafkaConsumer, stop: asyncio.Event | None) -> None:
+        """Finish the batch in flight: retry its insert through outages, publish its dead
+        letters, commit its offsets."""
+        if self._inflight is None:
+            return
+        batch, task, t0 = self._inflight
         attempt = 0
         while True:
-            rows = self.batch.all_rows()
-            t0 = time.perf_counter()
             try:
-                await asyncio.to_thread(self.store.insert_events, rows)
+                if attempt == 0:
+                    await task
+                else:
+                    owned = consumer.assignment()
+                    rows = [r for tp, rs in batch.rows.items() if tp in owned for r in rs]
+                    await asyncio.to_thread(self.store.insert_events, rows)
                 break
-            except Exception as exc:  # noqa: BLE001 - any store failure: back off, keep rows
+            except Exception as exc:
                 attempt += 1
                 self._record_failure(exc)
                 delay = min(self.settings.sink_retry_max_s, 0.25 * 2 ** min(attempt, 10))
@@ -222,31 +251,33 @@ class HistorySink:
                 consumer.pause(*consumer.assignment())
                 end = time.monotonic() + delay
                 while time.monotonic() < end:
-                    if stop.is_set():
-                        log.warning("stopping with %d rows not inserted; offsets not committed",
-                                    len(rows))
+                    if stop is not None and stop.is_set() and attempt > 1:
+                        log.warning("stopping with %d rows not stored; offsets not committed",
+                                    len(batch.all_rows()))
+                        self._inflight = None
                         return
                     # Paused: returns nothing but keeps group membership alive.
                     await consumer.getmany(timeout_ms=100)
         if attempt:
             consumer.resume(*consumer.assignment())
+        self._inflight = None
         self.stats.last_insert_s = time.perf_counter() - t0
-        dead = self.batch.all_dead()
+        dead = batch.all_dead()
         if dead and self._dlq is not None:
             await self._dlq.publish_many(dead)
-        offsets = {tp: OffsetAndMetadata(off + 1, "") for tp, off in self.batch.last_offset.items()
-                   if tp in consumer.assignment()}
-        for tp, rows_tp in self.batch.rows.items():
+        owned = consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(off + 1, "") for tp, off in batch.last_offset.items()
+                   if tp in owned}
+        for tp, rows_tp in batch.rows.items():
             if rows_tp:
                 self.watermark[tp] = max(self.watermark.get(tp, -1), rows_tp[-1][-1])
-        self.stats.inserted += len(rows)
+        self.stats.inserted += sum(len(r) for r in batch.rows.values())
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
-        self.batch = Batch()
         if offsets:
             try:
                 await consumer.commit(offsets)
-            except Exception as exc:  # noqa: BLE001 - rebalance mid-commit: data is stored and
+            except Exception as exc:
                 # the watermark keeps the next owner from storing it twice.
                 log.warning("offset commit failed after insert: %s", exc)
 

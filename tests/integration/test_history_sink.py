@@ -93,27 +93,30 @@ async def test_sink_killed_mid_batch_and_restarted_stores_each_event_exactly_onc
     n = 60_000
     async with Publisher(settings.kafka_bootstrap) as pub:
         await pub.publish_many(make_events(n))
-    s = settings.model_copy(update={"sink_batch_max": 3000, "sink_batch_window_s": 0.5})
+    s = settings.model_copy(update={"sink_batch_max": 3000, "sink_batch_window_s": 0.5,
+                                    "worker_session_timeout_s": 1.0,
+                                    "worker_rebalance_timeout_s": 1.0})
     env = child_env(s)
     rng = random.Random(1)
     kills = 0
     progress = 0
     while kills < 3:
         proc = subprocess.Popen([*HASHPLANE, "sink"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(tmp_path / f"sink{kills}.log", "wb"))  # noqa: SIM115
-        # Kill at a random moment after the sink has made some progress beyond the last run.
-        await until(lambda: committed(s.kafka_bootstrap, s.sink_group), 60, what="a commit")
-        start = await committed(s.kafka_bootstrap, s.sink_group)
-        await asyncio.sleep(rng.uniform(0.05, 0.6))
+                                stderr=open(tmp_path / f"sink{kills}.log", "wb"))
+        # Kill at a random moment once this run has committed beyond the last one.
+        before = progress
+        await until(lambda: _done(s, before + 1), 60, 0.05, what="progress")
+        await asyncio.sleep(rng.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        assert start >= progress
-        progress = start
-    assert progress < n, "the sink finished before it could be killed mid-stream"
+        progress = await committed(s.kafka_bootstrap, s.sink_group)
+        assert before < progress < n, "the sink was not killed mid-stream"
+    log = tmp_path / "sink-final.log"
     proc = subprocess.Popen([*HASHPLANE, "sink"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "sink-final.log", "wb"))  # noqa: SIM115
+                            stderr=open(log, "wb"))
     try:
+        await until(lambda: "sink assigned" in log.read_text(), 60, what="final sink joined")
         await until(lambda: _done(s, n), 120, 0.5, what="all offsets committed")
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -86,7 +86,7 @@ def test_multi_kind_topic_adapter_discriminates_on_kind() -> None:
 
 
 def test_unknown_topic_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="grid.readings"):
+    with pytest.raises(KeyError, match=r"grid\.readings"):
         topic("grid.reading")
 
 

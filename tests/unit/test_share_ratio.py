@@ -53,7 +53,7 @@ def test_out_of_order_within_grace_is_counted_later_is_dropped() -> None:
 
 def test_duplicate_event_ids_are_folded_once() -> None:
     e = shares(1, 10)
-    state, out = fold([e, e, shares(2, 1), e])
+    _state, out = fold([e, e, shares(2, 1), e])
     assert out[-1].accepted == 11 and len(out) == 2
 
 

@@ -1,0 +1,104 @@
+"""`hashplane demo` as an operator runs it: serves /healthz and share ratios within 60 s,
+stops cleanly on Ctrl-C and leaves the history readable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from streams.broker import free_port
+from streams.history import HistoryStore
+from tests.conftest import HASHPLANE, ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(port), "--workers", "4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    body = None
+    try:
+        while time.monotonic() - start < 60:
+            assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/workers/rig01-gpu0/shares", timeout=5)
+                if health.json()["status"] == "ok" and r.status_code == 200:
+                    body = r.json()
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        elapsed = time.monotonic() - start
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert body is not None, f"no share ratios after 60 s:\n{out[-3000:]}"
+    assert body["latest"]["accepted"] + body["latest"]["rejected"] >= 0
+    assert body["latest"]["events"] >= 1
+    assert proc.returncode == 0, out[-3000:]
+    assert f"http://127.0.0.1:{port}" in out and "hashplane stopped" in out
+    print(f"demo answered share ratios {elapsed:.1f}s after start")
+
+    store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
+    try:
+        n = store.query("SELECT count() FROM hashplane.events WHERE topic = 'shares'")[0][0]
+        m = store.query("SELECT count() FROM hashplane.metrics_shares")[0][0]
+    finally:
+        store.close()
+    assert n > 0 and m > 0
+
+
+async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The production entry point: no embedded broker, endpoints from the environment."""
+    import asyncio
+
+    from schemas.events import ShareCountsObserved
+    from streams.publish import Publisher
+    from tests.factories import T0
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
+    env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
+               HASHPLANE_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'ch'}",
+               HASHPLANE_DATA_DIR=str(tmp_path / "data"), HASHPLANE_API_PORT=str(port))
+    proc = subprocess.Popen([*HASHPLANE, "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        async with Publisher(broker.bootstrap) as pub:
+            await pub.publish_many([ShareCountsObserved(
+                site="site-1", device_id="asic-0001", ts=T0 + timedelta(seconds=i),
+                source="test", worker="asic-0001", accepted=9, rejected=1, interval_s=1)
+                for i in range(5)])
+        body = None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(60):
+                assert proc.poll() is None
+                try:
+                    r = await client.get("/v1/workers/asic-0001/shares")
+                    if r.status_code == 200:
+                        body = r.json()
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert body is not None, out[-3000:]
+    assert body["latest"]["accepted"] == 45 and body["latest"]["rejected_pct"] == 10.0
+    assert proc.returncode == 0, out[-3000:]
+    assert "embedded" not in out.split("hashplane is running")[1].split("\n")[0]

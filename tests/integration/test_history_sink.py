@@ -105,7 +105,7 @@ async def test_sink_killed_mid_batch_and_restarted_stores_each_event_exactly_onc
                                 stderr=open(tmp_path / f"sink{kills}.log", "wb"))
         # Kill at a random moment once this run has committed beyond the last one.
         before = progress
-        await until(lambda: _done(s, before + 1), 60, 0.05, what="progress")
+        await until(lambda b=before: _done(s, b + 1), 60, 0.05, what="progress")
         await asyncio.sleep(rng.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

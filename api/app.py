@@ -39,7 +39,7 @@ def create_api(settings: Settings, store: HistoryStore) -> FastAPI:
     async def q(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             return await asyncio.to_thread(store.query_dicts, sql, params, _SETTINGS)
-        except Exception as exc:
+        except Exception as exc:  # store down is a 503, not a crash
             raise HTTPException(503, f"history store unavailable: {exc}") from exc
 
     @app.get("/healthz", response_model=Health, tags=["ops"])

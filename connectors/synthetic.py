@@ -72,7 +72,7 @@ async def run_synthetic(publisher: Publisher, stop: asyncio.Event, *, site: str,
     while not stop.is_set():
         try:
             await publisher.publish_many(tick(ws, rng, clock(), interval_s, site))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - broker hiccup: keep the source alive
             log.warning("synthetic source publish failed: %s", exc)
         try:
             await asyncio.wait_for(stop.wait(), interval_s)

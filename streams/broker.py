@@ -118,7 +118,7 @@ async def wait_ready(
             await admin.start()
             await admin.list_topics()
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready yet
             last = exc
         finally:
             with contextlib.suppress(Exception):

@@ -26,7 +26,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("aiokafka", "faust", "mode", "kafka", "clickhouse_connect"):
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "clickhouse_connect", "amqtt",
+                  "transitions", "pymodbus", "uvicorn", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -171,6 +172,61 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _farm_config(args: argparse.Namespace, s: Settings) -> Any:
+    from sim.farm import FarmConfig
+
+    if args.scenario and args.scenario not in _scenarios():
+        raise SystemExit(f"unknown scenario {args.scenario!r}; known: {', '.join(_scenarios())}")
+    return FarmConfig(site=s.site, asics=args.asics, gpu_rigs=args.gpu_rigs,
+                      scenario=args.scenario, speed=args.speed, nominal_hz=args.nominal_hz,
+                      data_dir=s.data_dir / "sim", asic_base_ip=args.asic_base_ip)
+
+
+def _scenarios() -> list[str]:
+    from sim.scenarios import SCENARIOS
+
+    return list(SCENARIOS)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from sim.farm import Farm
+
+    s = _settings(args)
+    _logging(s.log_level)
+    cfg = _farm_config(args, s)
+
+    async def main() -> None:
+        import signal
+        import time
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        t0 = time.monotonic()
+        farm = Farm(cfg)
+        await farm.start()
+        if args.endpoints_file:
+            farm.write_endpoints(Path(args.endpoints_file))
+        e = farm.endpoints()
+        print(f"simulated farm up in {time.monotonic() - t0:.1f}s: {len(e['asics'])} ASICs "
+              f"({e['asics'][0]['host'] if e['asics'] else '-'}..:4028), {len(e['rigs'])} rigs, "
+              f"Modbus {e['modbus']['host']}:{e['modbus']['port']}, "
+              f"MQTT {e['mqtt']['host']}:{e['mqtt']['port']}, "
+              f"coordinator {e['coordinator']['url']}"
+              + (f"; endpoints in {args.endpoints_file}" if args.endpoints_file else ""),
+              flush=True)
+        try:
+            await asyncio.wait_for(stop.wait(), args.duration)
+        except TimeoutError:
+            pass
+        finally:
+            await farm.stop()
+
+    asyncio.run(main())
+    return 0
+
+
 def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
     from streams.runtime import Stack, StackOptions, run_stack
 
@@ -178,7 +234,10 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
     _logging(s.log_level)
     opts = StackOptions(
         embedded_broker=embedded, kafka_port=getattr(args, "kafka_port", 0) or 0,
-        synthetic_workers=args.workers if embedded else 0, duration_s=args.duration)
+        synthetic_workers=args.workers if embedded else 0, duration_s=args.duration,
+        farm=_farm_config(args, s) if embedded and args.asics + args.gpu_rigs > 0 else None,
+        endpoints_file=Path(args.endpoints_file) if getattr(args, "endpoints_file", None)
+        else None)
     stack = Stack(settings=s)
 
     async def main() -> None:
@@ -195,7 +254,7 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - one clear line for the operator
         print(f"hashplane: {exc}", file=sys.stderr)
         return 1
     print(f"hashplane stopped; history kept in {stack.settings.history_dsn}", flush=True)
@@ -219,6 +278,19 @@ def _banner(stack: Any, embedded: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
+def farm_args(p: argparse.ArgumentParser) -> None:
+    """Options of the simulated farm (``sim`` and ``demo``)."""
+    p.add_argument("--asics", type=int, default=160, help="simulated ASICs (default 160)")
+    p.add_argument("--gpu-rigs", type=int, default=4, help="simulated GPU rigs of 8 GPUs")
+    p.add_argument("--scenario", default=None,
+                   help="grid-dip, supply-drop, uplink-outage, gpu-overheat, reject-spike, "
+                        "asic-crash")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0])
+    p.add_argument("--asic-base-ip", default="127.0.1.1", help="first ASIC's address")
+    p.add_argument("--endpoints-file", default=None, help="write every endpoint as JSON here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the commands in the README)."""
     p = argparse.ArgumentParser(prog="hashplane", description=__doc__)
@@ -233,7 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--api-port", type=int, default=None, help="API port (0 = any free)")
     d.add_argument("--kafka-port", type=int, default=0, help="embedded broker port (0 = any)")
     d.add_argument("--workers", type=int, default=16, help="synthetic share workers")
+    farm_args(d)
     d.set_defaults(func=lambda a: _run_stack(a, embedded=True), data_dir_default="var/demo")
+
+    sm = common(sub.add_parser("sim", help="run the simulated farm alone"))
+    farm_args(sm)
+    sm.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    sm.set_defaults(func=cmd_sim, data_dir_default="var/sim")
 
     u = common(sub.add_parser("up", help="run sink, API and worker against configured endpoints"))
     u.add_argument("--duration", type=float, default=None)

@@ -236,7 +236,7 @@ class HistoryStore:
         try:
             with self._lock:
                 return bool(self.client.query("SELECT 1").result_rows)
-        except Exception:
+        except Exception:  # noqa: BLE001 - health check: any failure means down
             return False
 
 

@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -27,20 +27,13 @@ from api.app import create_api
 from connectors.synthetic import run_synthetic
 from streams.broker import BrokerError, EmbeddedBroker, free_port, wait_ready
 from streams.history import HistoryStore
+from streams.httpserve import QuietServer
 from streams.publish import Publisher
 from streams.settings import Settings
 from streams.sink import HistorySink
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the runtime owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -64,6 +57,8 @@ class StackOptions:
     sink: bool = True
     api: bool = True
     duration_s: float | None = None
+    farm: Any = None  # sim.farm.FarmConfig: start the simulated farm too
+    endpoints_file: Path | None = None
     extra_tasks: list[Any] = field(default_factory=list)
 
 
@@ -76,6 +71,7 @@ class Stack:
     sink: HistorySink | None = None
     broker: EmbeddedBroker | None = None
     api_url: str = ""
+    farm: Any = None
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
@@ -114,7 +110,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tasks: list[asyncio.Task[Any]] = []
     publisher: Publisher | None = None
-    server: _Server | None = None
+    server: QuietServer | None = None
     try:
         if opts.embedded_broker:
             stack.broker = EmbeddedBroker(opts.kafka_port,
@@ -126,6 +122,13 @@ async def run_stack(settings: Settings, opts: StackOptions,
             await wait_ready(settings.kafka_bootstrap, 30.0)
         await ensure_topics(settings.kafka_bootstrap, replication=settings.topic_replication)
 
+        if opts.farm is not None:
+            from sim.farm import Farm
+
+            stack.farm = Farm(opts.farm)
+            await stack.farm.start()
+            if opts.endpoints_file is not None:
+                stack.farm.write_endpoints(opts.endpoints_file)
         if opts.sink or opts.api:
             stack.store = HistoryStore(settings.history_dsn, settings.clickhouse_database)
             await asyncio.to_thread(_open_store, stack.store)
@@ -138,7 +141,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
         if opts.api:
             assert stack.store is not None
             port = settings.api_port or free_port(settings.api_host)
-            server = _Server(uvicorn.Config(
+            server = QuietServer(uvicorn.Config(
                 create_api(settings, stack.store), host=settings.api_host, port=port,
                 log_level="warning", lifespan="off"))
             tasks.append(asyncio.create_task(server.serve(), name="api"))
@@ -168,6 +171,8 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 await asyncio.wait_for(asyncio.shield(t), 15)
         if publisher is not None:
             await publisher.stop()
+        if stack.farm is not None:
+            await stack.farm.stop()
         if stack.store is not None:
             stack.store.close()
         if stack.broker is not None:

@@ -122,7 +122,7 @@ class HistorySink:
             try:
                 marks = await asyncio.to_thread(self.store.watermarks, topics)
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - store down: wait, never guess
                 self._record_failure(exc)
                 await asyncio.sleep(1.0)
         for tp in tps:
@@ -242,7 +242,7 @@ class HistorySink:
                     rows = [r for tp, rs in batch.rows.items() if tp in owned for r in rs]
                     await asyncio.to_thread(self.store.insert_events, rows)
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any store failure: back off, keep the rows
                 attempt += 1
                 self._record_failure(exc)
                 delay = min(self.settings.sink_retry_max_s, 0.25 * 2 ** min(attempt, 10))
@@ -277,8 +277,8 @@ class HistorySink:
         if offsets:
             try:
                 await consumer.commit(offsets)
-            except Exception as exc:
-                # the watermark keeps the next owner from storing it twice.
+            except Exception as exc:  # noqa: BLE001 - a rebalance mid-commit: the data is
+                # stored and the watermark keeps the next owner from storing it twice.
                 log.warning("offset commit failed after insert: %s", exc)
 
     def _record_failure(self, exc: BaseException) -> None:

@@ -1,0 +1,306 @@
+"""The simulated site: every device on real sockets, one clock, scenarios, an endpoints file.
+
+``Farm(config).start()`` brings up: N ASICs (LuxOS RPC on their own loopback address, port
+4028), GPU rigs (RainbowMiner API + Config dir + simulated NVML), the grid meter (Modbus TCP),
+the supply feeds' sensors (MQTT, an embedded broker unless one is given), the job coordinator
+(seed 002), model endpoints (seed 004), the uplink check endpoint and the upstream Stratum
+pool.  ``endpoints()`` describes them all; ``hashplane sim --endpoints-file`` writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from sim.asic import MODELS, PoolSlot, SimAsic
+from sim.clock import SimClock
+from sim.coordinator import CoordinatorState, coordinator_app
+from sim.feeds import Feed, encode, feed_readings, start_embedded_broker
+from sim.luxos import LuxosApi, serve_rpc
+from sim.meter import REGISTERS, GridModel, MeterServer
+from sim.model_endpoints import ModelEndpoint, model_app
+from sim.nvml import SimNvml
+from sim.rainbowminer import SimRig, make_rig
+from sim.rig_api import rig_app
+from sim.scenarios import SCENARIOS
+from sim.stratum import StratumPool
+from streams.httpserve import HttpService
+
+log = logging.getLogger(__name__)
+
+ASIC_MIX = ("S19j Pro", "S19j Pro", "S19 XP", "S21", "S19j Pro", "S21 Pro", "S19 XP", "S21",
+            "S19j Pro", "S21")
+RIG_CARDS = ("RTX 3090", "RTX 4090", "A100", "H100")
+AUX_LOAD_FRACTION = 0.04  # cooling fans, network, control: a few % of the IT load
+
+
+@dataclass
+class FarmConfig:
+    """What the simulated site contains."""
+
+    site: str = "site-1"
+    asics: int = 160
+    asic_base_ip: str = "127.0.1.1"
+    asic_port: int = 4028
+    gpu_rigs: int = 4
+    gpus_per_rig: int = 8
+    nominal_hz: float = 50.0
+    speed: float = 1.0
+    seed: int = 7
+    data_dir: Path = Path("var/sim")
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 0  # 0 = start an embedded broker on a free port
+    mqtt_external: bool = False
+    model_endpoints: int = 3
+    coordinator_api_key: str = "hp-miner-key"
+    feed_headroom: float = 1.25  # total feed capacity / full load
+    tick_s: float = 1.0  # simulated seconds between sensor publications
+    scenario: str | None = None
+    scenario_delay_s: float = 0.0  # added to every step time
+
+
+@dataclass
+class Farm:
+    """A running simulated site."""
+
+    config: FarmConfig
+    clock: SimClock = field(default_factory=SimClock)
+    asics: list[SimAsic] = field(default_factory=list)
+    rigs: list[SimRig] = field(default_factory=list)
+    feeds: list[Feed] = field(default_factory=list)
+    feed_capacity0: dict[str, float] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    uplink_up: bool = True
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.clock = SimClock(c.speed)
+        self.rng = random.Random(c.seed)
+        self.grid = GridModel(nominal_hz=c.nominal_hz, seed=c.seed)
+        self.pool = StratumPool()
+        self.meter = MeterServer(self.grid, load_kw=self.load_kw, clock=self.t)
+        self.coordinator = CoordinatorState(api_keys={c.coordinator_api_key})
+        self.models = [ModelEndpoint(f"sim-llm-{i + 1}", latency_ms=150 + 150 * i,
+                                     failure_rate=0.01 + 0.03 * i, quality=0.95 - 0.15 * i,
+                                     seed=c.seed + i) for i in range(c.model_endpoints)]
+        self._servers: list[asyncio.Server] = []
+        self._http: list[HttpService] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._broker: Any = None
+        self.uplink_http: HttpService | None = None
+
+    def t(self) -> float:
+        """Simulated seconds since the farm started."""
+        return self.clock.elapsed()
+
+    # -- build ------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        c = self.config
+        base = ipaddress.IPv4Address(c.asic_base_ip)
+        for i in range(c.asics):
+            model = MODELS[ASIC_MIX[i % len(ASIC_MIX)]]
+            pools = [PoolSlot(self.pool.url, f"hashplane.asic{i + 1:05d}")]
+            self.asics.append(SimAsic(index=i, host=str(base + i), model=model, pools=pools,
+                                      seed=c.seed))
+        for r in range(c.gpu_rigs):
+            cards = [RIG_CARDS[r % len(RIG_CARDS)]] * c.gpus_per_rig
+            rig = make_rig(r, c.data_dir / "rigs" / f"rig{r + 1:02d}", cards, seed=c.seed)
+            rig.init_files()
+            self.rigs.append(rig)
+        full_kw = self.load_kw(full=True)
+        cap = full_kw * c.feed_headroom
+        self.feeds = [Feed("feed-a", round(cap * 0.6, 1)), Feed("feed-b", round(cap * 0.4, 1))]
+        self.feed_capacity0 = {f.feed_id: f.capacity_kw for f in self.feeds}
+
+    def load_kw(self, full: bool = False) -> float:
+        """Site load now: ASICs + GPUs + auxiliaries."""
+        t = self.t()
+        if full:
+            it = sum(a.current_profile().watts for a in self.asics)
+            it += sum(g.card.pl_default_w for r in self.rigs for g in r.gpus)
+        else:
+            it = sum(a.power_w(t) for a in self.asics)
+            it += sum(g.power_w() for r in self.rigs for g in r.gpus)
+        return it * (1 + AUX_LOAD_FRACTION) / 1000.0
+
+    def pool_alive(self, url: str) -> bool:
+        """Can a miner reach this pool? The upstream one only while the uplink is up."""
+        return self.uplink_up or not url.startswith(self.pool.url)
+
+    # -- run --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.config
+        c.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.pool.start()
+        self._build()
+        await self._start_asics()
+        for rig in self.rigs:
+            svc = HttpService(rig_app(rig, self.t, SimNvml(rig, self.t)))
+            await svc.start()
+            rig.api_url = svc.url
+            self._http.append(svc)
+        await self.meter.start()
+        if not c.mqtt_external:
+            c.mqtt_port = c.mqtt_port or _free_port(c.mqtt_host)
+            self._broker = await start_embedded_broker(c.mqtt_host, c.mqtt_port)
+        self.coordinator_http = HttpService(coordinator_app(self.coordinator, self.clock.now))
+        await self.coordinator_http.start()
+        self._http.append(self.coordinator_http)
+        self.model_http = []
+        for ep in self.models:
+            svc = HttpService(model_app(ep, self.clock.now))
+            await svc.start()
+            self.model_http.append(svc)
+            self._http.append(svc)
+        self.uplink_http = HttpService(_uplink_app())
+        await self.uplink_http.start()
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="farm-tick"))
+        if c.scenario:
+            self._tasks.append(asyncio.create_task(self.run_scenario(c.scenario)))
+        log.info("simulated farm up: %d ASICs, %d rigs, meter %s:%d, MQTT %s:%d",
+                 len(self.asics), len(self.rigs), self.meter.host, self.meter.port,
+                 c.mqtt_host, c.mqtt_port)
+
+    async def _start_asics(self) -> None:
+        sem = asyncio.Semaphore(256)
+
+        async def one(a: SimAsic) -> asyncio.Server:
+            async with sem:
+                api = LuxosApi(a, self.t, pool_alive=self.pool_alive)
+                return await serve_rpc(api, a.host, self.config.asic_port)
+
+        self._servers = list(await asyncio.gather(*(one(a) for a in self.asics)))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for s in self._servers:
+            s.close()
+        for svc in self._http:
+            await svc.stop()
+        if self.uplink_http is not None:
+            await self.uplink_http.stop()
+        await self.meter.stop()
+        await self.pool.stop()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self._broker.shutdown()
+
+    async def _tick_loop(self) -> None:
+        import aiomqtt
+
+        c = self.config
+        while True:
+            try:
+                async with aiomqtt.Client(c.mqtt_host, c.mqtt_port,
+                                          identifier=f"hashplane-sim-{c.site}") as mqtt:
+                    while True:
+                        await self._tick(mqtt)
+                        await self.clock.sleep(c.tick_s)
+            except aiomqtt.MqttError as exc:
+                log.warning("sim MQTT publisher: %s; reconnecting", exc)
+                await asyncio.sleep(1.0)
+
+    async def _tick(self, mqtt: Any) -> None:
+        t, now = self.t(), self.clock.now()
+        for rig in self.rigs:
+            rig.tick(t, now)
+        load = self.load_kw()
+        self.meter.refresh(t, load)
+        for feed, payload in feed_readings(self.feeds, load, self.rng, now):
+            await mqtt.publish(feed.topic(self.config.site), encode(payload))
+
+    async def run_scenario(self, name: str) -> None:
+        steps = SCENARIOS[name]
+        start = self.t() + self.config.scenario_delay_s
+        for step in steps:
+            await self.clock.sleep(start + step.at_s - self.t())
+            log.info("scenario %s: %s", name, step.what)
+            self.events.append({"t": self.t(), "ts": self.clock.now().isoformat(),
+                                "scenario": name, "what": step.what})
+            result = step.action(self)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def set_uplink(self, up: bool) -> None:
+        """Cut or restore the internet: uplink check endpoint and upstream pool."""
+        self.uplink_up = up
+        t = self.t()
+        for a in self.asics:
+            a.set_pool_alive(self.pool.url, up, t)
+        if up:
+            await self.pool.restore()
+            if self.uplink_http is not None:
+                await self.uplink_http.start()
+        else:
+            await self.pool.cut()
+            if self.uplink_http is not None:
+                await self.uplink_http.stop()
+
+    # -- description ------------------------------------------------------------------
+
+    def endpoints(self) -> dict[str, Any]:
+        """Every endpoint of the farm, for connectors and tests."""
+        c = self.config
+        return {
+            "site": c.site, "speed": c.speed, "started_at": self.clock.start.isoformat(),
+            "asics": [{"id": f"asic-{a.index + 1:05d}", "host": a.host, "port": c.asic_port,
+                       "model": a.model.type, "dialect": "luxos"} for a in self.asics],
+            "modbus": {"host": self.meter.host, "port": self.meter.port, "unit": 1,
+                       "registers": "holding", "word_order": "big",
+                       "register_map": REGISTERS, "nominal_hz": c.nominal_hz},
+            "mqtt": {"host": c.mqtt_host, "port": c.mqtt_port,
+                     "topics": [f.topic(c.site) for f in self.feeds],
+                     "feeds": [{"id": f.feed_id, "topic": f.topic(c.site),
+                                "capacity_kw": f.capacity_kw} for f in self.feeds]},
+            "rigs": [{"id": r.rig_id, "api_url": r.api_url, "nvml_url": f"{r.api_url}/nvml",
+                      "config_dir": str(r.config_dir.resolve()),
+                      "log_path": str(r.log_path.resolve()),
+                      "gpus": [{"index": g.index, "card": g.card.name} for g in r.gpus]}
+                     for r in self.rigs],
+            "coordinator": {"url": self.coordinator_http.url,
+                            "api_key": c.coordinator_api_key},
+            "model_endpoints": [{"name": ep.name, "url": svc.url}
+                                for ep, svc in zip(self.models, self.model_http, strict=True)],
+            "uplink": {"url": f"{self.uplink_http.url}/generate_204" if self.uplink_http
+                       else ""},
+            "pools": {"upstream": self.pool.url},
+        }
+
+    def write_endpoints(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.endpoints(), indent=2))
+        tmp.replace(path)
+
+
+def _uplink_app() -> FastAPI:
+    app = FastAPI(title="uplink check (simulated internet)")
+
+    @app.get("/generate_204")
+    def generate_204() -> Response:
+        return Response(status_code=204)
+
+    return app
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

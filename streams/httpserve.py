@@ -1,0 +1,58 @@
+"""Serving an ASGI app inside a running event loop (the runtime owns the signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpService:
+    """One app on host:port that can be started, stopped and started again."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        self.app, self.host, self.port = app, host, port
+        self._server: QuietServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        if not self.port:
+            import socket
+
+            with socket.socket() as s:
+                s.bind((self.host, 0))
+                self.port = s.getsockname()[1]
+        self._server = QuietServer(uvicorn.Config(
+            self.app, host=self.host, port=self.port, log_level="warning", lifespan="off",
+            access_log=False))
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 10)
+        self._server = self._task = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None

@@ -123,6 +123,8 @@ class SimAsic:
     diff_stale: float = 0.0
     total_mh: float = 0.0
     restarts: int = 0
+    live_pool: int | None = None  # index of the pool a real Stratum session is open to
+    pending: list[str] = field(default_factory=list)  # shares waiting for that session
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _h5s: float = 0.0
 
@@ -182,6 +184,13 @@ class SimAsic:
             rej = _binomial(self._rng, n, self.reject_p)
             stl = _binomial(self._rng, n - rej, self.stale_p)
             acc = n - rej - stl
+            if self.live_pool == self.active_pool:
+                # A real pool decides: queue the shares for the Stratum session to submit.
+                self.pending += ["good"] * acc + ["low"] * rej + ["stale"] * stl
+                self.pending = self.pending[-1000:]
+                self.hw_errors += _binomial(self._rng, max(n, 1) * 50, self.hw_error_rate)
+                self.last_t = t
+                return
             d = pool.difficulty
             self.accepted += acc
             self.rejected += rej
@@ -248,6 +257,28 @@ class SimAsic:
         pool.enabled = True
         self.pools.insert(0, self.pools.pop(index))  # cgminer: switchpool makes it priority 0
         self.active_pool = self._pick_pool()
+
+    def record(self, pool_index: int, outcome: str, difficulty: float, t: float) -> None:
+        """A share's answer from a real pool: accepted, rejected or stale."""
+        if not 0 <= pool_index < len(self.pools):
+            return
+        p = self.pools[pool_index]
+        if outcome == "accepted":
+            self.accepted += 1
+            p.accepted += 1
+            self.diff_accepted += difficulty
+            p.diff_accepted += difficulty
+        elif outcome == "stale":
+            self.stale += 1
+            p.stale += 1
+            self.diff_stale += difficulty
+            p.diff_stale += difficulty
+        else:
+            self.rejected += 1
+            p.rejected += 1
+            self.diff_rejected += difficulty
+            p.diff_rejected += difficulty
+        p.last_share_time = t
 
     def add_pool(self, url: str, user: str, password: str, alive: bool) -> int:
         self.pools.append(PoolSlot(url, user, password, alive=alive))

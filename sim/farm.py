@@ -34,7 +34,7 @@ from sim.nvml import SimNvml
 from sim.rainbowminer import SimRig, make_rig
 from sim.rig_api import rig_app
 from sim.scenarios import SCENARIOS
-from sim.stratum import StratumPool
+from sim.stratum import MinerSession, StratumPool
 from streams.httpserve import HttpService
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class Farm:
         self._tasks: list[asyncio.Task[Any]] = []
         self._broker: Any = None
         self.uplink_http: HttpService | None = None
+        self.sessions: dict[int, MinerSession] = {}
+        self._running = True
 
     def t(self) -> float:
         """Simulated seconds since the farm started."""
@@ -185,11 +187,14 @@ class Farm:
         self._servers = list(await asyncio.gather(*(one(a) for a in self.asics)))
 
     async def stop(self) -> None:
+        self._running = False
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._tasks:
+            # Bounded: a library that swallows a cancellation must not hang the shutdown.
+            await asyncio.wait(self._tasks, timeout=5)
+        for sess in list(self.sessions.values()):
+            await sess.stop()
         for s in self._servers:
             s.close()
         for svc in self._http:
@@ -206,18 +211,41 @@ class Farm:
         import aiomqtt
 
         c = self.config
-        while True:
+        while self._running:
             try:
                 async with aiomqtt.Client(c.mqtt_host, c.mqtt_port,
                                           identifier=f"hashplane-sim-{c.site}") as mqtt:
-                    while True:
+                    while self._running:
                         await self._tick(mqtt)
                         await self.clock.sleep(c.tick_s)
             except aiomqtt.MqttError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # stopping: aiomqtt replaced it
                 log.warning("sim MQTT publisher: %s; reconnecting", exc)
                 await asyncio.sleep(1.0)
 
+    async def _supervise_sessions(self) -> None:
+        """Open a real Stratum session for every miner switched to a pool other than the
+        farm's upstream one (whose shares are accounted statistically, so that ten
+        thousand miners need no ten thousand connections); close sessions no longer used."""
+        for a in self.asics:
+            slot = a.pools[a.active_pool] if a.pools else None
+            wanted = (slot is not None and a.state in ("running", "waking") and slot.alive
+                      and slot.enabled and not slot.url.startswith(self.pool.url))
+            have = self.sessions.get(a.index)
+            if have is not None and (not wanted or have.pool_index != a.active_pool
+                                     or have.task is None or have.task.done()):
+                await have.stop()
+                del self.sessions[a.index]
+                have = None
+            if wanted and have is None:
+                s = MinerSession(a, a.active_pool, self.t)
+                s.start()
+                self.sessions[a.index] = s
+
     async def _tick(self, mqtt: Any) -> None:
+        await self._supervise_sessions()
         t, now = self.t(), self.clock.now()
         for rig in self.rigs:
             rig.tick(t, now)

@@ -419,11 +419,17 @@ async def serve_rpc(api: LuxosApi, host: str, port: int = 4028,
     return await asyncio.start_server(on_connect, host, port, backlog=64, reuse_address=True)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """Read one request: up to a complete JSON object, a NUL, a newline, or EOF."""
+async def _read_request(reader: asyncio.StreamReader, idle_s: float = 0.1) -> bytes:
+    """Read one request: up to a complete JSON object, a NUL, a newline, EOF, or a pause
+    in the data (cgminer handles what one receive brought; a broken request still gets
+    its error reply)."""
     buf = b""
     while len(buf) < 65536:
-        chunk = await reader.read(4096)
+        try:
+            chunk = await (reader.read(4096) if not buf
+                           else asyncio.wait_for(reader.read(4096), idle_s))
+        except TimeoutError:
+            break
         if not chunk:
             break
         buf += chunk

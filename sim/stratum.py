@@ -157,3 +157,119 @@ class StratumPool:
         self.stats.accepted += 1
         counts[0] += 1
         self._send(w, mid, result=True)
+
+
+def parse_pool_url(url: str) -> tuple[str, int] | None:
+    """host and port of ``stratum+tcp://host:port``, or None when there is none."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+class MinerSession:
+    """A simulated miner's Stratum v1 session to its active pool.
+
+    Shares the miner produced while the session is open (``asic.pending``) are submitted;
+    the pool's answer is what counts: accepted, rejected (21 stale, 22 duplicate, 23 low
+    difficulty).  A refused or dropped connection marks the pool dead so the miner fails
+    over, as cgminer does.
+    """
+
+    def __init__(self, asic: Any, pool_index: int, clock: Any, connect_timeout_s: float = 3.0):
+        self.asic = asic
+        self.pool_index = pool_index
+        self.clock = clock
+        self.connect_timeout_s = connect_timeout_s
+        self.difficulty = 1.0
+        self.job = ""
+        self.old_job = ""
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=2)
+
+    async def _run(self) -> None:
+        a, slot = self.asic, self.asic.pools[self.pool_index]
+        where = parse_pool_url(slot.url)
+        try:
+            if where is None:
+                raise OSError(f"no endpoint in {slot.url}")
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*where),
+                                                    self.connect_timeout_s)
+        except (OSError, TimeoutError):
+            slot.alive = False
+            a.active_pool = a._pick_pool()
+            a.live_pool = None
+            return
+        pending_ids: dict[int, str] = {}
+        next_id = 3
+        try:
+            writer.write(json.dumps({"id": 1, "method": "mining.subscribe",
+                                     "params": ["hashplane-sim/1.0"]}).encode() + b"\n")
+            writer.write(json.dumps({"id": 2, "method": "mining.authorize",
+                                     "params": [slot.user, slot.password]}).encode() + b"\n")
+            await writer.drain()
+            a.live_pool = self.pool_index
+            reader_task = asyncio.create_task(self._read(reader, pending_ids))
+            while not reader_task.done():
+                if a.live_pool != self.pool_index or a.active_pool != self.pool_index:
+                    break
+                a.advance(self.clock())
+                while a.pending and self.job:
+                    kind = a.pending.pop(0)
+                    # A stale share names a job the pool has already dropped.
+                    job = f"stale{secrets.token_hex(2)}" if kind == "stale" else self.job
+                    nonce = "ffffffff" if kind == "low" else secrets.token_hex(4)
+                    pending_ids[next_id] = kind
+                    writer.write(json.dumps({
+                        "id": next_id, "method": "mining.submit",
+                        "params": [slot.user, job, secrets.token_hex(4), "6553f100", nonce],
+                    }).encode() + b"\n")
+                    next_id += 1
+                await writer.drain()
+                await asyncio.sleep(0.2)
+            reader_task.cancel()
+            if reader_task.done() and not reader_task.cancelled() and reader_task.exception():
+                raise ConnectionError(str(reader_task.exception()))
+            if reader_task.done() and a.live_pool == self.pool_index:
+                raise ConnectionError("pool closed the connection")
+        except (OSError, ConnectionError):
+            slot.alive = False
+            a.active_pool = a._pick_pool()
+        finally:
+            if a.live_pool == self.pool_index:
+                a.live_pool = None
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader, pending_ids: dict[int, str]) -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            method = msg.get("method")
+            if method == "mining.set_difficulty":
+                self.difficulty = float(msg["params"][0])
+                self.asic.pools[self.pool_index].difficulty = self.difficulty
+            elif method == "mining.notify":
+                self.old_job, self.job = self.job, str(msg["params"][0])
+            elif msg.get("id") in pending_ids:
+                kind = pending_ids.pop(msg["id"])
+                err = msg.get("error")
+                if msg.get("result") is True:
+                    outcome = "accepted"
+                elif (err and err[0] == 21) or kind == "stale":
+                    outcome = "stale"
+                else:
+                    outcome = "rejected"
+                self.asic.record(self.pool_index, outcome, self.difficulty, self.clock())

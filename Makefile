@@ -24,6 +24,14 @@ install: $(STAMP)
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# The MQTT tests use a real Mosquitto broker when one is installed. As root we install
+	@# Debian's; without root (or if apt fails) they use the amqtt broker pip installed.
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: running as root: apt-get install mosquitto (MQTT broker for the tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null) \
+	    || echo "make: apt-get failed; the MQTT tests use the amqtt broker instead"; \
+	else echo "make: not root: the MQTT tests use the amqtt broker (pip)"; fi
 	touch $@
 
 install-test: $(TEST_STAMP)

@@ -129,6 +129,7 @@ class Farm:
     def load_kw(self, full: bool = False) -> float:
         """Site load now: ASICs + GPUs + auxiliaries."""
         t = self.t()
+        it: float
         if full:
             it = sum(a.current_profile().watts for a in self.asics)
             it += sum(g.card.pl_default_w for r in self.rigs for g in r.gpus)
@@ -182,7 +183,13 @@ class Farm:
         async def one(a: SimAsic) -> asyncio.Server:
             async with sem:
                 api = LuxosApi(a, self.t, pool_alive=self.pool_alive)
-                return await serve_rpc(api, a.host, self.config.asic_port)
+                try:
+                    return await serve_rpc(api, a.host, self.config.asic_port)
+                except OSError as exc:
+                    raise OSError(
+                        f"cannot listen on {a.host}:{self.config.asic_port} for ASIC "
+                        f"{a.index + 1}: {exc.strerror or exc}. Another simulated farm on "
+                        f"these addresses? Choose others with --asic-base-ip.") from exc
 
         self._servers = list(await asyncio.gather(*(one(a) for a in self.asics)))
 

@@ -138,7 +138,7 @@ class SimGpu:
         have = self.s.power_limit_w - self.card.idle_w
         if need <= 0:
             return 1.0
-        return max(0.0, min(1.0, have / need)) ** 0.6
+        return float(max(0.0, min(1.0, have / need)) ** 0.6)
 
     def thermal_factor(self) -> float:
         over = self.temp_c - self.card.throttle_c

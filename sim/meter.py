@@ -156,5 +156,5 @@ class MeterServer:
 
     async def stop(self) -> None:
         if self.server is not None:
-            await self.server.shutdown()
+            await self.server.shutdown()  # type: ignore[no-untyped-call]
             self.server = None

@@ -60,7 +60,7 @@ class SimRig:
     started_at: float = 0.0
     restarts: int = 0
     applied_profile: dict[int, str] = field(default_factory=dict)
-    _mtimes: dict[str, float] = field(default_factory=dict)
+    _mtimes: dict[str, int] = field(default_factory=dict)
     _pending: dict[int, GpuSettings] = field(default_factory=dict)
     _params: dict[str, str] = field(default_factory=dict)
     _pending_names: dict[int, str] = field(default_factory=dict)

@@ -237,7 +237,7 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
         synthetic_workers=args.workers if embedded else 0, duration_s=args.duration,
         farm=_farm_config(args, s) if embedded and args.asics + args.gpu_rigs > 0 else None,
         endpoints_file=Path(args.endpoints_file) if getattr(args, "endpoints_file", None)
-        else None)
+        else s.data_dir / "sim" / "endpoints.json")
     stack = Stack(settings=s)
 
     async def main() -> None:
@@ -270,6 +270,8 @@ def _banner(stack: Any, embedded: bool) -> None:
         f"  health     curl {stack.api_url}/healthz",
         f"  shares     curl {stack.api_url}/v1/workers/rig01-gpu5/shares",
         f"  Kafka      {s.kafka_bootstrap}",
+        *([f"  farm       {_farm_line(stack.farm)}",
+           f"  endpoints  {stack.endpoints_file}"] if stack.farm else []),
         f"  ClickHouse {s.history_dsn} (database {s.clickhouse_database})",
         f"  logs       {s.data_dir}/worker.log, {s.data_dir}/broker.log",
         "  Ctrl-C stops everything; the history stays readable.",
@@ -289,6 +291,14 @@ def farm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0])
     p.add_argument("--asic-base-ip", default="127.0.1.1", help="first ASIC's address")
     p.add_argument("--endpoints-file", default=None, help="write every endpoint as JSON here")
+
+
+def _farm_line(farm: Any) -> str:
+    e = farm.endpoints()
+    scen = f", scenario {farm.config.scenario}" if farm.config.scenario else ""
+    return (f"{len(e['asics'])} ASICs from {e['asics'][0]['host'] if e['asics'] else '-'}:4028, "
+            f"{len(e['rigs'])} GPU rigs, meter modbus://{e['modbus']['host']}:"
+            f"{e['modbus']['port']}, MQTT {e['mqtt']['host']}:{e['mqtt']['port']}{scen}")
 
 
 def build_parser() -> argparse.ArgumentParser:

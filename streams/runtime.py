@@ -72,6 +72,7 @@ class Stack:
     broker: EmbeddedBroker | None = None
     api_url: str = ""
     farm: Any = None
+    endpoints_file: Path | None = None
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
@@ -129,6 +130,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
             await stack.farm.start()
             if opts.endpoints_file is not None:
                 stack.farm.write_endpoints(opts.endpoints_file)
+                stack.endpoints_file = opts.endpoints_file
         if opts.sink or opts.api:
             stack.store = HistoryStore(settings.history_dsn, settings.clickhouse_database)
             await asyncio.to_thread(_open_store, stack.store)

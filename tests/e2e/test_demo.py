@@ -3,6 +3,7 @@ stops cleanly on Ctrl-C and leaves the history readable."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,8 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     env["PYTHONPATH"] = str(ROOT)
     start = time.monotonic()
     proc = subprocess.Popen(
-        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(port), "--workers", "4"],
+        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(port), "--workers", "4",
+         "--asics", "8", "--gpu-rigs", "1", "--asic-base-ip", "127.0.200.1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     body = None
     try:
@@ -51,6 +53,9 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     assert body["latest"]["events"] >= 1
     assert proc.returncode == 0, out[-3000:]
     assert f"http://127.0.0.1:{port}" in out and "hashplane stopped" in out
+    assert "8 ASICs from 127.0.200.1:4028, 1 GPU rigs" in out
+    endpoints = json.loads((data / "sim" / "endpoints.json").read_text())
+    assert len(endpoints["asics"]) == 8 and endpoints["asics"][0]["host"] == "127.0.200.1"
     print(f"demo answered share ratios {elapsed:.1f}s after start")
 
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import orjson
 from pydantic import ValidationError
@@ -107,11 +108,12 @@ def dead_letter(
     key: bytes | None = None,
     partition: int | None = None,
     offset: int | None = None,
+    event_id: UUID | None = None,
 ) -> RecordDeadLettered:
     """Build the dlq event for a refused record (raw bytes kept, base64, up to 4 KiB)."""
     data = raw or b""
     device = (key or b"").decode("utf-8", "replace")[:256] or "unknown"
-    return RecordDeadLettered(
+    letter = RecordDeadLettered(
         site=site,
         device_id=device,
         ts=ts,
@@ -123,3 +125,4 @@ def dead_letter(
         partition=partition,
         offset=offset,
     )
+    return letter if event_id is None else letter.model_copy(update={"event_id": event_id})

@@ -124,11 +124,16 @@ def create_typed_table(db: str, spec: TopicSpec) -> str:
     )
 
 
-def create_typed_view(db: str, spec: TopicSpec) -> str:
-    """CREATE MATERIALIZED VIEW that fills a typed table from ``events``."""
+def typed_select(spec: TopicSpec) -> str:
+    """The select list that turns ``events`` rows of a topic into typed rows."""
     select = [n for n, _ in ENVELOPE_COLUMNS]
     select += [f"{c.expr} AS `{c.name}`" for c in typed_columns(spec)]
+    return ", ".join(select)
+
+
+def create_typed_view(db: str, spec: TopicSpec) -> str:
+    """CREATE MATERIALIZED VIEW that fills a typed table from ``events``."""
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{spec.table}_mv TO {db}.{spec.table} AS "
-        f"SELECT {', '.join(select)} FROM {db}.events WHERE topic = '{spec.name}'"
+        f"SELECT {typed_select(spec)} FROM {db}.events WHERE topic = '{spec.name}'"
     )

@@ -1,14 +1,16 @@
-"""The ClickHouse history store: connection, versioned migrations, inserts, watermarks.
+"""The ClickHouse history store: connection, versioned migrations, inserts, stored offsets.
 
 Deduplication (choice and why): every table is a ReplacingMergeTree whose sorting key ends
-in ``event_id``, so a re-sent event collapses on merge, and exact read paths use
-``LIMIT 1 BY event_id`` or ``uniqExact(event_id)`` instead of ``FINAL``.  On top of that the
-sink keeps duplicates from being written at all: every row carries its Kafka
-(topic, partition, offset); a materialized view keeps the highest stored offset per
-partition in ``sink_watermarks`` as part of the same insert, and after a restart or a
-rebalance the sink skips records at or below it.  Insert deduplication tokens were not
-chosen: they only match a redelivered batch cut at exactly the same offsets, which a
-time-bounded batcher does not guarantee.
+in ``event_id``, so an event sent twice by a producer collapses on merge, and exact read
+paths use ``LIMIT 1 BY event_id`` or ``uniqExact(event_id)`` instead of ``FINAL``.  On top of
+that the sink keeps redelivered records from being written at all: every row carries its
+Kafka (topic, partition, offset), a minmax skip index on the offset makes "which offsets past
+the committed one are already stored?" a query that touches only the newest parts, and after
+a restart or a rebalance the sink skips exactly those records.  It asks the raw log itself,
+not a side table, because an insert killed between the table and its materialized views
+leaves the log ahead of any view.  Insert deduplication tokens were not chosen: they only
+match a redelivered batch cut at exactly the same offsets, which a time-bounded batcher does
+not guarantee.
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ EVENT_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class StoredOffsets:
+    """Offsets of one partition already in the log: a contiguous range and/or a set."""
+
+    lo: int = 0
+    hi: int = -1
+    scattered: frozenset[int] = frozenset()
+
+    def __contains__(self, offset: object) -> bool:
+        return isinstance(offset, int) and (self.lo <= offset <= self.hi
+                                             or offset in self.scattered)
+
+    def __bool__(self) -> bool:
+        return self.hi >= self.lo or bool(self.scattered)
+
+
+@dataclass(frozen=True)
 class Migration:
     """A numbered, named DDL step; applied once, recorded in ``schema_migrations``."""
 
@@ -57,22 +75,12 @@ def _m1_log(db: str) -> list[str]:
   source LowCardinality(String),
   payload String CODEC(ZSTD(3)),
   kafka_partition UInt32,
-  kafka_offset UInt64
+  kafka_offset UInt64,
+  INDEX kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1
 ) ENGINE = ReplacingMergeTree(ingested_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (topic, site, device_id, ts, event_id)
 COMMENT 'raw event log: every record of every topic, as it was on Kafka'""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.sink_watermarks (
-  topic LowCardinality(String),
-  kafka_partition UInt32,
-  kafka_offset UInt64
-) ENGINE = ReplacingMergeTree(kafka_offset)
-ORDER BY (topic, kafka_partition)
-COMMENT 'highest Kafka offset stored per partition, written with each insert'""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sink_watermarks_mv
-TO {db}.sink_watermarks AS
-SELECT topic, kafka_partition, max(kafka_offset) AS kafka_offset
-FROM {db}.events GROUP BY topic, kafka_partition""",
     ]
 
 
@@ -84,7 +92,7 @@ def _m2_typed(db: str) -> list[str]:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "raw event log and sink watermarks", _m1_log),
+    Migration(1, "raw event log", _m1_log),
     Migration(2, "typed tables per topic, fed by materialized views", _m2_typed),
 )
 
@@ -205,16 +213,51 @@ class HistoryStore:
         with self._lock:
             self.client.insert(f"{self.database}.events", rows, column_names=EVENT_COLUMNS)
 
-    def watermarks(self, topics: Sequence[str]) -> dict[tuple[str, int], int]:
-        """Highest stored Kafka offset per (topic, partition) among ``topics``."""
+    def stored_offsets(self, topic: str, partition: int, from_offset: int) -> StoredOffsets:
+        """Kafka offsets of ``topic``/``partition`` at or past ``from_offset`` already in the
+        log (the skip index keeps this to the newest parts)."""
+        where = (f"FROM {self.database}.events WHERE topic = {{t:String}} AND "
+                 f"kafka_partition = {{p:UInt32}} AND kafka_offset >= {{o:UInt64}}")
+        params = {"t": topic, "p": partition, "o": max(0, from_offset)}
         with self._lock:
-            rows = self.client.query(
-                f"SELECT topic, kafka_partition, max(kafka_offset) FROM "
-                f"{self.database}.sink_watermarks WHERE topic IN {{topics:Array(String)}} "
-                f"GROUP BY topic, kafka_partition",
-                parameters={"topics": list(topics)},
-            ).result_rows
-        return {(str(t), int(p)): int(o) for t, p, o in rows}
+            lo, hi, n = self.client.query(
+                f"SELECT min(kafka_offset), max(kafka_offset), uniqExact(kafka_offset) {where}",
+                parameters=params).result_rows[0]
+            if not n:
+                return StoredOffsets()
+            if hi - lo + 1 == n:
+                return StoredOffsets(lo=int(lo), hi=int(hi))
+            rows = self.client.query(f"SELECT DISTINCT kafka_offset {where}",
+                                     parameters=params).result_rows
+        return StoredOffsets(scattered=frozenset(int(r[0]) for r in rows))
+
+    def repair_typed(self, topic: str, partition: int, stored: StoredOffsets) -> int:
+        """Fill the typed table with stored log rows its view missed (an insert killed between
+        the log and its views); return how many rows were added."""
+        from schemas.registry import topic as spec_of
+        from streams.ddl import typed_select
+
+        spec = spec_of(topic)
+        lo = min([stored.lo, *stored.scattered]) if stored.hi >= stored.lo else min(
+            stored.scattered)
+        hi = max([stored.hi, *stored.scattered])
+        db, params = self.database, {"t": topic, "p": partition, "lo": lo, "hi": hi}
+        rng = ("topic = {t:String} AND kafka_partition = {p:UInt32} AND kafka_offset "
+               "BETWEEN {lo:UInt64} AND {hi:UInt64}")
+        with self._lock:
+            t0, t1 = self.client.query(f"SELECT min(ts), max(ts) FROM {db}.events WHERE {rng}",
+                                       parameters=params).result_rows[0]
+            params.update(t0=t0, t1=t1)
+            missing = (f"FROM {db}.events WHERE {rng} AND event_id NOT IN (SELECT event_id "
+                       f"FROM {db}.{spec.table} WHERE ts BETWEEN {{t0:DateTime64(3, 'UTC')}} "
+                       f"AND {{t1:DateTime64(3, 'UTC')}})")
+            n = int(self.client.query(f"SELECT count() {missing}",
+                                      parameters=params).result_rows[0][0])
+            if n:
+                self.client.command(
+                    f"INSERT INTO {db}.{spec.table} SELECT {typed_select(spec)} {missing}",
+                    parameters=params)
+        return n
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
               settings: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

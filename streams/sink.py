@@ -1,10 +1,11 @@
 """The history sink: every contract topic into ClickHouse, at least once, without duplicates.
 
 Offsets are committed only after the insert that holds them succeeded.  Rows carry their
-Kafka position; after a restart or rebalance the sink skips records at or below the highest
-offset ClickHouse already holds (``HistoryStore.watermarks``), so a batch redelivered after a
-crash mid-insert is not stored twice.  A ClickHouse outage pauses consumption and retries
-with capped exponential backoff; nothing is committed meanwhile, so nothing is lost.
+Kafka position; after a restart or rebalance the sink asks the log which offsets past the
+committed one it already holds (``HistoryStore.stored_offsets``) and skips exactly those, so
+a batch redelivered after a crash mid-insert is not stored twice.  A ClickHouse outage pauses
+consumption and retries with capped exponential backoff; nothing is committed meanwhile, so
+nothing is lost.
 Undecodable records are published to ``dlq`` with the reason and their offsets committed.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import NAMESPACE_URL, uuid5
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
@@ -25,11 +27,12 @@ from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
 from schemas.registry import TOPICS
 from streams.codec import DecodeError, dead_letter, decode_record, encode
-from streams.history import HistoryStore
+from streams.history import HistoryStore, StoredOffsets
 from streams.publish import Publisher
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+_DLQ_NS = uuid5(NAMESPACE_URL, "hashplane:history-sink:dlq")
 
 Clock = Callable[[], datetime]
 
@@ -92,10 +95,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.sink.batch.drop(set(revoked))
+        self.sink.unchecked -= set(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.sink.settle()  # the watermark must include the insert in flight
-        await self.sink.load_watermarks(set(assigned))
+        await self.sink.settle()  # what is stored must include the insert in flight
+        # Checked at the first fetched record of each partition (that offset is where the
+        # group's committed position put us; asking the broker here would deadlock).
+        self.sink.unchecked |= set(assigned)
+        log.info("sink assigned %d partitions", len(assigned))
 
 
 class HistorySink:
@@ -111,35 +118,38 @@ class HistorySink:
         self.bootstrap = bootstrap or settings.kafka_bootstrap
         self.stats = SinkStats()
         self.batch = Batch()
-        self.watermark: dict[TopicPartition, int] = {}
+        self.stored: dict[TopicPartition, StoredOffsets] = {}
+        self.unchecked: set[TopicPartition] = set()
         self._dlq: Publisher | None = None
         self._inflight: tuple[Batch, asyncio.Task[None], float] | None = None
 
-    async def load_watermarks(self, tps: set[TopicPartition]) -> None:
-        """Read ClickHouse's highest stored offset for newly assigned partitions."""
-        topics = sorted({tp.topic for tp in tps})
+    async def load_stored(self, tp: TopicPartition, from_offset: int) -> None:
+        """Which offsets of a newly assigned partition, from where consumption resumes, the
+        log already holds."""
         while True:
             try:
-                marks = await asyncio.to_thread(self.store.watermarks, topics)
+                found = await asyncio.to_thread(self.store.stored_offsets, tp.topic,
+                                                tp.partition, from_offset)
                 break
             except Exception as exc:  # noqa: BLE001 - store down: wait, never guess
                 self._record_failure(exc)
                 await asyncio.sleep(1.0)
-        for tp in tps:
-            mark = marks.get((tp.topic, tp.partition))
-            if mark is None:
-                self.watermark.pop(tp, None)
-            else:
-                self.watermark[tp] = mark
-        log.info("sink assigned %d partitions (%d with stored history)",
-                 len(tps), sum(1 for tp in tps if tp in self.watermark))
+        if found:
+            self.stored[tp] = found
+            repaired = await asyncio.to_thread(self.store.repair_typed, tp.topic,
+                                               tp.partition, found)
+            log.info("sink: %s has records from offset %d already stored; skipping them "
+                     "(%d typed rows its view had missed were added)", tp, from_offset,
+                     repaired)
+        else:
+            self.stored.pop(tp, None)
 
     def add(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
             ingested: datetime) -> None:
         """Decode one record into the batch (row, dead letter, or skipped duplicate)."""
         self.batch.last_offset[tp] = rec.offset
-        mark = self.watermark.get(tp)
-        if mark is not None and rec.offset <= mark:
+        stored = self.stored.get(tp)
+        if stored is not None and rec.offset in stored:
             self.stats.duplicates_skipped += 1
             return
         try:
@@ -152,7 +162,9 @@ class HistorySink:
             self.batch.dead.setdefault(tp, []).append(dead_letter(
                 source_topic=tp.topic, raw=rec.value, reason=exc.reason,
                 site=self.settings.site, source="history-sink", ts=ingested, key=rec.key,
-                partition=rec.partition, offset=rec.offset))
+                partition=rec.partition, offset=rec.offset,
+                # Same record, same letter: a redelivery does not dead-letter it twice.
+                event_id=uuid5(_DLQ_NS, f"{tp.topic}/{tp.partition}/{rec.offset}")))
             self.batch.size += 1
             return
         self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, event, upcast, ingested))
@@ -210,6 +222,9 @@ class HistorySink:
                 max_records=s.sink_batch_max - self.batch.size)
             ingested = self.clock()
             for tp, records in fetched.items():
+                if tp in self.unchecked and records:
+                    await self.load_stored(tp, records[0].offset)
+                    self.unchecked.discard(tp)
                 for rec in records:
                     self.add(tp, rec, ingested)
 
@@ -268,9 +283,6 @@ class HistorySink:
         owned = consumer.assignment()
         offsets = {tp: OffsetAndMetadata(off + 1, "") for tp, off in batch.last_offset.items()
                    if tp in owned}
-        for tp, rows_tp in batch.rows.items():
-            if rows_tp:
-                self.watermark[tp] = max(self.watermark.get(tp, -1), rows_tp[-1][-1])
         self.stats.inserted += sum(len(r) for r in batch.rows.values())
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
@@ -278,7 +290,7 @@ class HistorySink:
             try:
                 await consumer.commit(offsets)
             except Exception as exc:  # noqa: BLE001 - a rebalance mid-commit: the data is
-                # stored and the watermark keeps the next owner from storing it twice.
+                # stored and the next owner finds it stored and skips it.
                 log.warning("offset commit failed after insert: %s", exc)
 
     def _record_failure(self, exc: BaseException) -> None:

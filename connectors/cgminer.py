@@ -1,0 +1,360 @@
+"""ASIC telemetry over the CGMiner RPC (TCP 4028): transport, tolerant parsing, events.
+
+hashplane uses its own small client rather than pyasic for the sweep: one multi-command
+request per miner per sweep (``summary+pools+stats+power+config+version``) against pyasic's
+identification plus six to eight requests per miner, which matters at 10,000 miners; pyasic
+stays the independent reference in the tests.  Vendor JSON quirks are repaired the way
+field tools do: NUL terminators, ``}{`` between objects, trailing commas, bare
+``inf``/``nan``, and truncated replies closed at the last complete value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from connectors.base import Emitter, every
+from schemas.envelope import Event
+from schemas.events import AsicState, AsicTelemetryObserved, ShareCountsObserved
+
+SOURCE = "connector:asic"
+READ = "summary+pools+stats+power+config+version"
+
+
+class CgminerDecodeError(ValueError):
+    """A reply that is not CGMiner JSON even after the usual repairs."""
+
+
+class CgminerError(RuntimeError):
+    """The miner answered ``STATUS: E`` (or could not be reached)."""
+
+
+@dataclass(frozen=True)
+class AsicEndpoint:
+    """Where a miner answers."""
+
+    device_id: str
+    host: str
+    port: int = 4028
+
+
+# -- parsing (pure) ------------------------------------------------------------------------
+
+_BARE_NUM = re.compile(r'(?<=[:\[,])\s*(-?inf(?:inity)?|nan)\s*(?=[,\]}])', re.IGNORECASE)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_OBJ_SEQ = re.compile(r"}\s*{")
+
+
+def parse_reply(raw: bytes) -> dict[str, Any]:
+    """Parse a CGMiner reply, repairing the common vendor quirks; raise CgminerDecodeError."""
+    text = raw.replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    if not text:
+        raise CgminerDecodeError("empty reply")
+    for candidate in _repairs(text):
+        try:
+            obj = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
+            merged: dict[str, Any] = {}
+            for o in obj:
+                merged.update(o)
+            obj = merged
+        if isinstance(obj, dict):
+            return obj
+        raise CgminerDecodeError(f"reply is JSON {type(obj).__name__}, not an object")
+    raise CgminerDecodeError(f"not CGMiner JSON: {text[:80]!r}")
+
+
+def _repairs(text: str) -> list[str]:
+    fixed = _BARE_NUM.sub(" null", text)
+    fixed = _OBJ_SEQ.sub("},{", fixed)
+    fixed = _TRAILING_COMMA.sub(r"\1", fixed)
+    return [text, fixed, f"[{fixed}]", _close_truncated(fixed)]
+
+
+def _close_truncated(text: str) -> str:
+    """Cut a truncated reply back to its last complete value and close what is open."""
+    stack: list[str] = []
+    in_str = esc = False
+    last_safe = 0
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            if stack:
+                stack.pop()
+            last_safe = i + 1
+        elif ch == ",":
+            last_safe = i
+    if not stack and not in_str:
+        return text
+    head = text[:last_safe].rstrip().rstrip(",")
+    # Recount what is open in the kept part.
+    opened: list[str] = []
+    in_str = esc = False
+    for ch in head:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "{[":
+            opened.append("}" if ch == "{" else "]")
+        elif ch in "}]" and opened:
+            opened.pop()
+    if head.endswith(":"):
+        head += "null"
+    return head + "".join(reversed(opened))
+
+
+def _section(reply: dict[str, Any], command: str, key: str) -> list[dict[str, Any]]:
+    """Rows of ``key`` for ``command`` in a single or multi-command reply ([] on error)."""
+    part = reply.get(command)
+    if isinstance(part, list) and part:
+        part = part[0]
+    elif part is None:
+        part = reply
+    if not isinstance(part, dict):
+        return []
+    status = part.get("STATUS")
+    if isinstance(status, list) and status and isinstance(status[0], dict) \
+            and status[0].get("STATUS") == "E":
+        return []
+    rows = part.get(key)
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and f not in (float("inf"), float("-inf")) else None
+
+
+def _ths(row: dict[str, Any], window: str) -> float | None:
+    """TH/s from whichever unit the firmware reports (MHS, GHS or THS)."""
+    for key, scale in ((f"MHS {window}", 1e-6), (f"GHS {window}", 1e-3), (f"THS {window}", 1.0)):
+        v = _num(row.get(key))
+        if v is not None:
+            return max(0.0, v * scale)
+    return None
+
+
+def _temps(stats: dict[str, Any], prefix: str) -> list[float]:
+    out: list[float] = []
+    for k, v in stats.items():
+        if k.startswith(prefix) and isinstance(v, str):
+            out += [t for t in (_num(x) for x in v.split("-")) if t]
+        elif k.startswith(prefix) and _num(v):
+            out.append(float(v))
+    return out
+
+
+def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: datetime,
+                    model: str = "") -> AsicTelemetryObserved:
+    """The telemetry event of one multi-command read; KeyError/ValueError if unusable."""
+    summary = _section(reply, "summary", "SUMMARY")
+    if not summary:
+        raise ValueError("reply has no SUMMARY")
+    s = summary[0]
+    stats_rows = _section(reply, "stats", "STATS")
+    stats: dict[str, Any] = {}
+    for row in stats_rows:
+        stats.update(row)
+    pools = _section(reply, "pools", "POOLS")
+    power = _section(reply, "power", "POWER")
+    config = _section(reply, "config", "CONFIG")
+    version = _section(reply, "version", "VERSION")
+    model = model or str((version[0].get("Type") if version else "") or "")
+    h5 = _ths(s, "5s") or 0.0
+    hav = _ths(s, "av") or 0.0
+    curtailed = bool(config and str(config[0].get("CurtailMode", "")).lower() == "sleep")
+    state: AsicState = "sleeping" if curtailed else ("running" if h5 > 0 else "error")
+    active = next((p for p in pools if p.get("Stratum Active") is True), None) or next(
+        (p for p in pools if p.get("Status") == "Alive"), None)
+    fans = sorted((k, v) for k, v in stats.items() if re.fullmatch(r"fan\d+", k))
+    chip = _temps(stats, "temp_chip")
+    pcb = _temps(stats, "temp_pcb")
+    watts = _num(power[0].get("Watts")) if power else _num(stats.get("Power"))
+    return AsicTelemetryObserved(
+        site=site, device_id=ep.device_id, ts=ts, source=SOURCE, model=model, state=state,
+        hashrate_ths=round(h5, 4), hashrate_avg_ths=round(hav, 4),
+        power_w=max(0.0, watts or 0.0),
+        temp_chip_c=max(chip) if chip else None, temp_board_c=max(pcb) if pcb else None,
+        fan_rpm=[int(v) for _, v in fans if _num(v) is not None],
+        pool_url=str(active.get("URL", "")) if active else "",
+        accepted=max(0, int(_num(s.get("Accepted")) or 0)),
+        rejected=max(0, int(_num(s.get("Rejected")) or 0)),
+        stale=max(0, int(_num(s.get("Stale")) or 0)),
+        hardware_errors=max(0, int(_num(s.get("Hardware Errors")) or 0)),
+        elapsed_s=max(0, int(_num(s.get("Elapsed")) or 0)))
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The cumulative counters of one read, for share deltas."""
+
+    accepted: int
+    rejected: int
+    stale: int
+    diff_accepted: float
+    diff_rejected: float
+    elapsed_s: int
+    ts: datetime
+    worker: str
+    pool: str
+
+
+def counters(reply: dict[str, Any], ts: datetime) -> Counters:
+    s = _section(reply, "summary", "SUMMARY")[0]
+    pools = _section(reply, "pools", "POOLS")
+    active = next((p for p in pools if p.get("Stratum Active") is True), pools[0] if pools
+                  else {})
+    return Counters(
+        accepted=max(0, int(_num(s.get("Accepted")) or 0)),
+        rejected=max(0, int(_num(s.get("Rejected")) or 0)),
+        stale=max(0, int(_num(s.get("Stale")) or 0)),
+        diff_accepted=max(0.0, _num(s.get("Difficulty Accepted")) or 0.0),
+        diff_rejected=max(0.0, _num(s.get("Difficulty Rejected")) or 0.0),
+        elapsed_s=max(0, int(_num(s.get("Elapsed")) or 0)), ts=ts,
+        worker=str(active.get("User", "") or ""), pool=str(active.get("URL", "") or ""))
+
+
+def share_delta(prev: Counters | None, cur: Counters, *, device_id: str,
+                site: str) -> ShareCountsObserved | None:
+    """Shares since the previous read; a restart (counters or uptime going backwards) counts
+    from zero and is flagged; never negative; None on the first read (baseline)."""
+    if prev is None:
+        return None
+    reset = (cur.elapsed_s < prev.elapsed_s or cur.accepted < prev.accepted
+             or cur.rejected < prev.rejected or cur.stale < prev.stale)
+    base = Counters(0, 0, 0, 0.0, 0.0, 0, prev.ts, prev.worker, prev.pool) if reset else prev
+    interval = max(0.0, (cur.ts - prev.ts).total_seconds())
+    return ShareCountsObserved(
+        site=site, device_id=device_id, ts=cur.ts, source=SOURCE,
+        worker=cur.worker or device_id, pool=cur.pool,
+        accepted=max(0, cur.accepted - base.accepted),
+        rejected=max(0, cur.rejected - base.rejected), stale=max(0, cur.stale - base.stale),
+        difficulty_accepted=max(0.0, cur.diff_accepted - base.diff_accepted),
+        difficulty_rejected=max(0.0, cur.diff_rejected - base.diff_rejected),
+        interval_s=interval, counter_reset=reset)
+
+
+# -- transport ----------------------------------------------------------------------------
+
+async def rpc(host: str, port: int, command: str, parameter: str | None = None,
+              timeout_s: float = 3.0) -> bytes:
+    """One CGMiner request: connect, send, read to EOF (or the NUL), close."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    try:
+        body = {"command": command, **({"parameter": parameter} if parameter else {})}
+        writer.write(json.dumps(body).encode())
+        await writer.drain()
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536),
+                                           max(0.01, deadline - time.monotonic()))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if chunk.endswith(b"\x00"):
+                break
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+# -- the sweeper --------------------------------------------------------------------------
+
+class AsicTelemetry:
+    """Sweep many miners with bounded concurrency; publish telemetry and share deltas."""
+
+    def __init__(self, endpoints: Sequence[AsicEndpoint], emitter: Emitter, *,
+                 period_s: float = 10.0, concurrency: int = 512, timeout_s: float = 3.0):
+        self.endpoints = list(endpoints)
+        self.emitter = emitter
+        self.period_s, self.concurrency, self.timeout_s = period_s, concurrency, timeout_s
+        self.prev: dict[str, Counters] = {}
+        self.models: dict[str, str] = {}
+        self.unreachable: dict[str, int] = {}
+        self.last_sweep_s = 0.0
+        self.latencies: list[float] = []
+
+    async def read_one(self, ep: AsicEndpoint) -> list[Event]:
+        """Read one miner; its events (or a dead letter when the reply is unusable)."""
+        t0 = time.perf_counter()
+        try:
+            raw = await rpc(ep.host, ep.port, READ, timeout_s=self.timeout_s)
+        except (OSError, TimeoutError) as exc:
+            self.unreachable[ep.device_id] = self.unreachable.get(ep.device_id, 0) + 1
+            self.emitter.error(f"{ep.device_id} {ep.host}:{ep.port}: {exc!r}")
+            return []
+        self.latencies.append(time.perf_counter() - t0)
+        ts = self.emitter.clock()
+        if not raw:
+            self.emitter.error(f"{ep.device_id}: closed without a reply")
+            return []
+        try:
+            reply = parse_reply(raw)
+            tel = parse_telemetry(reply, ep, site=self.emitter.site, ts=ts,
+                                  model=self.models.get(ep.device_id, ""))
+            cur = counters(reply, ts)
+        except (CgminerDecodeError, ValueError, KeyError, IndexError) as exc:
+            await self.emitter.dead(f"cgminer://{ep.host}:{ep.port}", raw, str(exc),
+                                    key=ep.device_id)
+            return []
+        self.unreachable.pop(ep.device_id, None)
+        self.models.setdefault(ep.device_id, tel.model)
+        events: list[Event] = [tel]
+        delta = share_delta(self.prev.get(ep.device_id), cur, device_id=ep.device_id,
+                            site=self.emitter.site)
+        self.prev[ep.device_id] = cur
+        if delta is not None:
+            events.append(delta)
+        return events
+
+    async def sweep(self) -> int:
+        """Read every miner once; publish the events; return how many miners answered."""
+        sem = asyncio.Semaphore(self.concurrency)
+        t0 = time.perf_counter()
+        self.latencies = []
+
+        async def one(ep: AsicEndpoint) -> list[Event]:
+            async with sem:
+                return await self.read_one(ep)
+
+        results = await asyncio.gather(*(one(ep) for ep in self.endpoints))
+        events = [e for r in results for e in r]
+        await self.emitter.emit(events)
+        self.last_sweep_s = time.perf_counter() - t0
+        return sum(1 for r in results if r)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async def tick() -> None:
+            await self.sweep()
+
+        await every(self.period_s, stop, tick)

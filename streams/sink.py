@@ -237,7 +237,7 @@ class HistorySink:
         self._inflight = (batch, task, time.perf_counter())
 
     async def settle(self) -> None:
-        """Wait for the insert in flight (used before reading watermarks on assignment)."""
+        """Wait for the insert in flight (its rows count as stored on assignment)."""
         if self._inflight is not None:
             await asyncio.wait({self._inflight[1]})
 

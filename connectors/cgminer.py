@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -72,11 +72,15 @@ def parse_reply(raw: bytes) -> dict[str, Any]:
     raise CgminerDecodeError(f"not CGMiner JSON: {text[:80]!r}")
 
 
-def _repairs(text: str) -> list[str]:
+def _repairs(text: str) -> Iterator[str]:
+    """The reply as it is, then ever more invasive repairs (computed only when needed)."""
+    yield text
     fixed = _BARE_NUM.sub(" null", text)
     fixed = _OBJ_SEQ.sub("},{", fixed)
     fixed = _TRAILING_COMMA.sub(r"\1", fixed)
-    return [text, fixed, f"[{fixed}]", _close_truncated(fixed)]
+    yield fixed
+    yield f"[{fixed}]"
+    yield _close_truncated(fixed)
 
 
 def _close_truncated(text: str) -> str:

@@ -149,21 +149,41 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+CONNECTORS = ("asic", "synthetic")
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
     from connectors.synthetic import run_synthetic
     from streams.publish import Publisher
 
     s = _settings(args)
     _logging(s.log_level)
-    if args.name != "synthetic":
-        print(f"unknown connector {args.name!r}; available: synthetic", file=sys.stderr)
+    if args.name not in CONNECTORS:
+        print(f"unknown connector {args.name!r}; available: {', '.join(CONNECTORS)}",
+              file=sys.stderr)
+        return 2
+    if args.name == "asic" and not args.endpoints_file:
+        print("hashplane connect asic needs --endpoints-file (a JSON object with an "
+              "\"asics\" list of {id, host, port}, as `hashplane sim` writes)", file=sys.stderr)
         return 2
 
+    devices = json.loads(Path(args.endpoints_file).read_text()) if args.endpoints_file else {}
+
     async def main() -> None:
-        async with Publisher(s.kafka_bootstrap, client_id="hashplane-synthetic") as pub:
-            stop = asyncio.Event()
-            await run_synthetic(pub, stop, site=s.site, workers=args.workers,
-                                interval_s=args.interval)
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with Publisher(s.kafka_bootstrap, client_id=f"hashplane-{args.name}") as pub:
+            if args.name == "synthetic":
+                await run_synthetic(pub, stop, site=s.site, workers=args.workers,
+                                    interval_s=args.interval)
+            else:
+                from streams.runtime import asic_connector
+
+                await asic_connector(s, pub, devices).run(stop)
 
     try:
         asyncio.run(main())
@@ -269,6 +289,8 @@ def _banner(stack: Any, embedded: bool) -> None:
         f"  API        {stack.api_url}   (docs: {stack.api_url}/docs)",
         f"  health     curl {stack.api_url}/healthz",
         f"  shares     curl {stack.api_url}/v1/workers/rig01-gpu5/shares",
+        *([f"             curl {stack.api_url}/v1/workers/hashplane.asic00001/shares"]
+          if stack.farm else []),
         f"  Kafka      {s.kafka_bootstrap}",
         *([f"  farm       {_farm_line(stack.farm)}",
            f"  endpoints  {stack.endpoints_file}"] if stack.farm else []),
@@ -357,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_schemas)
 
     c = common(sub.add_parser("connect", help="run one source connector"))
-    c.add_argument("name", help="connector: synthetic")
+    c.add_argument("name", help="connector: asic, synthetic")
+    c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
     c.add_argument("--workers", type=int, default=16)
     c.add_argument("--interval", type=float, default=2.0)
     c.set_defaults(func=cmd_connect)

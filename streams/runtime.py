@@ -73,7 +73,20 @@ class Stack:
     api_url: str = ""
     farm: Any = None
     endpoints_file: Path | None = None
+    asic: Any = None
     worker_proc: subprocess.Popen[bytes] | None = None
+
+
+def asic_connector(settings: Settings, publisher: Publisher, endpoints: dict[str, Any]) -> Any:
+    """The ASIC telemetry connector over the ``asics`` of an endpoints map."""
+    from connectors.base import Emitter
+    from connectors.cgminer import SOURCE, AsicEndpoint, AsicTelemetry
+
+    eps = [AsicEndpoint(str(a["id"]), str(a["host"]), int(a.get("port", 4028)))
+           for a in endpoints.get("asics", [])]
+    return AsicTelemetry(eps, Emitter(publisher, source=SOURCE, site=settings.site),
+                         period_s=settings.asic_poll_s, concurrency=settings.asic_concurrency,
+                         timeout_s=settings.asic_timeout_s)
 
 
 def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[bytes]:
@@ -148,12 +161,18 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 log_level="warning", lifespan="off"))
             tasks.append(asyncio.create_task(server.serve(), name="api"))
             stack.api_url = f"http://{settings.api_host}:{port}"
-        if opts.synthetic_workers:
-            publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-synthetic")
+        if opts.synthetic_workers or stack.farm is not None:
+            publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-connectors")
             await publisher.start()
+        if opts.synthetic_workers:
+            assert publisher is not None
             tasks.append(asyncio.create_task(run_synthetic(
                 publisher, stop, site=settings.site, workers=opts.synthetic_workers,
                 interval_s=opts.synthetic_interval_s), name="synthetic-source"))
+        if stack.farm is not None:
+            assert publisher is not None
+            stack.asic = asic_connector(settings, publisher, stack.farm.endpoints())
+            tasks.append(asyncio.create_task(stack.asic.run(stop), name="asic-connector"))
         tasks += [asyncio.create_task(t) for t in opts.extra_tasks]
         if server is not None:
             while not server.started and not stop.is_set():

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     share_window_s: int = Field(default=60, gt=0, description="Share-ratio window length, s")
     share_grace_s: int = Field(default=30, ge=0, description="Lateness accepted before closing")
 
+    # Connectors
+    asic_poll_s: float = Field(default=10.0, gt=0, description="ASIC telemetry sweep period, s")
+    asic_concurrency: int = Field(default=512, ge=1, description="ASIC reads in flight")
+    asic_timeout_s: float = Field(default=3.0, gt=0, description="Per-ASIC read timeout, s")
+
     # API
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8080, ge=0, le=65535)

@@ -149,7 +149,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-CONNECTORS = ("asic", "synthetic")
+CONNECTORS = ("asic", "meter", "power", "uplink", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -162,9 +162,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
         print(f"unknown connector {args.name!r}; available: {', '.join(CONNECTORS)}",
               file=sys.stderr)
         return 2
-    if args.name == "asic" and not args.endpoints_file:
-        print("hashplane connect asic needs --endpoints-file (a JSON object with an "
-              "\"asics\" list of {id, host, port}, as `hashplane sim` writes)", file=sys.stderr)
+    if args.name != "synthetic" and not args.endpoints_file:
+        print(f"hashplane connect {args.name} needs --endpoints-file (the JSON map "
+              "`hashplane sim` writes, or one written by hand for real devices)",
+              file=sys.stderr)
         return 2
 
     devices = json.loads(Path(args.endpoints_file).read_text()) if args.endpoints_file else {}
@@ -181,9 +182,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 await run_synthetic(pub, stop, site=s.site, workers=args.workers,
                                     interval_s=args.interval)
             else:
-                from streams.runtime import asic_connector
+                from streams.runtime import site_connectors
 
-                await asic_connector(s, pub, devices).run(stop)
+                conns = site_connectors(s, pub, devices)
+                if args.name not in conns:
+                    raise SystemExit(f"{args.endpoints_file} describes no {args.name} devices")
+                await conns[args.name].run(stop)
 
     try:
         asyncio.run(main())
@@ -379,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_schemas)
 
     c = common(sub.add_parser("connect", help="run one source connector"))
-    c.add_argument("name", help="connector: asic, synthetic")
+    c.add_argument("name", help="connector: asic, meter, power, uplink, synthetic")
     c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
     c.add_argument("--workers", type=int, default=16)
     c.add_argument("--interval", type=float, default=2.0)

@@ -73,20 +73,41 @@ class Stack:
     api_url: str = ""
     farm: Any = None
     endpoints_file: Path | None = None
-    asic: Any = None
+    connectors: dict[str, Any] = field(default_factory=dict)
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-def asic_connector(settings: Settings, publisher: Publisher, endpoints: dict[str, Any]) -> Any:
-    """The ASIC telemetry connector over the ``asics`` of an endpoints map."""
+def site_connectors(settings: Settings, publisher: Publisher,
+                    endpoints: dict[str, Any]) -> dict[str, Any]:
+    """The source connectors an endpoints map describes (as ``hashplane sim`` writes it, or
+    written by hand for real devices): name -> connector with ``run(stop)``."""
+    from connectors import cgminer, grid_meter, mqtt_power, uplink
     from connectors.base import Emitter
-    from connectors.cgminer import SOURCE, AsicEndpoint, AsicTelemetry
 
-    eps = [AsicEndpoint(str(a["id"]), str(a["host"]), int(a.get("port", 4028)))
-           for a in endpoints.get("asics", [])]
-    return AsicTelemetry(eps, Emitter(publisher, source=SOURCE, site=settings.site),
-                         period_s=settings.asic_poll_s, concurrency=settings.asic_concurrency,
-                         timeout_s=settings.asic_timeout_s)
+    def emitter(source: str) -> Emitter:
+        return Emitter(publisher, source=source, site=settings.site)
+
+    out: dict[str, Any] = {}
+    if endpoints.get("asics"):
+        eps = [cgminer.AsicEndpoint(str(a["id"]), str(a["host"]), int(a.get("port", 4028)))
+               for a in endpoints["asics"]]
+        out["asic"] = cgminer.AsicTelemetry(
+            eps, emitter(cgminer.SOURCE), period_s=settings.asic_poll_s,
+            concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s)
+    if m := endpoints.get("modbus"):
+        out["meter"] = grid_meter.GridMeter(
+            str(m["host"]), int(m["port"]), emitter(grid_meter.SOURCE),
+            unit=int(m.get("unit", 1)), period_s=settings.meter_poll_s)
+    if q := endpoints.get("mqtt"):
+        maps = [mqtt_power.SensorMapping(topic=str(f["topic"]), feed_id=str(f["id"]))
+                for f in q.get("feeds", [])]
+        if maps:
+            out["power"] = mqtt_power.PowerSensors(str(q["host"]), int(q["port"]), maps,
+                                                   emitter(mqtt_power.SOURCE))
+    if (u := endpoints.get("uplink")) and u.get("url"):
+        out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
+                                           period_s=settings.uplink_poll_s)
+    return out
 
 
 def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[bytes]:
@@ -171,8 +192,9 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 interval_s=opts.synthetic_interval_s), name="synthetic-source"))
         if stack.farm is not None:
             assert publisher is not None
-            stack.asic = asic_connector(settings, publisher, stack.farm.endpoints())
-            tasks.append(asyncio.create_task(stack.asic.run(stop), name="asic-connector"))
+            stack.connectors = site_connectors(settings, publisher, stack.farm.endpoints())
+            for name, conn in stack.connectors.items():
+                tasks.append(asyncio.create_task(conn.run(stop), name=f"connector-{name}"))
         tasks += [asyncio.create_task(t) for t in opts.extra_tasks]
         if server is not None:
             while not server.started and not stop.is_set():

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     asic_concurrency: int = Field(default=512, ge=1, description="ASIC reads in flight")
     asic_timeout_s: float = Field(default=3.0, gt=0, description="Per-ASIC read timeout, s")
 
+    meter_poll_s: float = Field(default=0.2, gt=0, description="Grid meter poll period, s")
+    uplink_poll_s: float = Field(default=5.0, gt=0, description="Uplink probe period, s")
+
     # API
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8080, ge=0, le=65535)

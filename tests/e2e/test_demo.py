@@ -62,9 +62,15 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     try:
         n = store.query("SELECT count() FROM hashplane.events WHERE topic = 'shares'")[0][0]
         m = store.query("SELECT count() FROM hashplane.metrics_shares")[0][0]
+        by_topic = dict(store.query("SELECT topic, count() FROM hashplane.events GROUP BY topic"))
+        asic = store.query("SELECT uniqExact(device_id) FROM hashplane.asic_telemetry")[0][0]
     finally:
         store.close()
     assert n > 0 and m > 0
+    # The site's connectors read the simulated farm over its real protocols.
+    for topic in ("asic.telemetry", "grid.readings", "power.readings", "uplink.status"):
+        assert by_topic.get(topic, 0) > 0, (topic, by_topic)
+    assert asic == 8
 
 
 async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

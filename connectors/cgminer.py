@@ -20,8 +20,9 @@ from datetime import datetime
 from typing import Any
 
 from connectors.base import Emitter, every
+from connectors.shares import Counters, share_delta
 from schemas.envelope import Event
-from schemas.events import AsicState, AsicTelemetryObserved, ShareCountsObserved
+from schemas.events import AsicState, AsicTelemetryObserved
 
 SOURCE = "connector:asic"
 READ = "summary+pools+stats+power+config+version"
@@ -217,21 +218,6 @@ def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: d
         elapsed_s=max(0, int(_num(s.get("Elapsed")) or 0)))
 
 
-@dataclass(frozen=True)
-class Counters:
-    """The cumulative counters of one read, for share deltas."""
-
-    accepted: int
-    rejected: int
-    stale: int
-    diff_accepted: float
-    diff_rejected: float
-    elapsed_s: int
-    ts: datetime
-    worker: str
-    pool: str
-
-
 def counters(reply: dict[str, Any], ts: datetime) -> Counters:
     s = _section(reply, "summary", "SUMMARY")[0]
     pools = _section(reply, "pools", "POOLS")
@@ -245,26 +231,6 @@ def counters(reply: dict[str, Any], ts: datetime) -> Counters:
         diff_rejected=max(0.0, _num(s.get("Difficulty Rejected")) or 0.0),
         elapsed_s=max(0, int(_num(s.get("Elapsed")) or 0)), ts=ts,
         worker=str(active.get("User", "") or ""), pool=str(active.get("URL", "") or ""))
-
-
-def share_delta(prev: Counters | None, cur: Counters, *, device_id: str,
-                site: str) -> ShareCountsObserved | None:
-    """Shares since the previous read; a restart (counters or uptime going backwards) counts
-    from zero and is flagged; never negative; None on the first read (baseline)."""
-    if prev is None:
-        return None
-    reset = (cur.elapsed_s < prev.elapsed_s or cur.accepted < prev.accepted
-             or cur.rejected < prev.rejected or cur.stale < prev.stale)
-    base = Counters(0, 0, 0, 0.0, 0.0, 0, prev.ts, prev.worker, prev.pool) if reset else prev
-    interval = max(0.0, (cur.ts - prev.ts).total_seconds())
-    return ShareCountsObserved(
-        site=site, device_id=device_id, ts=cur.ts, source=SOURCE,
-        worker=cur.worker or device_id, pool=cur.pool,
-        accepted=max(0, cur.accepted - base.accepted),
-        rejected=max(0, cur.rejected - base.rejected), stale=max(0, cur.stale - base.stale),
-        difficulty_accepted=max(0.0, cur.diff_accepted - base.diff_accepted),
-        difficulty_rejected=max(0.0, cur.diff_rejected - base.diff_rejected),
-        interval_s=interval, counter_reset=reset)
 
 
 # -- transport ----------------------------------------------------------------------------
@@ -335,7 +301,7 @@ class AsicTelemetry:
         self.models.setdefault(ep.device_id, tel.model)
         events: list[Event] = [tel]
         delta = share_delta(self.prev.get(ep.device_id), cur, device_id=ep.device_id,
-                            site=self.emitter.site)
+                            site=self.emitter.site, source=SOURCE)
         self.prev[ep.device_id] = cur
         if delta is not None:
             events.append(delta)

@@ -149,7 +149,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-CONNECTORS = ("asic", "meter", "power", "uplink", "synthetic")
+CONNECTORS = ("asic", "meter", "power", "rigs", "uplink", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -256,10 +256,15 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
 
     s = _settings(args)
     _logging(s.log_level)
+    with_farm = embedded and args.asics + args.gpu_rigs > 0
+    # The simulated rigs' GPUs are the workers rig01-gpu0...; the synthetic source, which
+    # uses the same names, only runs when there are no simulated rigs (or when asked).
+    workers = args.workers if args.workers is not None else (0 if with_farm and args.gpu_rigs
+                                                             else 16)
     opts = StackOptions(
         embedded_broker=embedded, kafka_port=getattr(args, "kafka_port", 0) or 0,
-        synthetic_workers=args.workers if embedded else 0, duration_s=args.duration,
-        farm=_farm_config(args, s) if embedded and args.asics + args.gpu_rigs > 0 else None,
+        synthetic_workers=workers if embedded else 0, duration_s=args.duration,
+        farm=_farm_config(args, s) if with_farm else None,
         endpoints_file=Path(args.endpoints_file) if getattr(args, "endpoints_file", None)
         else s.data_dir / "sim" / "endpoints.json")
     stack = Stack(settings=s)
@@ -340,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     d.add_argument("--api-port", type=int, default=None, help="API port (0 = any free)")
     d.add_argument("--kafka-port", type=int, default=0, help="embedded broker port (0 = any)")
-    d.add_argument("--workers", type=int, default=16, help="synthetic share workers")
+    d.add_argument("--workers", type=int, default=None,
+                   help="synthetic share workers (default 16 without simulated rigs, else 0)")
     farm_args(d)
     d.set_defaults(func=lambda a: _run_stack(a, embedded=True), data_dir_default="var/demo")
 
@@ -383,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_schemas)
 
     c = common(sub.add_parser("connect", help="run one source connector"))
-    c.add_argument("name", help="connector: asic, meter, power, uplink, synthetic")
+    c.add_argument("name", help="connector: asic, meter, power, rigs, uplink, synthetic")
     c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
     c.add_argument("--workers", type=int, default=16)
     c.add_argument("--interval", type=float, default=2.0)

@@ -81,7 +81,7 @@ def site_connectors(settings: Settings, publisher: Publisher,
                     endpoints: dict[str, Any]) -> dict[str, Any]:
     """The source connectors an endpoints map describes (as ``hashplane sim`` writes it, or
     written by hand for real devices): name -> connector with ``run(stop)``."""
-    from connectors import cgminer, grid_meter, mqtt_power, uplink
+    from connectors import cgminer, grid_meter, mqtt_power, rainbowminer, uplink
     from connectors.base import Emitter
 
     def emitter(source: str) -> Emitter:
@@ -104,6 +104,9 @@ def site_connectors(settings: Settings, publisher: Publisher,
         if maps:
             out["power"] = mqtt_power.PowerSensors(str(q["host"]), int(q["port"]), maps,
                                                    emitter(mqtt_power.SOURCE))
+    if rigs := rainbowminer.rigs_from(endpoints):
+        out["rigs"] = rainbowminer.RainbowMinerRigs(rigs, emitter(rainbowminer.SOURCE),
+                                                    period_s=settings.rig_poll_s)
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     asic_timeout_s: float = Field(default=3.0, gt=0, description="Per-ASIC read timeout, s")
 
     meter_poll_s: float = Field(default=0.2, gt=0, description="Grid meter poll period, s")
+    rig_poll_s: float = Field(default=5.0, gt=0, description="RainbowMiner rig poll period, s")
     uplink_poll_s: float = Field(default=5.0, gt=0, description="Uplink probe period, s")
 
     # API

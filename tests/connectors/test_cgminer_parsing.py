@@ -10,12 +10,11 @@ import pytest
 from connectors.cgminer import (
     AsicEndpoint,
     CgminerDecodeError,
-    Counters,
     counters,
     parse_reply,
     parse_telemetry,
-    share_delta,
 )
+from connectors.shares import Counters, share_delta
 from sim.asic import MODELS, PoolSlot, SimAsic
 from sim.luxos import LuxosApi
 from tests.factories import T0
@@ -108,8 +107,8 @@ def c(acc: int, rej: int, stale: int, elapsed: int, sec: float = 0) -> Counters:
 
 
 def test_share_deltas_from_cumulative_counters() -> None:
-    assert share_delta(None, c(10, 1, 0, 100), device_id="d", site="s") is None
-    d = share_delta(c(10, 1, 0, 100), c(25, 2, 1, 110, sec=10), device_id="d", site="s")
+    assert share_delta(None, c(10, 1, 0, 100), device_id="d", site="s", source="t") is None
+    d = share_delta(c(10, 1, 0, 100), c(25, 2, 1, 110, sec=10), device_id="d", site="s", source="t")
     assert d is not None
     assert (d.accepted, d.rejected, d.stale, d.interval_s, d.counter_reset) == \
         (15, 1, 1, 10.0, False)
@@ -117,10 +116,10 @@ def test_share_deltas_from_cumulative_counters() -> None:
 
 
 def test_counter_reset_after_restart_is_detected_and_never_negative() -> None:
-    d = share_delta(c(500, 9, 2, 3600), c(4, 0, 0, 20, sec=30), device_id="d", site="s")
+    d = share_delta(c(500, 9, 2, 3600), c(4, 0, 0, 20, sec=30), device_id="d", site="s", source="t")
     assert d is not None and d.counter_reset and (d.accepted, d.rejected, d.stale) == (4, 0, 0)
     # uptime going backwards with counters still higher (quick restart) is a reset too
-    d = share_delta(c(5, 0, 0, 100), c(6, 0, 0, 3, sec=10), device_id="d", site="s")
+    d = share_delta(c(5, 0, 0, 100), c(6, 0, 0, 3, sec=10), device_id="d", site="s", source="t")
     assert d is not None and d.counter_reset and d.accepted == 6
 
 

@@ -28,7 +28,7 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     env["PYTHONPATH"] = str(ROOT)
     start = time.monotonic()
     proc = subprocess.Popen(
-        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(port), "--workers", "4",
+        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(port),
          "--asics", "8", "--gpu-rigs", "1", "--asic-base-ip", "127.0.200.1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     body = None
@@ -68,7 +68,8 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
         store.close()
     assert n > 0 and m > 0
     # The site's connectors read the simulated farm over its real protocols.
-    for topic in ("asic.telemetry", "grid.readings", "power.readings", "uplink.status"):
+    for topic in ("asic.telemetry", "grid.readings", "power.readings", "uplink.status",
+                  "gpu.telemetry"):
         assert by_topic.get(topic, 0) > 0, (topic, by_topic)
     assert asic == 8
 

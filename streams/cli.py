@@ -149,7 +149,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-CONNECTORS = ("asic", "meter", "power", "rigs", "uplink", "synthetic")
+CONNECTORS = ("asic", "meter", "power", "rigs", "gpu", "uplink", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -184,7 +184,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             else:
                 from streams.runtime import site_connectors
 
-                conns = site_connectors(s, pub, devices)
+                conns = site_connectors(s, pub, devices, frozenset({args.name}))
                 if args.name not in conns:
                     raise SystemExit(f"{args.endpoints_file} describes no {args.name} devices")
                 await conns[args.name].run(stop)
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_schemas)
 
     c = common(sub.add_parser("connect", help="run one source connector"))
-    c.add_argument("name", help="connector: asic, meter, power, rigs, uplink, synthetic")
+    c.add_argument("name", help="connector: asic, meter, power, rigs, gpu, uplink, synthetic")
     c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
     c.add_argument("--workers", type=int, default=16)
     c.add_argument("--interval", type=float, default=2.0)

@@ -77,12 +77,23 @@ class Stack:
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-def site_connectors(settings: Settings, publisher: Publisher,
-                    endpoints: dict[str, Any]) -> dict[str, Any]:
+DEMO_CONNECTORS = frozenset({"asic", "meter", "power", "rigs", "uplink"})
+
+
+def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
+                    names: frozenset[str] | None = None) -> dict[str, Any]:
     """The source connectors an endpoints map describes (as ``hashplane sim`` writes it, or
     written by hand for real devices): name -> connector with ``run(stop)``."""
-    from connectors import cgminer, grid_meter, mqtt_power, rainbowminer, uplink
+    from connectors import (
+        cgminer,
+        gpu_telemetry,
+        grid_meter,
+        mqtt_power,
+        rainbowminer,
+        uplink,
+    )
     from connectors.base import Emitter
+    from connectors.gpu_backend import GpuBackend
 
     def emitter(source: str) -> Emitter:
         return Emitter(publisher, source=source, site=settings.site)
@@ -107,10 +118,17 @@ def site_connectors(settings: Settings, publisher: Publisher,
     if rigs := rainbowminer.rigs_from(endpoints):
         out["rigs"] = rainbowminer.RainbowMinerRigs(rigs, emitter(rainbowminer.SOURCE),
                                                     period_s=settings.rig_poll_s)
+        if names is None or "gpu" in names:
+            nvml: dict[str, GpuBackend] = {
+                str(r["id"]): gpu_telemetry.HttpNvmlBackend(str(r["nvml_url"]))
+                for r in endpoints.get("rigs", []) if r.get("nvml_url")}
+            if nvml:
+                out["gpu"] = gpu_telemetry.GpuTelemetry(nvml, emitter(gpu_telemetry.SOURCE),
+                                                        period_s=settings.rig_poll_s)
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)
-    return out
+    return {k: v for k, v in out.items() if names is None or k in names}
 
 
 def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[bytes]:
@@ -195,7 +213,9 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 interval_s=opts.synthetic_interval_s), name="synthetic-source"))
         if stack.farm is not None:
             assert publisher is not None
-            stack.connectors = site_connectors(settings, publisher, stack.farm.endpoints())
+            # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
+            stack.connectors = site_connectors(settings, publisher, stack.farm.endpoints(),
+                                               DEMO_CONNECTORS)
             for name, conn in stack.connectors.items():
                 tasks.append(asyncio.create_task(conn.run(stop), name=f"connector-{name}"))
         tasks += [asyncio.create_task(t) for t in opts.extra_tasks]

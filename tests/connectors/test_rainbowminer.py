@@ -138,3 +138,27 @@ async def test_a_rig_answering_garbage_is_dead_lettered(farm: Farm) -> None:
     assert [e.device_id for e in sink.events if isinstance(e, RecordDeadLettered)] == ["bad"]
     assert emitter.stats.errors == 1
     assert len([e for e in sink.events if isinstance(e, GpuTelemetryObserved)]) == 4
+
+
+async def test_gpu_telemetry_through_the_simulated_nvml(farm: Farm) -> None:
+    from connectors.gpu_backend import GpuBackendError
+    from connectors.gpu_telemetry import GpuTelemetry, HttpNvmlBackend
+
+    rigs = farm.endpoints()["rigs"]
+    backends = {r["id"]: HttpNvmlBackend(r["nvml_url"]) for r in rigs}
+    backends["gone"] = HttpNvmlBackend("http://127.0.0.1:1/nvml", timeout_s=0.5)
+    sink = ListSink()
+    emitter = Emitter(sink, source="t", site="s")
+    await GpuTelemetry(backends, emitter).sweep()
+    tel = [e for e in sink.events if isinstance(e, GpuTelemetryObserved)]
+    assert [t.device_id for t in tel] == ["rig01-gpu0", "rig01-gpu1", "rig02-gpu0",
+                                         "rig02-gpu1"]
+    assert tel[0].card == "NVIDIA GeForce RTX 3090" and tel[0].power_limit_w == 350
+    assert emitter.stats.errors == 1 and "gone" in emitter.stats.last_error
+    nv = backends["rig02"]  # a blocking client: off the loop that serves the simulation
+    await asyncio.to_thread(nv.set_power_limit, 1, 300)
+    assert (await asyncio.to_thread(nv.read, 1)).power_limit_w == 300
+    with pytest.raises(GpuBackendError, match="INVALID_ARGUMENT"):
+        await asyncio.to_thread(nv.set_power_limit, 1, 5000)
+    for b in backends.values():
+        b.close()

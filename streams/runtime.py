@@ -77,7 +77,7 @@ class Stack:
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-DEMO_CONNECTORS = frozenset({"asic", "meter", "power", "rigs", "uplink"})
+DEMO_CONNECTORS = frozenset({"asic", "meter", "power", "rigs", "models", "uplink"})
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
@@ -88,6 +88,7 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
         cgminer,
         gpu_telemetry,
         grid_meter,
+        model_probe,
         mqtt_power,
         rainbowminer,
         uplink,
@@ -125,6 +126,9 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             if nvml:
                 out["gpu"] = gpu_telemetry.GpuTelemetry(nvml, emitter(gpu_telemetry.SOURCE),
                                                         period_s=settings.rig_poll_s)
+    if models := [(str(m["name"]), str(m["url"])) for m in endpoints.get("model_endpoints", [])]:
+        out["models"] = model_probe.ModelProbe(models, emitter(model_probe.SOURCE),
+                                               period_s=settings.model_probe_s)
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)

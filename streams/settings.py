@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     meter_poll_s: float = Field(default=0.2, gt=0, description="Grid meter poll period, s")
     rig_poll_s: float = Field(default=5.0, gt=0, description="RainbowMiner rig poll period, s")
+    model_probe_s: float = Field(default=30.0, gt=0, description="Model endpoint probe period")
     uplink_poll_s: float = Field(default=5.0, gt=0, description="Uplink probe period, s")
 
     # API

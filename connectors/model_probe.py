@@ -1,0 +1,151 @@
+"""Model endpoint probes (seed 004): /health, /info and known-answer /api/chat prompts ->
+``compute.health`` with latency, availability and the seed-004 score components.
+
+  score = 0.4 quality + 0.3 speed + 0.2 availability + 0.1 participation
+quality: share of known-answer prompts answered right; speed: 1 at or under ``fast_ms``,
+falling linearly to 0 at ``slow_ms``; availability: share of health checks passed;
+participation: share of prompts answered at all; each over the last ``window`` probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from connectors.base import Emitter, every
+from schemas.events import EndpointHealthObserved
+
+SOURCE = "connector:model-probe"
+WEIGHTS = {"quality": 0.4, "speed": 0.3, "availability": 0.2, "participation": 0.1}
+CAPITALS = (("France", "Paris"), ("Italy", "Rome"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"),
+            ("Peru", "Lima"), ("Canada", "Ottawa"))
+
+
+def known_answer_prompts(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """``n`` (prompt, expected answer) pairs: arithmetic and capitals."""
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            out.append((f"What is {a} + {b}? Answer with the number.", str(a + b)))
+        else:
+            country, city = rng.choice(CAPITALS)
+            out.append((f"What is the capital of {country}?", city))
+    return out
+
+
+def speed_component(latency_ms: float | None, fast_ms: float = 500.0,
+                    slow_ms: float = 5000.0) -> float:
+    if latency_ms is None:
+        return 0.0
+    if latency_ms <= fast_ms:
+        return 1.0
+    return max(0.0, 1.0 - (latency_ms - fast_ms) / (slow_ms - fast_ms))
+
+
+def score(components: dict[str, float]) -> float:
+    """Seed 004's weighted score."""
+    return round(sum(WEIGHTS[k] * components[k] for k in WEIGHTS), 6)
+
+
+@dataclass
+class EndpointWindow:
+    """Rolling results of the last probes of one endpoint."""
+
+    window: int = 20
+    health: deque[bool] = field(default_factory=deque)
+    answered: deque[bool] = field(default_factory=deque)
+    correct: deque[bool] = field(default_factory=deque)
+    latency_ms: deque[float] = field(default_factory=deque)
+
+    def push(self, healthy: bool, results: list[tuple[bool, bool, float | None]]) -> None:
+        self.health.append(healthy)
+        for answered, right, lat in results:
+            self.answered.append(answered)
+            if answered:
+                self.correct.append(right)
+                if lat is not None:
+                    self.latency_ms.append(lat)
+        for q, n in ((self.health, self.window), (self.answered, self.window * 4),
+                     (self.correct, self.window * 4), (self.latency_ms, self.window * 4)):
+            while len(q) > n:
+                q.popleft()
+
+    def components(self, fast_ms: float, slow_ms: float) -> dict[str, float]:
+        def share(q: deque[bool]) -> float:
+            return sum(q) / len(q) if q else 0.0
+        lat = statistics.median(self.latency_ms) if self.latency_ms else None
+        return {"quality": share(self.correct), "speed": speed_component(lat, fast_ms, slow_ms),
+                "availability": share(self.health), "participation": share(self.answered)}
+
+
+class ModelProbe:
+    """Probe each endpoint every ``period_s``."""
+
+    def __init__(self, endpoints: list[tuple[str, str]], emitter: Emitter, *,
+                 period_s: float = 30.0, prompts: int = 4, timeout_s: float = 10.0,
+                 fast_ms: float = 500.0, slow_ms: float = 5000.0, seed: int = 0):
+        self.endpoints, self.emitter = endpoints, emitter
+        self.period_s, self.prompts, self.timeout_s = period_s, prompts, timeout_s
+        self.fast_ms, self.slow_ms = fast_ms, slow_ms
+        self.rng = random.Random(seed)
+        self.windows: dict[str, EndpointWindow] = {}
+
+    async def probe(self, client: httpx.AsyncClient, name: str, url: str) -> EndpointHealthObserved:
+        healthy = False
+        try:
+            h = await client.get(f"{url}/health", timeout=self.timeout_s)
+            body: Any = h.json() if h.status_code == 200 else {}
+            healthy = isinstance(body, dict) and body.get("status") == "healthy"
+        except (httpx.HTTPError, ValueError):
+            healthy = False
+        results: list[tuple[bool, bool, float | None]] = []
+        for prompt, expected in known_answer_prompts(self.rng, self.prompts):
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(f"{url}/api/chat", timeout=self.timeout_s,
+                                      json={"prompt": prompt, "temperature": 0.0,
+                                            "max_tokens": 32})
+                lat = 1000 * (time.perf_counter() - t0)
+                if r.status_code != 200:
+                    results.append((False, False, None))
+                    continue
+                try:
+                    answer = r.json()["response"]
+                    if not isinstance(answer, str):
+                        raise TypeError("response is not a string")
+                except (ValueError, KeyError, TypeError) as exc:
+                    await self.emitter.dead(f"{url}/api/chat", r.content, f"bad chat reply: {exc}",
+                                            key=name)
+                    results.append((False, False, None))
+                    continue
+                results.append((True, expected.lower() in answer.lower(), lat))
+            except httpx.HTTPError:
+                results.append((False, False, None))
+        w = self.windows.setdefault(name, EndpointWindow())
+        w.push(healthy, results)
+        comp = w.components(self.fast_ms, self.slow_ms)
+        lats = [lat for ok, _, lat in results if ok and lat is not None]
+        return EndpointHealthObserved(
+            site=self.emitter.site, device_id=name, ts=self.emitter.clock(), source=SOURCE,
+            endpoint_url=url, available=healthy,
+            latency_ms=statistics.median(lats) if lats else None, score=score(comp),
+            quality=comp["quality"], speed=comp["speed"], availability=comp["availability"],
+            participation=comp["participation"])
+
+    async def sweep(self, client: httpx.AsyncClient) -> None:
+        events = await asyncio.gather(*(self.probe(client, n, u) for n, u in self.endpoints))
+        await self.emitter.emit(list(events))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient() as client:
+            async def tick() -> None:
+                await self.sweep(client)
+            await every(self.period_s, stop, tick)

@@ -149,7 +149,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-CONNECTORS = ("asic", "meter", "power", "rigs", "gpu", "models", "uplink", "synthetic")
+CONNECTORS = ("asic", "meter", "power", "rigs", "gpu", "models", "coordinator", "uplink",
+              "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -389,8 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_schemas)
 
     c = common(sub.add_parser("connect", help="run one source connector"))
-    c.add_argument("name", help="connector: asic, meter, power, rigs, gpu, models, uplink, "
-                                "synthetic")
+    c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}")
     c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
     c.add_argument("--workers", type=int, default=16)
     c.add_argument("--interval", type=float, default=2.0)

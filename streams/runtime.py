@@ -77,7 +77,8 @@ class Stack:
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-DEMO_CONNECTORS = frozenset({"asic", "meter", "power", "rigs", "models", "uplink"})
+DEMO_CONNECTORS = frozenset({"asic", "meter", "power", "rigs", "models", "coordinator",
+                             "uplink"})
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
@@ -86,6 +87,7 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
     written by hand for real devices): name -> connector with ``run(stop)``."""
     from connectors import (
         cgminer,
+        coordinator,
         gpu_telemetry,
         grid_meter,
         model_probe,
@@ -129,6 +131,19 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
     if models := [(str(m["name"]), str(m["url"])) for m in endpoints.get("model_endpoints", [])]:
         out["models"] = model_probe.ModelProbe(models, emitter(model_probe.SOURCE),
                                                period_s=settings.model_probe_s)
+    if (co := endpoints.get("coordinator")) and co.get("url"):
+        from connectors.commands import CommandConsumer
+
+        em = emitter(coordinator.SOURCE)
+        miner = coordinator.CoordinatorMiner(
+            coordinator.CoordinatorClient(str(co["url"]), str(co.get("api_key", ""))), em,
+            miner_id=settings.compute_miner_id, wallet=settings.compute_wallet,
+            poll_s=settings.compute_poll_s)
+        cmds = CommandConsumer(settings.kafka_bootstrap, "commands.compute",
+                               f"{settings.app_id}-compute-{settings.compute_miner_id}",
+                               {settings.compute_miner_id, settings.site}, miner.obey, em,
+                               actuator=coordinator.SOURCE)
+        out["coordinator"] = coordinator.ComputeMinerService(miner, cmds)
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)

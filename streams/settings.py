@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     meter_poll_s: float = Field(default=0.2, gt=0, description="Grid meter poll period, s")
     rig_poll_s: float = Field(default=5.0, gt=0, description="RainbowMiner rig poll period, s")
     model_probe_s: float = Field(default=30.0, gt=0, description="Model endpoint probe period")
+    compute_miner_id: str = Field(default="hashplane-miner-1", description="Coordinator miner id")
+    compute_wallet: str = Field(default="hashplane-wallet", description="Wallet credited")
+    compute_poll_s: float = Field(default=3.0, gt=0, description="Job poll period, s")
     uplink_poll_s: float = Field(default=5.0, gt=0, description="Uplink probe period, s")
 
     # API

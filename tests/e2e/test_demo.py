@@ -69,7 +69,7 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     assert n > 0 and m > 0
     # The site's connectors read the simulated farm over its real protocols.
     for topic in ("asic.telemetry", "grid.readings", "power.readings", "uplink.status",
-                  "gpu.telemetry"):
+                  "gpu.telemetry", "compute.jobs", "compute.health"):
         assert by_topic.get(topic, 0) > 0, (topic, by_topic)
     assert asic == 8
 

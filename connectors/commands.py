@@ -1,0 +1,97 @@
+"""Consuming a command topic: decode, de-duplicate by command id, act, publish one ack.
+
+The handler decides (``applied``/``rejected``/``failed``) given the command and the time;
+expired commands are acked ``expired`` without acting; a redelivered command (same
+``command_id``) is neither acted on nor acked again.  Offsets are committed after the ack
+is published, so a crash re-delivers rather than loses a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer
+
+from connectors.base import Emitter
+from schemas.commands import AckStatus, CommandAcknowledged
+from schemas.envelope import Command
+from streams.codec import DecodeError, decode
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Command], Awaitable[tuple[AckStatus, str]]]
+
+
+def ack(cmd: Command, status: AckStatus, detail: str, *, actuator: str, site: str,
+        now: datetime) -> CommandAcknowledged:
+    """The ack of ``cmd`` (latency from the command's issue to now)."""
+    return CommandAcknowledged(
+        site=site, device_id=cmd.device_id, ts=now, source=actuator, command_id=cmd.command_id,
+        command_kind=cmd.kind, status=status, detail=detail[:4096], actuator=actuator,
+        latency_ms=max(0.0, (now - cmd.issued_at).total_seconds() * 1000))
+
+
+class CommandConsumer:
+    """Apply the commands of one topic addressed to ``targets`` (device ids)."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, targets: set[str],
+                 handler: Handler, emitter: Emitter, *, actuator: str, remember: int = 10_000):
+        self.bootstrap, self.topic, self.group = bootstrap, topic, group
+        self.targets, self.handler = targets, handler
+        self.emitter, self.actuator = emitter, actuator
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.remember = remember
+
+    async def handle(self, raw: bytes | None, key: bytes | None) -> CommandAcknowledged | None:
+        """One record: its ack, or None when it is not for us, a duplicate, or undecodable."""
+        try:
+            cmd = decode(self.topic, raw)
+        except DecodeError as exc:
+            await self.emitter.dead(self.topic, raw, exc.reason,
+                                    key=(key or b"").decode("utf-8", "replace"))
+            return None
+        assert isinstance(cmd, Command)
+        if cmd.device_id not in self.targets:
+            return None
+        cid = str(cmd.command_id)
+        if cid in self.seen:
+            return None
+        now = self.emitter.clock()
+        status: AckStatus
+        if cmd.expired(now):
+            status, detail = "expired", f"expired at {cmd.expires_at.isoformat()}"
+        else:
+            try:
+                status, detail = await self.handler(cmd)
+            except Exception as exc:  # noqa: BLE001 - a failed action is a failed ack
+                status, detail = "failed", f"{type(exc).__name__}: {exc}"
+        a = ack(cmd, status, detail, actuator=self.actuator, site=self.emitter.site,
+                now=self.emitter.clock())
+        await self.emitter.emit([a])
+        self.seen[cid] = None
+        while len(self.seen) > self.remember:
+            self.seen.popitem(last=False)
+        return a
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
+                                    group_id=self.group, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", session_timeout_ms=9000,
+                                    heartbeat_interval_ms=500)
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for rec in records:
+                        await self.handle(rec.value, rec.key)
+                if batch:
+                    await consumer.commit()
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()

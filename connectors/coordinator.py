@@ -1,0 +1,210 @@
+"""The miner side of the seed-002 Coordinator API v1 -> ``compute.jobs``.
+
+Heartbeat every ``heartbeat_s``; when intake is open, poll ``/v1/miner/next``; run the
+workload (``connectors.workloads``; an unknown one fails with a clear job event, never a fake
+success); submit the proof (sha256 of the output plus metrics) with an ``Idempotency-Key``
+derived from the job id, so a retried submission is the same submission.  Every step of a
+job's life is a ``ComputeJobChanged`` event.  ``pause()``/``resume()`` close and open job
+intake (what ``commands.compute`` asks for); running jobs finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+from uuid import NAMESPACE_URL, uuid5
+
+import httpx
+
+from connectors import workloads
+from connectors.base import ConnectorError, Emitter, every
+from schemas.commands import AckStatus, PauseComputeIntake, ResumeComputeIntake
+from schemas.envelope import Command
+from schemas.events import ComputeJobChanged, JobState
+
+log = logging.getLogger(__name__)
+SOURCE = "connector:coordinator"
+_IDEMPOTENCY_NS = uuid5(NAMESPACE_URL, "hashplane:coordinator:proof")
+
+
+class CoordinatorError(ConnectorError):
+    """A non-2xx answer, with the seed-002 error body's code and message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class CoordinatorClient:
+    """Coordinator API v1 over HTTP with Bearer auth."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 10.0):
+        self.base = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(timeout=timeout_s,
+                                      headers={"Authorization": f"Bearer {api_key}"})
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            r = await self.http.request(method, f"{self.base}{path}", **kw)
+        except httpx.HTTPError as exc:
+            raise ConnectorError(f"coordinator {self.base}: {exc!r}") from exc
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                code, message = str(err["code"]), str(err["message"])
+            except (ValueError, KeyError, TypeError):
+                code, message = "HTTP_ERROR", r.text[:200]
+            raise CoordinatorError(r.status_code, code, message)
+        return r
+
+    async def heartbeat(self, miner_id: str, wallet: str, mode: str) -> None:
+        await self._call("POST", "/v1/miner/heartbeat", json={
+            "miner_id": miner_id, "wallet": wallet, "mode": mode, "gpu": mode == "gpu",
+            "workloads": sorted(workloads.WORKLOADS)})
+
+    async def next_job(self, miner_id: str, slots: int = 1) -> dict[str, Any] | None:
+        r = await self._call("GET", "/v1/miner/next", params={"miner": miner_id, "slots": slots})
+        if r.status_code == 204:
+            return None
+        job = r.json()
+        if not isinstance(job, dict) or not isinstance(job.get("id"), str):
+            raise ConnectorError(f"next job is not a job: {r.text[:200]}")
+        return job
+
+    async def submit_proof(self, job_id: str, miner_id: str, mode: str, output_sha: str,
+                           metrics: dict[str, float]) -> dict[str, Any]:
+        key = str(uuid5(_IDEMPOTENCY_NS, job_id))
+        r = await self._call("POST", "/v1/miner/proof", headers={"Idempotency-Key": key},
+                             json={"id": job_id, "miner_id": miner_id, "mode": mode,
+                                   "output_sha": output_sha, "metrics": metrics})
+        body = r.json()
+        return body if isinstance(body, dict) else {}
+
+
+class CoordinatorMiner:
+    """One compute miner: heartbeats, job intake, workloads, proofs, job events."""
+
+    def __init__(self, client: CoordinatorClient, emitter: Emitter, *, miner_id: str,
+                 wallet: str, poll_s: float = 3.0, heartbeat_s: float = 20.0,
+                 job_timeout_s: float = 300.0):
+        self.client, self.emitter = client, emitter
+        self.miner_id, self.wallet = miner_id, wallet
+        self.poll_s, self.heartbeat_s, self.job_timeout_s = poll_s, heartbeat_s, job_timeout_s
+        self.paused = False
+        self.mode = "gpu" if _cuda() else "cpu"
+        self._last_heartbeat = -1e9
+
+    def pause(self) -> None:
+        """Stop taking new jobs (``PauseComputeIntake``)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Take jobs again (``ResumeComputeIntake``)."""
+        self.paused = False
+
+    async def obey(self, cmd: Command) -> tuple[AckStatus, str]:
+        """``commands.compute``: pause or resume job intake."""
+        if isinstance(cmd, PauseComputeIntake):
+            self.pause()
+            return "applied", "job intake paused; running jobs finish"
+        if isinstance(cmd, ResumeComputeIntake):
+            self.resume()
+            return "applied", "job intake resumed"
+        return "rejected", f"{cmd.kind} is not a compute command this miner handles"
+
+    def _event(self, job: dict[str, Any], state: JobState, **kw: Any) -> ComputeJobChanged:
+        return ComputeJobChanged(site=self.emitter.site, device_id=self.miner_id,
+                                 ts=self.emitter.clock(), source=SOURCE, job_id=job["id"],
+                                 workload=str(job.get("workload", "")), state=state, **kw)
+
+    async def poll_once(self) -> ComputeJobChanged | None:
+        """Heartbeat when due, take at most one job and see it through; its last event."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.heartbeat_s:
+            await self.client.heartbeat(self.miner_id, self.wallet, self.mode)
+            self._last_heartbeat = now
+        if self.paused:
+            return None
+        job = await self.client.next_job(self.miner_id)
+        if job is None:
+            return None
+        await self.emitter.emit([self._event(job, "assigned")])
+        return await self.run_job(job)
+
+    async def run_job(self, job: dict[str, Any]) -> ComputeJobChanged:
+        name = str(job.get("workload", ""))
+        if name not in workloads.WORKLOADS:
+            ev = self._event(job, "failed", detail=f"unknown workload {name!r}; this miner "
+                             f"runs {', '.join(sorted(workloads.WORKLOADS))}")
+            await self.emitter.emit([ev])
+            return ev
+        await self.emitter.emit([self._event(job, "started")])
+        t0 = time.perf_counter()
+        try:
+            output, metrics = await asyncio.wait_for(
+                asyncio.to_thread(workloads.run, name, dict(job.get("params") or {})),
+                self.job_timeout_s)
+        except (ValueError, TimeoutError, RuntimeError) as exc:
+            ev = self._event(job, "failed", detail=f"{type(exc).__name__}: {exc}"[:4096],
+                             duration_s=time.perf_counter() - t0)
+            await self.emitter.emit([ev])
+            return ev
+        duration = time.perf_counter() - t0
+        sha = hashlib.sha256(output).hexdigest()
+        clean = {k: float(v) for k, v in metrics.items() if v == v and abs(v) != float("inf")}
+        await self.emitter.emit([self._event(job, "completed", duration_s=duration,
+                                             proof_sha256=sha, metrics=clean)])
+        try:
+            answer = await self.client.submit_proof(job["id"], self.miner_id, self.mode, sha,
+                                                    clean)
+        except CoordinatorError as exc:
+            ev = self._event(job, "rejected", detail=str(exc), proof_sha256=sha,
+                             duration_s=duration)
+            await self.emitter.emit([ev])
+            return ev
+        await self.emitter.emit([self._event(job, "submitted", proof_sha256=sha)])
+        credits = answer.get("credits")
+        ev = self._event(job, "accepted" if answer.get("status") == "accepted" else "rejected",
+                         proof_sha256=sha, duration_s=duration, metrics=clean,
+                         credits=float(credits) if isinstance(credits, int | float) else None,
+                         detail=str(answer.get("status", "")))
+        await self.emitter.emit([ev])
+        return ev
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async def tick() -> None:
+            try:
+                await self.poll_once()
+            except ConnectorError as exc:
+                self.emitter.error(exc)
+                log.warning("coordinator: %s", exc)
+        try:
+            await every(self.poll_s, stop, tick)
+        finally:
+            await self.client.close()
+
+
+class ComputeMinerService:
+    """The miner plus its ``commands.compute`` consumer, run together."""
+
+    def __init__(self, miner: CoordinatorMiner, commands: Any):
+        self.miner, self.commands = miner, commands
+        self.emitter = miner.emitter
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(self.miner.run(stop), self.commands.run(stop))
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False

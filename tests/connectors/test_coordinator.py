@@ -1,0 +1,150 @@
+"""The compute miner against the simulated seed-002 coordinator, with real torch workloads."""
+
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+import pytest
+
+from agents.compute_score import gpu_score, identify
+from connectors.base import Emitter, ListSink
+from connectors.coordinator import CoordinatorClient, CoordinatorError, CoordinatorMiner
+from connectors.workloads import UnknownWorkload, run
+from schemas.events import ComputeJobChanged
+from sim.farm import Farm
+
+
+def test_seed_001_scores() -> None:
+    assert gpu_score("NVIDIA H200", 8) == pytest.approx(50.0)
+    assert gpu_score("NVIDIA RTX 4090", 2) == pytest.approx(0.68 * 2 * 50 / 32)
+    assert gpu_score("NVIDIA RTX 4090", 2, allocated=True) == pytest.approx(4.25)
+    assert gpu_score("NVIDIA H200", 12) == pytest.approx(50.0)  # capped at 8 GPUs
+    assert gpu_score("Intel Arc", 4) == 0.0
+
+
+def test_identification_by_throughput() -> None:
+    assert identify(0.7 * 82.6, 0.7 * 165.0)[0] == "NVIDIA RTX 4090"
+    assert identify(0.7 * 19.5, 0.7 * 312.0)[0] in ("NVIDIA A100-SXM4-80GB",
+                                                     "NVIDIA A100 80GB PCIe")
+    assert identify(0.15, 0.9)[0] is None  # a CPU is no listed GPU
+
+
+def test_workloads_are_deterministic_and_unknown_ones_refused() -> None:
+    a, ma = run("torch_bench", {"size": 128, "iterations": 5, "seed": 9})
+    b, _ = run("torch_bench", {"size": 128, "iterations": 5, "seed": 9})
+    assert a == b and ma["gflops"] > 0 and ma["seconds"] > 0
+    with pytest.raises(UnknownWorkload):
+        run("llm_gen", {})
+    with pytest.raises(ValueError):
+        run("torch_bench", {"size": 1})
+
+
+async def test_miner_runs_jobs_submits_proofs_and_fails_unknown_workloads(farm: Farm) -> None:
+    ep = farm.endpoints()["coordinator"]
+    farm.coordinator.job_size = 128
+    sink = ListSink()
+    client = CoordinatorClient(ep["url"], ep["api_key"])
+    miner = CoordinatorMiner(client, Emitter(sink, source="t", site="s"), miner_id="m-1",
+                             wallet="w-1")
+    finals = [await miner.poll_once() for _ in range(4)]  # torch, torch, matmul, llm_gen
+    assert [f.state if f else None for f in finals] == ["accepted", "accepted", "accepted",
+                                                         "failed"]
+    assert "unknown workload 'llm_gen'" in finals[3].detail  # type: ignore[union-attr]
+    states = [e.state for e in sink.events if isinstance(e, ComputeJobChanged)
+              and e.job_id == "job-000001"]
+    assert states == ["assigned", "started", "completed", "submitted", "accepted"]
+    first = finals[0]
+    assert first is not None and first.credits == 1.0 and first.metrics["gflops"] > 0
+    # The proof is the sha256 of the workload's output, as the coordinator recorded it.
+    out, _ = run("torch_bench", {"size": 128, "iterations": 20, "seed": 1})
+    assert first.proof_sha256 == hashlib.sha256(out).hexdigest()
+    bench = finals[2]
+    assert bench is not None and bench.metrics["fp32_tflops"] > 0
+    assert bench.metrics["identified"] == 0.0  # this machine's CPU is no listed GPU
+    # A retried proof submission is the same submission (Idempotency-Key from the job id).
+    again = await client.submit_proof("job-000001", "m-1", "cpu", first.proof_sha256 or "",
+                                      dict(first.metrics))
+    assert again["status"] == "accepted"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ep['api_key']}"}) as c:
+        bal = (await c.get(f"{ep['url']}/v1/wallet/balance", params={"wallet": "w-1"})).json()
+    assert bal["balance"] == 1.0 + 1.0 + 2.0  # credited once per job
+
+    miner.pause()
+    assert await miner.poll_once() is None
+    assert farm.coordinator.jobs_issued == 4
+    miner.resume()
+    await client.close()
+
+
+async def test_bad_credentials_are_a_clear_error(farm: Farm) -> None:
+    client = CoordinatorClient(farm.endpoints()["coordinator"]["url"], "wrong-key")
+    miner = CoordinatorMiner(client, Emitter(ListSink(), source="t", site="s"),
+                             miner_id="m-2", wallet="w")
+    with pytest.raises(CoordinatorError) as err:
+        await miner.poll_once()
+    assert err.value.status == 403 and err.value.code == "FORBIDDEN"
+    await client.close()
+
+
+async def test_compute_commands_pause_intake_with_exactly_one_ack(farm: Farm, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On the real broker: PauseComputeIntake closes intake, a redelivery is not acked twice,
+    an expired command is acked expired, garbage goes to dlq."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from aiokafka import AIOKafkaConsumer
+
+    from connectors.commands import CommandConsumer
+    from schemas.commands import CommandAcknowledged, PauseComputeIntake, ResumeComputeIntake
+    from streams.broker import EmbeddedBroker
+    from streams.codec import decode, encode, encode_key
+    from streams.publish import Publisher
+    from streams.topics import ensure_topics
+
+    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+    await broker.start()
+    await ensure_topics(broker.bootstrap)
+    try:
+        ep = farm.endpoints()["coordinator"]
+        client = CoordinatorClient(ep["url"], ep["api_key"])
+        async with Publisher(broker.bootstrap) as pub:
+            emitter = Emitter(pub, source="connector:coordinator", site="site-1")
+            miner = CoordinatorMiner(client, emitter, miner_id="m-9", wallet="w")
+            cc = CommandConsumer(broker.bootstrap, "commands.compute", "test-compute",
+                                 {"m-9", "site-1"}, miner.obey, emitter,
+                                 actuator="connector:coordinator")
+            now = datetime.now(UTC)
+            kw = dict(site="site-1", source="agent:test", issued_by="test", reason="headroom")
+            pause = PauseComputeIntake(device_id="m-9", ts=now, issued_at=now,
+                                       expires_at=now + timedelta(seconds=30), **kw)
+            old = ResumeComputeIntake(device_id="m-9", ts=now, issued_at=now - timedelta(
+                minutes=5), expires_at=now - timedelta(minutes=4), **kw)
+            other = ResumeComputeIntake(device_id="m-other", ts=now, issued_at=now,
+                                        expires_at=now + timedelta(seconds=30), **kw)
+            for c in (pause, pause, old, other):  # the pause twice: a redelivery
+                await pub.send_raw("commands.compute", encode(c), key=encode_key(c))
+            await pub.send_raw("commands.compute", b"{broken", key=b"m-9")
+            stop = asyncio.Event()
+            task = asyncio.create_task(cc.run(stop))
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                if emitter.stats.dlq and miner.paused and len(cc.seen) == 2:
+                    break
+            stop.set()
+            await task
+        assert miner.paused
+        acks_consumer = AIOKafkaConsumer("commands.acks", bootstrap_servers=broker.bootstrap,
+                                         auto_offset_reset="earliest")
+        await acks_consumer.start()
+        got = await acks_consumer.getmany(timeout_ms=2000)
+        await acks_consumer.stop()
+        acks = [decode("commands.acks", r.value) for rs in got.values() for r in rs]
+        assert all(isinstance(a, CommandAcknowledged) for a in acks)
+        by = {str(a.command_id): a for a in acks}  # type: ignore[attr-defined]
+        assert len(acks) == 2 and set(by) == {str(pause.command_id), str(old.command_id)}
+        assert by[str(pause.command_id)].status == "applied"  # type: ignore[attr-defined]
+        assert by[str(old.command_id)].status == "expired"  # type: ignore[attr-defined]
+        await client.close()
+    finally:
+        await broker.stop()

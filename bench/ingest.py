@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,7 +32,7 @@ from streams.codec import encode
 from streams.history import HistoryStore
 from streams.runtime import settings_env
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import committed_total, ensure_topics
 
 TOPIC = "shares"
 
@@ -60,19 +60,6 @@ async def produce(bootstrap: str, recs: list[tuple[bytes, bytes]]) -> float:
     finally:
         await producer.stop()
     return time.perf_counter() - t
-
-
-async def committed(bootstrap: str, group: str) -> int:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await c.start()
-    try:
-        parts = c.partitions_for_topic(TOPIC) or set()
-        total = 0
-        for p in parts:
-            total += max(0, await c.committed(TopicPartition(TOPIC, p)) or 0)
-        return total
-    finally:
-        await c.stop()
 
 
 async def raw_consume(bootstrap: str, n: int) -> float:
@@ -107,7 +94,7 @@ async def main(n: int) -> None:
         await asyncio.sleep(4)  # the sink joins its group and migrates before the clock starts
         t0 = time.perf_counter()
         produce_s = await produce(broker.bootstrap, recs)
-        while await committed(broker.bootstrap, settings.sink_group) < n:
+        while await committed_total(broker.bootstrap, settings.sink_group, TOPIC) < n:
             await asyncio.sleep(0.05)
         e2e_s = time.perf_counter() - t0
     finally:

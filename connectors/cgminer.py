@@ -84,8 +84,8 @@ def _repairs(text: str) -> Iterator[str]:
     yield _close_truncated(fixed)
 
 
-def _close_truncated(text: str) -> str:
-    """Cut a truncated reply back to its last complete value and close what is open."""
+def _scan(text: str) -> tuple[list[str], bool, int]:
+    """Closers still open, whether a string is open, and where the last complete value ends."""
     stack: list[str] = []
     in_str = esc = False
     last_safe = 0
@@ -108,30 +108,18 @@ def _close_truncated(text: str) -> str:
             last_safe = i + 1
         elif ch == ",":
             last_safe = i
+    return stack, in_str, last_safe
+
+
+def _close_truncated(text: str) -> str:
+    """Cut a truncated reply back to its last complete value and close what is open."""
+    stack, in_str, last_safe = _scan(text)
     if not stack and not in_str:
         return text
     head = text[:last_safe].rstrip().rstrip(",")
-    # Recount what is open in the kept part.
-    opened: list[str] = []
-    in_str = esc = False
-    for ch in head:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-            continue
-        if ch == '"':
-            in_str = True
-        elif ch in "{[":
-            opened.append("}" if ch == "{" else "]")
-        elif ch in "}]" and opened:
-            opened.pop()
     if head.endswith(":"):
         head += "null"
-    return head + "".join(reversed(opened))
+    return head + "".join(reversed(_scan(head)[0]))
 
 
 def _section(reply: dict[str, Any], command: str, key: str) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from sim.sampling import binomial, poisson
+
 TWO_32 = 2**32
 WAKE_S = 30.0  # full hashrate this long after wake-up (boards re-initialise, then ramp)
 THERMAL_TAU_S = 60.0  # chip temperature time constant
@@ -180,15 +182,15 @@ class SimAsic:
         pool = self.pools[self.active_pool] if self.pools else None
         if ths > 0 and pool is not None and pool.alive and pool.enabled:
             expected = ths * 1e12 * dt / (pool.difficulty * TWO_32)
-            n = _poisson(self._rng, expected)
-            rej = _binomial(self._rng, n, self.reject_p)
-            stl = _binomial(self._rng, n - rej, self.stale_p)
+            n = poisson(self._rng, expected)
+            rej = binomial(self._rng, n, self.reject_p)
+            stl = binomial(self._rng, n - rej, self.stale_p)
             acc = n - rej - stl
             if self.live_pool == self.active_pool:
                 # A real pool decides: queue the shares for the Stratum session to submit.
                 self.pending += ["good"] * acc + ["low"] * rej + ["stale"] * stl
                 self.pending = self.pending[-1000:]
-                self.hw_errors += _binomial(self._rng, max(n, 1) * 50, self.hw_error_rate)
+                self.hw_errors += binomial(self._rng, max(n, 1) * 50, self.hw_error_rate)
                 self.last_t = t
                 return
             d = pool.difficulty
@@ -206,7 +208,7 @@ class SimAsic:
             pool.diff_stale += stl * d
             if n:
                 pool.last_share_time = t
-            self.hw_errors += _binomial(self._rng, max(n, 1) * 50, self.hw_error_rate)
+            self.hw_errors += binomial(self._rng, max(n, 1) * 50, self.hw_error_rate)
         self.last_t = t
 
     # -- control ----------------------------------------------------------------------
@@ -329,25 +331,3 @@ def profiles_of(model: AsicModel) -> dict[str, Profile]:
     if model not in _PROFILES:
         _PROFILES[model] = {p.name: p for p in model.profiles()}
     return _PROFILES[model]
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0:
-        return 0
-    if lam > 30:
-        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
-    # Knuth's multiplication method: fine for small means.
-    limit, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1
-
-
-def _binomial(rng: random.Random, n: int, p: float) -> int:
-    if n <= 0 or p <= 0:
-        return 0
-    if n * p > 30:
-        return max(0, min(n, round(rng.gauss(n * p, math.sqrt(n * p * (1 - p))))))
-    return _poisson(rng, n * p) if n > 50 else sum(1 for _ in range(n) if rng.random() < p)

@@ -22,6 +22,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from sim.sampling import poisson
+
 HASH_BYTES = 64 * 128  # Ethash: 64 accesses x 128 B per hash
 THERMAL_TAU_S = 30.0
 
@@ -176,7 +178,7 @@ class SimGpu:
         target = self.steady_temp_c()
         self.temp_c = target + (self.temp_c - target) * math.exp(-dt / THERMAL_TAU_S)
         if self.mining:
-            n = _poisson(self._rng, self.hashrate_mhs() * self.share_rate_per_mh * dt)
+            n = poisson(self._rng, self.hashrate_mhs() * self.share_rate_per_mh * dt)
             p = self.reject_probability()
             rej = sum(1 for _ in range(n) if self._rng.random() < p)
             stl = sum(1 for _ in range(n - rej) if self._rng.random() < 0.002)
@@ -185,7 +187,7 @@ class SimGpu:
             self.stale += stl
             excess = max(0.0, self.s.mem_offset_mhz - self.stable_offset)
             if excess > 0:
-                self.hw_errors += _poisson(self._rng, dt * excess / 50.0)
+                self.hw_errors += poisson(self._rng, dt * excess / 50.0)
         self.last_t = t
 
     def apply(self, settings: GpuSettings) -> None:
@@ -199,16 +201,3 @@ class SimGpu:
 
     def reset_counters(self) -> None:
         self.accepted = self.rejected = self.stale = self.hw_errors = 0
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0:
-        return 0
-    if lam > 30:
-        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
-    limit, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1

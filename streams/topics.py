@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -39,3 +40,17 @@ async def ensure_topics(
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+async def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """Sum of a consumer group's committed offsets on ``topic`` (0 where none)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        total = 0
+        for p in consumer.partitions_for_topic(topic) or set():
+            total += max(0, await consumer.committed(TopicPartition(topic, p)) or 0)
+        return total
+    finally:
+        await consumer.stop()

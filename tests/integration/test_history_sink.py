@@ -11,13 +11,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import ShareCountsObserved
 from streams.history import HistoryStore
 from streams.publish import Publisher
 from streams.settings import Settings
 from streams.sink import HistorySink
+from streams.topics import committed_total
 from tests.conftest import HASHPLANE, child_env, until
 from tests.factories import T0
 
@@ -32,18 +32,7 @@ def make_events(n: int, workers: int = 50) -> list[ShareCountsObserved]:
 
 
 async def committed(bootstrap: str, group: str, topic: str = "shares") -> int:
-    """Sum of the group's committed offsets on ``topic`` (0 when it has none)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        total = 0
-        for p in parts:
-            total += max(0, await consumer.committed(TopicPartition(topic, p)) or 0)
-        return total
-    finally:
-        await consumer.stop()
+    return await committed_total(bootstrap, group, topic)
 
 
 def counts(store: HistoryStore) -> tuple[int, int, int]:

@@ -266,8 +266,10 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
         embedded_broker=embedded, kafka_port=getattr(args, "kafka_port", 0) or 0,
         synthetic_workers=workers if embedded else 0, duration_s=args.duration,
         farm=_farm_config(args, s) if with_farm else None,
-        endpoints_file=Path(args.endpoints_file) if getattr(args, "endpoints_file", None)
-        else s.data_dir / "sim" / "endpoints.json")
+        endpoints_file=(Path(args.endpoints_file) if getattr(args, "endpoints_file", None)
+                        else s.data_dir / "sim" / "endpoints.json") if embedded else None,
+        devices=json.loads(Path(args.devices).read_text())
+        if not embedded and getattr(args, "devices", None) else None)
     stack = Stack(settings=s)
 
     async def main() -> None:
@@ -359,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = common(sub.add_parser("up", help="run sink, API and worker against configured endpoints"))
     u.add_argument("--duration", type=float, default=None)
     u.add_argument("--api-port", type=int, default=None)
-    u.set_defaults(func=lambda a: _run_stack(a, embedded=False), workers=0)
+    u.add_argument("--devices", default=None,
+                   help="JSON map of the site's devices (the endpoints-file format): runs "
+                        "every source connector it describes")
+    u.set_defaults(func=lambda a: _run_stack(a, embedded=False), workers=0, asics=0,
+                   gpu_rigs=0)
 
     common(sub.add_parser("worker", help="run the Faust agents")).set_defaults(func=cmd_worker)
     common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(

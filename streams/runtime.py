@@ -59,6 +59,7 @@ class StackOptions:
     duration_s: float | None = None
     farm: Any = None  # sim.farm.FarmConfig: start the simulated farm too
     endpoints_file: Path | None = None
+    devices: dict[str, Any] | None = None  # `up`: the site's devices (an endpoints map)
     extra_tasks: list[Any] = field(default_factory=list)
 
 
@@ -222,7 +223,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 log_level="warning", lifespan="off"))
             tasks.append(asyncio.create_task(server.serve(), name="api"))
             stack.api_url = f"http://{settings.api_host}:{port}"
-        if opts.synthetic_workers or stack.farm is not None:
+        if opts.synthetic_workers or stack.farm is not None or opts.devices:
             publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-connectors")
             await publisher.start()
         if opts.synthetic_workers:
@@ -235,8 +236,12 @@ async def run_stack(settings: Settings, opts: StackOptions,
             # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
             stack.connectors = site_connectors(settings, publisher, stack.farm.endpoints(),
                                                DEMO_CONNECTORS)
-            for name, conn in stack.connectors.items():
-                tasks.append(asyncio.create_task(conn.run(stop), name=f"connector-{name}"))
+        elif opts.devices:
+            assert publisher is not None
+            stack.connectors = site_connectors(settings, publisher, opts.devices,
+                                               DEMO_CONNECTORS)
+        for name, conn in stack.connectors.items():
+            tasks.append(asyncio.create_task(conn.run(stop), name=f"connector-{name}"))
         tasks += [asyncio.create_task(t) for t in opts.extra_tasks]
         if server is not None:
             while not server.started and not stop.is_set():

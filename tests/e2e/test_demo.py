@@ -114,3 +114,39 @@ async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Pa
     assert body["latest"]["accepted"] == 45 and body["latest"]["rejected_pct"] == 10.0
     assert proc.returncode == 0, out[-3000:]
     assert "embedded" not in out.split("hashplane is running")[1].split("\n")[0]
+
+
+async def test_up_runs_the_connectors_of_a_devices_file(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Production shape: the farm is "somewhere else", `up --devices` reads it."""
+    import asyncio
+
+    from sim.farm import Farm
+    from tests.sim.conftest import farm_config
+
+    farm = Farm(farm_config(tmp_path, asics=3, gpu_rigs=1, model_endpoints=1))
+    await farm.start()
+    devices = tmp_path / "devices.json"
+    farm.write_endpoints(devices)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
+    env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
+               HASHPLANE_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'ch'}",
+               HASHPLANE_DATA_DIR=str(tmp_path / "data"), HASHPLANE_API_PORT=str(free_port()))
+    proc = subprocess.Popen([*HASHPLANE, "up", "--devices", str(devices), "--duration", "15"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        while proc.poll() is None:
+            await asyncio.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate(timeout=30)[0].decode()
+        await farm.stop()
+    assert proc.returncode == 0, out[-3000:]
+    store = HistoryStore(f"chdb://{tmp_path / 'ch'}").open()
+    try:
+        by_topic = dict(store.query("SELECT topic, uniqExact(device_id) FROM hashplane.events "
+                                    "GROUP BY topic"))
+    finally:
+        store.close()
+    assert by_topic.get("asic.telemetry") == 3 and by_topic.get("gpu.telemetry") == 2
+    assert by_topic.get("grid.readings") == 1 and by_topic.get("power.readings") == 2

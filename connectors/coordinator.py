@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -36,6 +37,33 @@ class CoordinatorError(ConnectorError):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+
+class JobPayloadError(ValueError):
+    """A ``next`` answer that is not a job."""
+
+
+def parse_job(raw: bytes) -> dict[str, Any]:
+    """A job from the coordinator's ``next`` answer; JobPayloadError if it is not one."""
+    try:
+        job = json.loads(raw)
+    except ValueError as exc:
+        raise JobPayloadError(f"not JSON: {exc}") from None
+    if not isinstance(job, dict):
+        raise JobPayloadError(f"JSON {type(job).__name__}, not a job object")
+    if not isinstance(job.get("id"), str) or not job["id"].strip():
+        raise JobPayloadError("job has no string 'id'")
+    if not isinstance(job.get("workload"), str) or not job["workload"]:
+        raise JobPayloadError("job has no string 'workload'")
+    params = job.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise JobPayloadError("'params' is not an object")
+    deadline = job.get("deadline_s", 300)
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0:
+        raise JobPayloadError(f"'deadline_s' is not a positive number ({deadline!r})")
+    return {**job, "params": params, "deadline_s": float(deadline)}
 
 
 class CoordinatorClient:
@@ -72,10 +100,7 @@ class CoordinatorClient:
         r = await self._call("GET", "/v1/miner/next", params={"miner": miner_id, "slots": slots})
         if r.status_code == 204:
             return None
-        job = r.json()
-        if not isinstance(job, dict) or not isinstance(job.get("id"), str):
-            raise ConnectorError(f"next job is not a job: {r.text[:200]}")
-        return job
+        return parse_job(r.content)
 
     async def submit_proof(self, job_id: str, miner_id: str, mode: str, output_sha: str,
                            metrics: dict[str, float]) -> dict[str, Any]:
@@ -131,7 +156,12 @@ class CoordinatorMiner:
             self._last_heartbeat = now
         if self.paused:
             return None
-        job = await self.client.next_job(self.miner_id)
+        try:
+            job = await self.client.next_job(self.miner_id)
+        except JobPayloadError as exc:
+            await self.emitter.dead(f"{self.client.base}/v1/miner/next", None, str(exc),
+                                    key=self.miner_id)
+            return None
         if job is None:
             return None
         await self.emitter.emit([self._event(job, "assigned")])
@@ -149,7 +179,7 @@ class CoordinatorMiner:
         try:
             output, metrics = await asyncio.wait_for(
                 asyncio.to_thread(workloads.run, name, dict(job.get("params") or {})),
-                self.job_timeout_s)
+                min(self.job_timeout_s, float(job.get("deadline_s", self.job_timeout_s))))
         except (ValueError, TimeoutError, RuntimeError) as exc:
             ev = self._event(job, "failed", detail=f"{type(exc).__name__}: {exc}"[:4096],
                              duration_s=time.perf_counter() - t0)

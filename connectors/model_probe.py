@@ -10,6 +10,7 @@ participation: share of prompts answered at all; each over the last ``window`` p
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -53,6 +54,27 @@ def speed_component(latency_ms: float | None, fast_ms: float = 500.0,
 def score(components: dict[str, float]) -> float:
     """Seed 004's weighted score."""
     return round(sum(WEIGHTS[k] * components[k] for k in WEIGHTS), 6)
+
+
+class ChatReplyError(ValueError):
+    """An /api/chat answer that is not seed 004's reply."""
+
+
+def parse_chat_reply(raw: bytes) -> str:
+    """The answer text of an /api/chat reply; ChatReplyError if it is not one."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ChatReplyError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ChatReplyError(f"JSON {type(body).__name__}, not an object")
+    answer = body.get("response")
+    if not isinstance(answer, str):
+        raise ChatReplyError(f"'response' is not a string ({type(answer).__name__})")
+    pt = body.get("processing_time", 0)
+    if isinstance(pt, bool) or not isinstance(pt, int | float) or pt < 0:
+        raise ChatReplyError(f"'processing_time' is not a non-negative number ({pt!r})")
+    return answer
 
 
 @dataclass
@@ -118,10 +140,8 @@ class ModelProbe:
                     results.append((False, False, None))
                     continue
                 try:
-                    answer = r.json()["response"]
-                    if not isinstance(answer, str):
-                        raise TypeError("response is not a string")
-                except (ValueError, KeyError, TypeError) as exc:
+                    answer = parse_chat_reply(r.content)
+                except ChatReplyError as exc:
                     await self.emitter.dead(f"{url}/api/chat", r.content, f"bad chat reply: {exc}",
                                             key=name)
                     results.append((False, False, None))

@@ -148,3 +148,53 @@ async def test_compute_commands_pause_intake_with_exactly_one_ack(farm: Farm, tm
         await client.close()
     finally:
         await broker.stop()
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("empty", b""),
+    ("not json", b"<html>502 Bad Gateway</html>"),
+    ("list", b"[]"),
+    ("no id", b'{"workload": "torch_bench"}'),
+    ("id number", b'{"id": 7, "workload": "torch_bench"}'),
+    ("blank id", b'{"id": "  ", "workload": "torch_bench"}'),
+    ("no workload", b'{"id": "job-1"}'),
+    ("workload object", b'{"id": "job-1", "workload": {"name": "x"}}'),
+    ("params list", b'{"id": "job-1", "workload": "torch_bench", "params": [1]}'),
+    ("deadline text", b'{"id": "job-1", "workload": "torch_bench", "deadline_s": "soon"}'),
+    ("deadline negative", b'{"id": "job-1", "workload": "torch_bench", "deadline_s": -1}'),
+    ("deadline bool", b'{"id": "job-1", "workload": "torch_bench", "deadline_s": true}'),
+])
+def test_malformed_jobs_are_refused(name: str, raw: bytes) -> None:
+    from connectors.coordinator import JobPayloadError, parse_job
+
+    with pytest.raises(JobPayloadError):
+        parse_job(raw)
+
+
+def test_a_valid_job_parses_with_defaults() -> None:
+    from connectors.coordinator import parse_job
+
+    job = parse_job(b'{"id": "job-1", "workload": "torch_bench", "params": null}')
+    assert job["params"] == {} and job["deadline_s"] == 300.0
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("empty", b""),
+    ("html", b"<html>oops</html>"),
+    ("list", b'["Paris"]'),
+    ("string", b'"Paris"'),
+    ("no response", b'{"model": "m"}'),
+    ("response null", b'{"response": null}'),
+    ("response number", b'{"response": 42}'),
+    ("response list", b'{"response": ["Paris"]}'),
+    ("processing_time text", b'{"response": "Paris", "processing_time": "fast"}'),
+    ("processing_time negative", b'{"response": "Paris", "processing_time": -1}'),
+    ("truncated", b'{"response": "Par'),
+])
+def test_malformed_chat_replies_are_refused(name: str, raw: bytes) -> None:
+    from connectors.model_probe import ChatReplyError, parse_chat_reply
+
+    with pytest.raises(ChatReplyError):
+        parse_chat_reply(raw)
+    assert parse_chat_reply(b'{"response": "The capital is Paris.", "processing_time": 0.2}') \
+        == "The capital is Paris."

@@ -232,9 +232,4 @@ class ComputeMinerService:
 
 
 def _cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    return bool(workloads._torch().cuda.is_available())

@@ -21,7 +21,13 @@ class UnknownWorkload(KeyError):
 
 
 def _torch() -> Any:
-    import torch  # heavy: imported when a job runs, not at start
+    """torch, imported when a job first runs (it is heavy).  Its import warns that pynvml
+    (the package the design names) is deprecated; that is not the operator's business."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*pynvml.*")
+        import torch
 
     return torch
 

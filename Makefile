@@ -49,6 +49,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/agent_throughput.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -52,3 +52,34 @@ def identify(fp32_tflops: float, fp16_tflops: float) -> tuple[str | None, float]
         if d < dist:
             best, dist = name, d
     return (best, dist) if dist < math.log(2) else (None, dist)
+
+
+def base_score(card: str) -> tuple[str | None, float]:
+    """The table entry of a card name as telemetry spells it ("RTX 4090", "H100", "NVIDIA
+    A100-SXM4-80GB"): exact, then with NVIDIA's prefixes, then the lowest-scoring entry that
+    contains the name (an ambiguous "A100" is scored as the cheaper variant); else 0."""
+    for name in (card, f"NVIDIA {card}", f"NVIDIA GeForce {card}"):
+        if name in GPU_BASE_SCORES:
+            return name, GPU_BASE_SCORES[name]
+    matches = [n for n in GPU_BASE_SCORES if card and card in n]
+    if not matches:
+        return None, 0.0
+    best = min(matches, key=GPU_BASE_SCORES.__getitem__)
+    return best, GPU_BASE_SCORES[best]
+
+
+def rig_score(cards: list[str], allocated: bool = False) -> float:
+    """Seed 001 for a machine of possibly mixed GPUs: the 8 best cards count, each at its
+    base score, scaled so 8 top GPUs give 50; doubled when allocated."""
+    bases = sorted((base_score(c)[1] for c in cards), reverse=True)[:MAX_GPUS]
+    s = sum(bases) * SCALE
+    return round(2 * s if allocated else s, 6)
+
+
+#: seed 004's weights
+ENDPOINT_WEIGHTS = {"quality": 0.4, "speed": 0.3, "availability": 0.2, "participation": 0.1}
+
+
+def endpoint_score(components: dict[str, float]) -> float:
+    """Seed 004: 0.4 quality + 0.3 speed + 0.2 availability + 0.1 participation."""
+    return round(sum(w * components.get(k, 0.0) for k, w in ENDPOINT_WEIGHTS.items()), 6)

@@ -1,19 +1,21 @@
 """Share ratios over tumbling event-time windows: pure state and step (STYLE.md 1).
 
-``step(state, event)`` folds one ``ShareCountsObserved`` into the subject's open windows
-and returns the ratio revisions it causes: a provisional revision of the event's window, and
-a final revision of every window the event's time closed (end + grace <= watermark).
-Duplicates (same ``event_id``) and events later than the grace are ignored.  Output ids are
-derived from the input event id, so reprocessing an event after a crash produces the same
-metric ids and the history store collapses them.
+``step(state, event)`` folds one ``ShareCountsObserved`` into a subject's open windows of
+every length (1 min, 15 min, 1 h by default) and returns the ratio revisions it causes: a
+final revision of every window the event's time closed (end + grace <= watermark), and a
+provisional revision of the event's window once ``update_s`` of event time has passed since
+the window opened or since its last revision; a twelfth of the window if that is longer (a
+1-hour window is revised every 5 minutes, not every few seconds; ``update_s`` 0: on every
+event).  Duplicates and events later than the
+grace are ignored.  Output ids are derived from the input event id, so reprocessing an
+event after a crash produces the same metric ids and the history store collapses them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -21,7 +23,7 @@ from schemas.events import ShareCountsObserved
 from schemas.metrics import Scope, ShareRatioComputed
 
 SOURCE = "agent:share_ratio"
-SEEN_IDS = 512  # duplicates are re-deliveries, close in the log: a short memory is enough
+SEEN_IDS = 16  # producer re-sends arrive close together: a short memory is enough
 _NS = uuid5(NAMESPACE_URL, "hashplane:share_ratio")
 
 
@@ -49,34 +51,63 @@ class Counts:
 
 @dataclass(frozen=True, slots=True)
 class WindowState:
-    """Open windows of one (scope, subject, window length), its watermark and recent ids."""
+    """Open windows of one (scope, subject, window length) and its watermark."""
 
     windows: dict[int, Counts] = field(default_factory=dict)  # window start, epoch s
     watermark: float = float("-inf")  # highest event time seen, epoch s
-    seen: tuple[str, ...] = ()
     late: int = 0
+    revised: dict[int, float] = field(default_factory=dict)  # window -> last provisional, s
 
     def to_primitive(self) -> list[Any]:
-        """Plain JSON-able form for a Faust table (STYLE.md 4)."""
         return [
             [[k, [c.accepted, c.rejected, c.stale, c.difficulty_accepted,
                   c.difficulty_rejected, c.events]] for k, c in sorted(self.windows.items())],
             None if self.watermark == float("-inf") else self.watermark,
-            list(self.seen),
             self.late,
+            sorted(self.revised.items()),
         ]
 
     @classmethod
     def from_primitive(cls, raw: Any) -> WindowState:
-        """Inverse of ``to_primitive``; None gives an empty state."""
-        if not raw:
-            return cls()
-        windows, watermark, seen, late = raw
+        windows, watermark, late, revised = raw
         return cls(
             windows={int(k): Counts(int(v[0]), int(v[1]), int(v[2]), float(v[3]), float(v[4]),
                                     int(v[5])) for k, v in windows},
             watermark=float("-inf") if watermark is None else float(watermark),
-            seen=tuple(seen), late=int(late))
+            late=int(late), revised={int(k): float(v) for k, v in revised})
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    """Every window length of one subject, and what it has folded (dedup).
+
+    Two kinds of duplicates: a producer re-sending an event (same ``event_id``, another
+    offset: ``seen`` remembers the last ids) and Kafka redelivering records after a crash
+    (same offsets: ``offsets`` keeps the highest folded offset per partition, exact at
+    any distance).
+    """
+
+    windows: dict[int, WindowState] = field(default_factory=dict)  # window length -> state
+    seen: tuple[str, ...] = ()
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest offset
+
+    def to_primitive(self) -> list[Any]:
+        """Plain JSON-able form for a Faust table (STYLE.md 4)."""
+        return [[[w, s.to_primitive()] for w, s in sorted(self.windows.items())],
+                list(self.seen), sorted(self.offsets.items())]
+
+    @classmethod
+    def from_primitive(cls, raw: Any) -> SubjectState:
+        """Inverse of ``to_primitive``; None gives an empty state."""
+        if not raw:
+            return cls()
+        windows, seen, offsets = raw
+        return cls({int(w): WindowState.from_primitive(s) for w, s in windows}, tuple(seen),
+                   {int(p): int(o) for p, o in offsets})
+
+    @property
+    def late(self) -> int:
+        return sum(s.late for s in self.windows.values())
 
 
 def ratio(
@@ -98,42 +129,86 @@ def ratio(
         events=c.events)
 
 
-def step(
-    state: WindowState, event: ShareCountsObserved, *, window_s: int = 60, grace_s: int = 30,
-    scope: Scope = "worker", subject: str | None = None,
+def fold_window(
+    state: WindowState, event: ShareCountsObserved, *, window_s: int, grace_s: int,
+    update_s: int, scope: Scope, subject: str,
 ) -> tuple[WindowState, list[ShareRatioComputed]]:
-    """Fold one share-count event; return the new state and the ratio revisions it causes."""
-    eid = str(event.event_id)
-    if eid in state.seen:
-        return state, []
-    subject = subject if subject is not None else event.worker
+    """Fold one (new) event into one window length: finals of closed windows, and a
+    provisional revision of the event's window unless one was sent < ``update_s`` ago."""
     t = event.ts.timestamp()
     start = int(t // window_s) * window_s
-    seen = (*state.seen, eid)[-SEEN_IDS:]
     if start + window_s + grace_s <= state.watermark:
-        return replace(state, seen=seen, late=state.late + 1), []
-
+        return replace(state, late=state.late + 1), []
     windows = dict(state.windows)
     windows[start] = windows.get(start, Counts()).add(event)
     watermark = max(state.watermark, t)
+    revised = dict(state.revised)
     out: list[ShareRatioComputed] = []
-    emit = partial(ratio, site=event.site, scope=scope, subject=subject, window_s=window_s,
-                   ts=event.ts)
     key = f"{scope}/{subject}/{window_s}"
-    for w in sorted(k for k in windows if k + window_s + grace_s <= watermark):
-        out.append(emit(windows.pop(w), start=w, final=True,
-                        event_id=uuid5(_NS, f"{key}/{w}/final")))
-    out.append(emit(windows[start], start=start, final=False,
-                    event_id=uuid5(_NS, f"{key}/{start}/{eid}")))
-    return WindowState(windows=windows, watermark=watermark, seen=seen, late=state.late), out
+    closed = [k for k in windows if k + window_s + grace_s <= watermark]
+    for w in sorted(closed):
+        revised.pop(w, None)
+        out.append(ratio(windows.pop(w), site=event.site, scope=scope, subject=subject,
+                         window_s=window_s, ts=event.ts, start=w, final=True,
+                         event_id=uuid5(_NS, f"{key}/{w}/final")))
+    every = max(update_s, window_s // 12) if update_s else 0
+    if t - revised.get(start, start) >= every:
+        revised[start] = t
+        out.append(ratio(windows[start], site=event.site, scope=scope, subject=subject,
+                         window_s=window_s, ts=event.ts, start=start, final=False,
+                         event_id=uuid5(_NS, f"{key}/{start}/{event.event_id}")))
+    return WindowState(windows=windows, watermark=watermark, late=state.late,
+                       revised=revised), out
 
 
-def fold(events: Iterable[ShareCountsObserved], **kw: Any) -> tuple[
-        dict[str, WindowState], list[ShareRatioComputed]]:
-    """Run ``step`` over events per worker (what replay and tests use)."""
-    states: dict[str, WindowState] = {}
+def step(
+    state: SubjectState, event: ShareCountsObserved, *, windows: Sequence[int] = (60,),
+    grace_s: int = 30, update_s: int = 0, scope: Scope = "worker", subject: str | None = None,
+    position: tuple[int, int] | None = None,
+) -> tuple[SubjectState, list[ShareRatioComputed]]:
+    """Fold one share-count event into every window length of a subject; return the new
+    state and the ratio revisions it causes.  A duplicate (same event id, or a Kafka
+    ``position`` (partition, offset) at or before one already folded) changes nothing."""
+    eid = str(event.event_id)
+    if eid in state.seen:
+        return state, []
+    offsets = state.offsets
+    if position is not None:
+        partition, offset = position
+        if offset <= offsets.get(partition, -1):
+            return state, []
+        offsets = {**offsets, partition: offset}
+    subject = subject if subject is not None else event.worker
+    out: list[ShareRatioComputed] = []
+    new: dict[int, WindowState] = {}
+    for w in windows:
+        new[w], produced = fold_window(state.windows.get(w, WindowState()), event, window_s=w,
+                                       grace_s=grace_s, update_s=update_s, scope=scope,
+                                       subject=subject)
+        out += produced
+    return SubjectState(new, (*state.seen[-(SEEN_IDS - 1):], eid), offsets), out
+
+
+#: scope -> subject of a share event (worker and device are the partition's own keys)
+SUBJECTS: dict[Scope, Callable[[ShareCountsObserved], str]] = {
+    "worker": lambda e: e.worker,
+    "device": lambda e: e.device_id,
+    "pool": lambda e: e.pool or "unknown",
+    "site": lambda e: e.site,
+}
+
+
+def fold(events: Iterable[ShareCountsObserved], scopes: Sequence[Scope] = ("worker",),
+         **kw: Any) -> tuple[dict[str, SubjectState], list[ShareRatioComputed]]:
+    """Run ``step`` over events for each scope (what replay and tests use); state keys are
+    ``scope/subject``."""
+    states: dict[str, SubjectState] = {}
     out: list[ShareRatioComputed] = []
     for e in events:
-        states[e.worker], produced = step(states.get(e.worker, WindowState()), e, **kw)
-        out += produced
+        for scope in scopes:
+            subject = SUBJECTS[scope](e)
+            key = f"{scope}/{subject}"
+            states[key], produced = step(states.get(key, SubjectState()), e, scope=scope,
+                                         subject=subject, **kw)
+            out += produced
     return states, out

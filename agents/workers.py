@@ -1,24 +1,59 @@
 """Faust wiring: thin agents around the pure step functions (STYLE.md 1-2).
 
+Two kinds of agents:
+
+* **Partitioned** agents fold per-device state on the contract topics' own partitions and
+  scale out with them: ``share_ratio`` (worker and device ratios) and ``endpoint_scores``.
+* **Site** agents fold a whole site (supply, load, the fleet, the firing alerts), which needs
+  every partition of several topics in one place.  ``site_feed`` forwards the records of
+  the partitioned topics they read, validated and unchanged, to the single-partition
+  internal topic ``hashplane.site-feed`` (the source topic rides in a header); the site
+  agents read it together with the contract's single-partition topics (grid, feeds,
+  uplink, energy).  Control-path records (meter -> energy -> scheduler) never take the
+  forwarding hop.
+
+Site agents keep their working state in memory (latest readings, open windows: rebuilt
+from live data within one poll period after a restart) and persist what must survive a
+restart in Faust tables (changelog-backed): each ASIC's cycles and last-off/on, each miner's
+home pool, the firing alerts, the compute gate.  Only changed keys are written.
+
 Each ``register_*`` takes an optional ``publish`` coroutine; by default it sends on the
 registry topic of the event.  Agent tests pass a recorder instead of a broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import faust
 
-from agents import share_ratio
+from agents import alerts, compute, energy, failover, rewards, scheduler, share_ratio
+from schemas.commands import CommandAcknowledged
 from schemas.envelope import Event
-from schemas.events import ShareCountsObserved
+from schemas.events import (
+    AsicTelemetryObserved,
+    ComputeJobChanged,
+    EndpointHealthObserved,
+    FeedPowerMeasured,
+    GpuTelemetryObserved,
+    GridMeasured,
+    ShareCountsObserved,
+    UplinkStatusObserved,
+)
+from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
 from schemas.registry import TOPICS, topic, topic_of
-from streams.app import create_app, decoded, raw_topic, send
+from streams.app import TOPIC_HEADER, create_app, decoded, raw_topic, send
+from streams.codec import encode
 from streams.settings import Settings
+from streams.topics import SITE_FEED
 
 Publish = Callable[[Event], Awaitable[None]]
+
+#: contract topics the site agents need from the partitioned side, forwarded by site_feed
+FEED_SOURCES = ("asic.telemetry", "gpu.telemetry", "shares", "commands.acks", "compute.jobs",
+                "metrics.shares")
 
 
 def topic_publisher(app: faust.App) -> Publish:
@@ -31,29 +66,315 @@ def topic_publisher(app: faust.App) -> Publish:
     return publish
 
 
+async def publish_all(publish: Publish, events: Iterable[Event]) -> None:
+    """Send a step's outputs in order."""
+    for e in events:
+        await publish(e)
+
+
+def site_channel(app: faust.App, *topics: str) -> faust.TopicT:
+    """The single-partition channel of a site agent: the site feed plus ``topics``."""
+    return app.topic(SITE_FEED, *topics, key_serializer="raw", value_serializer="raw")
+
+
+def _restore_once(loaded: set[str], site: str, table: Any,
+                  load: Callable[[str, Any], None]) -> None:
+    """Load a site's persisted keys (``site/key``) from a table on its first event."""
+    if site in loaded:
+        return
+    loaded.add(site)
+    prefix = f"{site}/"
+    for k, v in list(table.items()):
+        if isinstance(k, str) and k.startswith(prefix) and v is not None:
+            load(k[len(prefix):], v)
+
+
+# -- partitioned agents ---------------------------------------------------------------------
+
 def register_share_ratio(app: faust.App, settings: Settings,
                          publish: Publish | None = None) -> faust.types.AgentT[Any]:
-    """Share ratios per worker over ``settings.share_window_s`` windows -> metrics.shares."""
+    """Worker and device share ratios over every window length -> metrics.shares.
+
+    A worker's state lives on its device's partition: a worker name shared by several
+    devices is aggregated at pool and site scope, not here."""
     publish = publish or topic_publisher(app)
-    state = app.Table(f"share_ratio_worker_{settings.share_window_s}s", default=lambda: None,
+    state = app.Table("share_ratio_devices", default=lambda: None,
                       partitions=topic("shares").partitions)
+    kw: dict[str, Any] = {"windows": tuple(settings.share_windows_s),
+                          "grace_s": settings.share_grace_s, "update_s": settings.share_update_s}
 
     @app.agent(raw_topic(app, "shares"), name="share_ratio")
     async def share_ratio_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, "shares", publish, settings.site, share_ratio.SOURCE):
             assert isinstance(event, ShareCountsObserved)
-            s = share_ratio.WindowState.from_primitive(state[event.worker])
-            s, metrics = share_ratio.step(s, event, window_s=settings.share_window_s,
-                                          grace_s=settings.share_grace_s)
-            state[event.worker] = s.to_primitive()
-            for m in metrics:
-                await publish(m)
+            msg = stream.current_event.message if stream.current_event else None
+            position = (msg.partition, msg.offset) if msg is not None else None
+            # one table entry per device (its partition's key) holds both scopes' state
+            saved = state[event.device_id] or {}
+            changed = {}
+            for scope in ("worker", "device"):
+                subject = share_ratio.SUBJECTS[scope](event)
+                key = f"{scope}/{subject}"
+                before = share_ratio.SubjectState.from_primitive(saved.get(key))
+                s, metrics = share_ratio.step(before, event, scope=scope, subject=subject,
+                                              position=position, **kw)
+                if s is not before:
+                    changed[key] = s.to_primitive()
+                await publish_all(publish, metrics)
+            if changed:
+                state[event.device_id] = {**saved, **changed}
 
     return share_ratio_agent
+
+
+def register_endpoint_scores(app: faust.App, settings: Settings,
+                             publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Seed-004 score of every model endpoint probe -> metrics.rewards."""
+    publish = publish or topic_publisher(app)
+
+    @app.agent(raw_topic(app, "compute.health"), name="endpoint_scores")
+    async def endpoint_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, "compute.health", publish, settings.site,
+                                   compute.SOURCE):
+            assert isinstance(event, EndpointHealthObserved)
+            await publish(compute.endpoint_metric(event))
+
+    return endpoint_agent
+
+
+Forward = Callable[[bytes, bytes, dict[str, bytes]], Awaitable[Any]]
+
+
+def register_site_feed(app: faust.App, settings: Settings, publish: Publish | None = None,
+                       forward: Forward | None = None) -> faust.types.AgentT[Any]:
+    """Forward the partitioned topics the site agents read to the site feed (validated;
+    undecodable records go to dlq here, once)."""
+    publish = publish or topic_publisher(app)
+    feed = app.topic(SITE_FEED, key_serializer="raw", value_serializer="raw")
+
+    async def to_feed(key: bytes, value: bytes, headers: dict[str, bytes]) -> Any:
+        return await feed.send(key=key, value=value, headers=headers)
+
+    forward = forward or to_feed
+    channel = app.topic(*FEED_SOURCES, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(channel, name="site_feed")
+    async def site_feed_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, "agent:site_feed"):
+            if isinstance(event, ShareRatioComputed) and not (
+                    event.scope == "worker" and event.final and event.window_s == 60):
+                continue  # alerts read closed 1-minute worker windows only
+            name = topic_of(type(event)).name
+            await forward(event.site.encode(), encode(event), {TOPIC_HEADER: name.encode()})
+
+    return site_feed_agent
+
+
+# -- site agents ----------------------------------------------------------------------------
+
+def register_site_shares(app: faust.App, settings: Settings,
+                         publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Pool and site share ratios, and seed-000 rewards -> metrics.shares, metrics.rewards."""
+    publish = publish or topic_publisher(app)
+    ratios: dict[str, share_ratio.SubjectState] = {}
+    rewarding: dict[str, rewards.RewardState] = {}
+    windows = tuple(settings.share_windows_s)
+    kw: dict[str, Any] = {"windows": windows, "grace_s": settings.share_grace_s,
+                          "update_s": settings.share_update_s}
+
+    @app.agent(site_channel(app), name="site_shares")
+    async def site_shares_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, rewards.SOURCE):
+            if not isinstance(event, ShareCountsObserved | GpuTelemetryObserved):
+                continue
+            r = rewarding.setdefault(event.site, rewards.RewardState())
+            _, out = rewards.step(r, event, windows=windows, grace_s=settings.share_grace_s,
+                                  temp_max_c=settings.reward_temp_max_c)
+            await publish_all(publish, out)
+            if isinstance(event, ShareCountsObserved):
+                for scope in ("pool", "site"):
+                    subject = share_ratio.SUBJECTS[scope](event)
+                    key = f"{event.site}/{scope}/{subject}"
+                    ratios[key], metrics = share_ratio.step(
+                        ratios.get(key, share_ratio.SubjectState()), event, scope=scope,
+                        subject=subject, **kw)
+                    await publish_all(publish, metrics)
+
+    return site_shares_agent
+
+
+def energy_params(s: Settings) -> energy.EnergyParams:
+    """Headroom configuration from Settings."""
+    return energy.EnergyParams(
+        margin_kw=s.energy_margin_kw, bands_50hz=tuple(s.bands_50hz),
+        bands_60hz=tuple(s.bands_60hz), hysteresis_hz=s.band_hysteresis_hz, hold_s=s.band_hold_s,
+        feed_stale_s=s.feed_stale_s, device_stale_s=s.device_stale_s, emit_s=s.energy_emit_s)
+
+
+def register_energy(app: faust.App, settings: Settings,
+                    publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Supply, load, headroom and the demand-response target -> metrics.energy."""
+    publish = publish or topic_publisher(app)
+    p = energy_params(settings)
+    states: dict[str, energy.EnergyState] = {}
+
+    @app.agent(site_channel(app, "grid.readings", "power.readings"), name="energy")
+    async def energy_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, energy.SOURCE):
+            if isinstance(event, GridMeasured | FeedPowerMeasured | AsicTelemetryObserved
+                          | GpuTelemetryObserved):
+                _, out = energy.step(states.setdefault(event.site, energy.EnergyState()),
+                                     event, p)
+                await publish_all(publish, out)
+
+    return energy_agent
+
+
+def scheduler_params(s: Settings) -> scheduler.SchedulerParams:
+    """Scheduler configuration from Settings."""
+    return scheduler.SchedulerParams(
+        min_on_s=s.sched_min_on_s, min_off_s=s.sched_min_off_s,
+        hysteresis_kw=s.sched_hysteresis_kw, wake_batch=s.sched_wake_batch,
+        wake_interval_s=s.sched_wake_interval_s, default_kw=s.asic_default_w / 1000.0,
+        ttl_s=s.command_ttl_s)
+
+
+def register_scheduler(app: faust.App, settings: Settings,
+                       publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Sleep and wake ASICs to the target load -> commands.asic."""
+    publish = publish or topic_publisher(app)
+    p = scheduler_params(settings)
+    table = app.Table("scheduler_asics", default=lambda: None, partitions=1)
+    states: dict[str, scheduler.SchedulerState] = {}
+    loaded: set[str] = set()
+
+    @app.agent(site_channel(app, "metrics.energy"), name="scheduler")
+    async def scheduler_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, scheduler.SOURCE):
+            if not isinstance(event, EnergyHeadroomComputed | AsicTelemetryObserved
+                              | CommandAcknowledged):
+                continue
+            s = states.setdefault(event.site, scheduler.SchedulerState())
+            _restore_once(loaded, event.site, table, partial(scheduler.restore, s))
+            _, out = scheduler.step(s, event, p)
+            for d in s.dirty:
+                table[f"{event.site}/{d}"] = s.asics[d].durable()
+            s.dirty.clear()
+            await publish_all(publish, out)
+
+    return scheduler_agent
+
+
+def register_failover(app: faust.App, settings: Settings,
+                      publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Local-pool failover on uplink loss, and back after the hold-down -> commands.asic."""
+    publish = publish or topic_publisher(app)
+    p = failover.FailoverParams(local_pool_url=settings.local_pool_url,
+                                down_after=settings.uplink_down_after,
+                                hold_down_s=settings.uplink_hold_down_s,
+                                ttl_s=settings.command_ttl_s)
+    table = app.Table("failover_home_pools", default=lambda: None, partitions=1)
+    states: dict[str, failover.FailoverState] = {}
+    loaded: set[str] = set()
+
+    def load(s: failover.FailoverState, device: str, home: Any) -> None:
+        s.miners.setdefault(device, failover.Miner()).home = str(home)
+
+    @app.agent(site_channel(app, "uplink.status"), name="failover")
+    async def failover_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, failover.SOURCE):
+            if not isinstance(event, UplinkStatusObserved | AsicTelemetryObserved
+                              | CommandAcknowledged):
+                continue
+            s = states.setdefault(event.site, failover.FailoverState())
+            _restore_once(loaded, event.site, table, partial(load, s))
+            _, out = failover.step(s, event, p)
+            for d in s.dirty:
+                table[f"{event.site}/{d}"] = s.miners[d].home
+            s.dirty.clear()
+            await publish_all(publish, out)
+
+    return failover_agent
+
+
+def register_compute(app: faust.App, settings: Settings,
+                     publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Compute gate and seed-001 GPU scores -> commands.compute, metrics.rewards."""
+    publish = publish or topic_publisher(app)
+    p = compute.GateParams(miner_id=settings.compute_miner_id, pause_kw=settings.gate_pause_kw,
+                           resume_kw=settings.gate_resume_kw, hold_s=settings.gate_hold_s,
+                           ttl_s=settings.command_ttl_s)
+    table = app.Table("compute_gate", default=lambda: None, partitions=1)
+    states: dict[str, compute.ComputeState] = {}
+
+    @app.agent(site_channel(app, "metrics.energy"), name="compute")
+    async def compute_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, compute.SOURCE):
+            if not isinstance(event, EnergyHeadroomComputed | GpuTelemetryObserved
+                              | ComputeJobChanged):
+                continue
+            if event.site not in states:
+                states[event.site] = compute.ComputeState(paused=bool(table[event.site]))
+            s = states[event.site]
+            was = s.paused
+            _, out = compute.step(s, event, p)
+            if s.paused != was:
+                table[event.site] = s.paused
+            await publish_all(publish, out)
+
+    return compute_agent
+
+
+def alert_params(s: Settings) -> alerts.AlertParams:
+    """Alert thresholds from Settings."""
+    return alerts.AlertParams(
+        freq_warn_hz=s.alert_freq_warn_hz, freq_crit_hz=s.alert_freq_crit_hz,
+        load_pct=s.alert_load_pct, asic_temp_c=s.alert_asic_temp_c,
+        gpu_temp_c=s.alert_gpu_temp_c, gpu_temp_crit_c=s.reward_temp_max_c,
+        reject_pct=s.alert_reject_pct, reject_min_shares=s.alert_reject_min_shares,
+        offline_intervals=s.alert_offline_intervals, asic_poll_s=s.asic_poll_s,
+        gpu_poll_s=s.rig_poll_s, feed_stale_s=s.feed_stale_s,
+        uplink_down_after=s.uplink_down_after, job_failures=s.alert_job_failures,
+        job_window_s=s.alert_job_window_s, cooldown_s=s.alert_cooldown_s)
+
+
+def register_alerts(app: faust.App, settings: Settings,
+                    publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Alert rules -> alerts (fired, escalated, resolved)."""
+    publish = publish or topic_publisher(app)
+    p = alert_params(settings)
+    table = app.Table("alerts_firing", default=lambda: None, partitions=1)
+    states: dict[str, alerts.AlertState] = {}
+    loaded: set[str] = set()
+
+    def load(s: alerts.AlertState, key: str, v: Any) -> None:
+        s.firing[key] = (str(v[0]), str(v[1]), float(v[2]))
+
+    @app.agent(site_channel(app, "grid.readings", "power.readings", "uplink.status",
+                            "metrics.energy"), name="alerts")
+    async def alerts_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, alerts.SOURCE):
+            if not isinstance(event, alerts.AlertInput):
+                continue
+            s = states.setdefault(event.site, alerts.AlertState())
+            _restore_once(loaded, event.site, table, partial(load, s))
+            _, out = alerts.step(s, event, p)
+            for k in s.dirty:
+                table[f"{event.site}/{k}"] = list(s.firing[k]) if k in s.firing else None
+            s.dirty.clear()
+            await publish_all(publish, out)
+
+    return alerts_agent
+
+
+AGENTS = (register_share_ratio, register_endpoint_scores, register_site_feed,
+          register_site_shares, register_energy, register_scheduler, register_failover,
+          register_compute, register_alerts)
 
 
 def build_app(settings: Settings) -> faust.App:
     """The worker app with every agent registered."""
     app = create_app(settings)
-    register_share_ratio(app, settings)
+    for register in AGENTS:
+        register(app, settings)
     return app

@@ -51,7 +51,7 @@ def create_api(settings: Settings, store: HistoryStore) -> FastAPI:
     async def worker_shares(
         worker: Annotated[str, Path(min_length=1, max_length=256)],
         window_s: Annotated[int, Query(gt=0, description="Window length, s")] = (
-            settings.share_window_s),
+            settings.share_windows_s[0]),
         since: Annotated[datetime | None, Query(description="Windows starting at or after")] = None,
         until: Annotated[datetime | None, Query(description="Windows starting before")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 60,

@@ -62,8 +62,9 @@ async def produce(bootstrap: str, recs: list[tuple[bytes, bytes]]) -> float:
     return time.perf_counter() - t
 
 
-async def raw_consume(bootstrap: str, n: int) -> float:
-    c = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=None,
+async def raw_consume(bootstrap: str, n: int, topics: tuple[str, ...] = (TOPIC,)) -> float:
+    """Seconds for a bare aiokafka consumer to fetch ``n`` records of ``topics``."""
+    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                          auto_offset_reset="earliest", fetch_max_bytes=32 * 1024 * 1024,
                          max_partition_fetch_bytes=4 * 1024 * 1024)
     await c.start()

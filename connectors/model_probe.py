@@ -20,11 +20,12 @@ from typing import Any
 
 import httpx
 
+from agents.compute_score import ENDPOINT_WEIGHTS, endpoint_score
 from connectors.base import Emitter, every
 from schemas.events import EndpointHealthObserved
 
 SOURCE = "connector:model-probe"
-WEIGHTS = {"quality": 0.4, "speed": 0.3, "availability": 0.2, "participation": 0.1}
+WEIGHTS = ENDPOINT_WEIGHTS
 CAPITALS = (("France", "Paris"), ("Italy", "Rome"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"),
             ("Peru", "Lima"), ("Canada", "Ottawa"))
 
@@ -52,8 +53,8 @@ def speed_component(latency_ms: float | None, fast_ms: float = 500.0,
 
 
 def score(components: dict[str, float]) -> float:
-    """Seed 004's weighted score."""
-    return round(sum(WEIGHTS[k] * components[k] for k in WEIGHTS), 6)
+    """Seed 004's weighted score (one formula, shared with the score agent)."""
+    return endpoint_score(components)
 
 
 class ChatReplyError(ValueError):

@@ -10,7 +10,7 @@ from typing import Any
 import faust
 
 from schemas.envelope import Event
-from streams.codec import DecodeError, dead_letter, decode, encode, encode_key
+from streams.codec import DecodeError, dead_letter, decode, dlq_id, encode, encode_key
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "broker_heartbeat_interval": settings.worker_heartbeat_interval_s,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
+        # A few ms of linger batches an agent's outputs into one produce request (per-record
+        # requests with acks=all left the agents waiting on round trips); the control path
+        # (meter -> energy -> scheduler -> actuator) pays it once per hop.
+        "producer_linger": 0.005,
         "web_enabled": False,
         "table_standby_replicas": 0,
         "stream_wait_empty": False,
@@ -49,20 +53,38 @@ async def send(topic: faust.TopicT, event: Event) -> None:
     await topic.send(key=encode_key(event), value=encode(event))
 
 
+#: Header naming the contract topic a forwarded record came from (the site feed).
+TOPIC_HEADER = "hashplane-topic"
+
+
+def record_topic(ev: faust.types.EventT[Any], default: str | None = None) -> str:
+    """The contract topic of a record: the forwarding header, else the topic it is on."""
+    headers = ev.headers or {}
+    raw = headers.get(TOPIC_HEADER) if isinstance(headers, dict) else \
+        next((v for k, v in headers if k == TOPIC_HEADER), None)
+    if raw:
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return default or ev.message.topic
+
+
 async def decoded(
-    stream: faust.StreamT[Any], topic_name: str, publish: Callable[[Event], Awaitable[None]],
+    stream: faust.StreamT[Any], topic_name: str | None, publish: Callable[[Event], Awaitable[None]],
     site: str, source: str,
 ) -> AsyncIterator[Event]:
-    """Yield the stream's records decoded; publish undecodable ones to dlq and go on."""
+    """Yield the stream's records decoded; publish undecodable ones to dlq and go on.
+
+    ``topic_name`` None: a multi-topic stream, each record's topic from ``record_topic``.
+    """
     async for ev in stream.events():
+        name = record_topic(ev, topic_name)
         try:
-            yield decode(topic_name, ev.value)
+            yield decode(name, ev.value)
         except DecodeError as exc:
             msg = ev.message
             letter = dead_letter(
-                source_topic=topic_name, raw=ev.value, reason=exc.reason, site=site,
+                source_topic=name, raw=ev.value, reason=exc.reason, site=site,
                 source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,
-                offset=msg.offset)
-            log.warning("dead-lettered %s@%s:%s: %s", topic_name, msg.partition, msg.offset,
+                offset=msg.offset, event_id=dlq_id(name, msg.partition, msg.offset))
+            log.warning("dead-lettered %s@%s:%s: %s", name, msg.partition, msg.offset,
                         exc.reason)
             await publish(letter)

@@ -80,8 +80,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from agents.workers import build_app
+    from streams.topics import ensure_topics
 
     s = _settings(args)
+    # The site agents' internal feed (and the contract topics) exist before Faust subscribes.
+    asyncio.run(ensure_topics(s.kafka_bootstrap, replication=s.topic_replication))
     app = build_app(s)
     level = "warning" if s.log_level.upper() == "INFO" else s.log_level.lower()
     worker = faust.Worker(app, loglevel=level, quiet=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 import orjson
 from pydantic import ValidationError
@@ -16,6 +16,7 @@ from schemas.registry import TopicSpec, topic, topic_of
 from schemas.upcast import UpcastError, upcast
 
 RAW_LIMIT = 4096
+_DLQ_NS = uuid5(NAMESPACE_URL, "hashplane:history-sink:dlq")
 
 
 class DecodeError(ValueError):
@@ -126,3 +127,9 @@ def dead_letter(
         offset=offset,
     )
     return letter if event_id is None else letter.model_copy(update={"event_id": event_id})
+
+
+def dlq_id(topic_name: str, partition: int, offset: int) -> UUID:
+    """Id of the dead letter of one Kafka record: whoever refuses the record (the sink, an
+    agent, a redelivery), the history store keeps one letter for it."""
+    return uuid5(_DLQ_NS, f"{topic_name}/{partition}/{offset}")

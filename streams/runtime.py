@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -39,9 +40,11 @@ log = logging.getLogger(__name__)
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces ``settings`` in a child process."""
     env = {}
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(mode="json").items():
         if value is not None:
-            env[f"HASHPLANE_{name.upper()}"] = str(value)
+            # complex fields (lists) are JSON in the environment, as pydantic-settings reads them
+            env[f"HASHPLANE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, list | dict) else str(value))
     return env
 
 

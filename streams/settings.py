@@ -40,9 +40,66 @@ class Settings(BaseSettings):
     sink_batch_window_s: float = Field(default=1.0, gt=0, description="Insert at least this often")
     sink_retry_max_s: float = Field(default=30.0, gt=0, description="Cap of the outage backoff")
 
-    # Agents
-    share_window_s: int = Field(default=60, gt=0, description="Share-ratio window length, s")
+    # Agents: share ratios and rewards
+    share_windows_s: list[int] = Field(
+        default=[60, 900, 3600], min_length=1, description="Share-ratio window lengths, s (JSON)")
     share_grace_s: int = Field(default=30, ge=0, description="Lateness accepted before closing")
+    share_update_s: int = Field(
+        default=30, ge=0, description="Event time between provisional revisions of a window, s")
+    reward_temp_max_c: float = Field(default=90.0, description="T_max of the seed-000 reward, °C")
+
+    # Agents: energy headroom and grid-frequency bands
+    energy_margin_kw: float = Field(default=10.0, ge=0, description="Safety margin off supply, kW")
+    energy_emit_s: float = Field(
+        default=1.0, ge=0, description="Event time between headroom metrics (band changes: now)")
+    bands_50hz: list[tuple[float, float]] = Field(
+        default=[(49.8, 0.5), (49.5, 0.0)],
+        description="[[below_hz, target fraction of available supply], ...] on 50 Hz grids")
+    bands_60hz: list[tuple[float, float]] = Field(
+        default=[(59.8, 0.5), (59.5, 0.0)], description="The same on 60 Hz grids")
+    band_hysteresis_hz: float = Field(default=0.05, ge=0, description="Release above edge + this")
+    band_hold_s: float = Field(
+        default=30.0, ge=0, description="Frequency must stay released this long to relax a band")
+    feed_stale_s: float = Field(default=10.0, gt=0, description="A silent feed leaves the supply")
+    device_stale_s: float = Field(
+        default=600.0, gt=0, description="A device silent this long leaves the measured load")
+
+    # Agents: ASIC scheduler and pool failover
+    sched_min_on_s: float = Field(default=120.0, ge=0, description="Minimum run before a sleep, s")
+    sched_min_off_s: float = Field(default=60.0, ge=0, description="Minimum sleep before a wake")
+    sched_hysteresis_kw: float = Field(
+        default=5.0, ge=0, description="Spare budget kept when waking ASICs, kW")
+    sched_wake_batch: int = Field(default=20, ge=1, description="ASICs woken per stagger step")
+    sched_wake_interval_s: float = Field(default=5.0, ge=0, description="Stagger step, s")
+    asic_default_w: float = Field(
+        default=3250.0, gt=0, description="Draw assumed for an ASIC never seen running, W")
+    command_ttl_s: float = Field(default=10.0, gt=0, description="Agents' commands expire after")
+    local_pool_url: str = Field(
+        default="stratum+tcp://127.0.0.1:3333", description="Local Stratum pool for outages")
+    uplink_down_after: int = Field(
+        default=2, ge=1, description="Failed uplink probes in a row that mean 'down'")
+    uplink_hold_down_s: float = Field(
+        default=120.0, ge=0, description="Uplink healthy this long before switching back, s")
+
+    # Agents: compute gate
+    gate_pause_kw: float = Field(default=0.0, description="Pause job intake below this headroom")
+    gate_resume_kw: float = Field(default=20.0, description="Resume at or above this headroom")
+    gate_hold_s: float = Field(default=30.0, ge=0, description="Headroom held this long to resume")
+
+    # Agents: alerts
+    alert_freq_warn_hz: float = Field(default=0.2, gt=0, description="Below nominal: warning")
+    alert_freq_crit_hz: float = Field(default=0.5, gt=0, description="Below nominal: critical")
+    alert_load_pct: float = Field(default=95.0, gt=0, description="Load % of available: warning")
+    alert_asic_temp_c: float = Field(default=95.0, description="ASIC chip temperature alert, °C")
+    alert_gpu_temp_c: float = Field(default=88.0, description="GPU temperature alert, °C")
+    alert_reject_pct: float = Field(default=5.0, ge=0, description="Reject % alert (1-min window)")
+    alert_reject_min_shares: int = Field(default=10, ge=1, description="Shares needed to judge")
+    alert_offline_intervals: int = Field(
+        default=3, ge=1, description="Missed telemetry polls before 'miner offline'")
+    alert_job_failures: int = Field(default=3, ge=1, description="Job failures that alert")
+    alert_job_window_s: float = Field(default=900.0, gt=0, description="...within this window")
+    alert_cooldown_s: float = Field(
+        default=300.0, ge=0, description="A resolved alert does not re-fire within this, s")
 
     # Connectors
     asic_poll_s: float = Field(default=10.0, gt=0, description="ASIC telemetry sweep period, s")

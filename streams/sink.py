@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import NAMESPACE_URL, uuid5
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
@@ -26,13 +25,12 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
 from schemas.registry import TOPICS
-from streams.codec import DecodeError, dead_letter, decode_record, encode
+from streams.codec import DecodeError, dead_letter, decode_record, dlq_id, encode
 from streams.history import HistoryStore, StoredOffsets
 from streams.publish import Publisher
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-_DLQ_NS = uuid5(NAMESPACE_URL, "hashplane:history-sink:dlq")
 
 Clock = Callable[[], datetime]
 
@@ -164,7 +162,7 @@ class HistorySink:
                 site=self.settings.site, source="history-sink", ts=ingested, key=rec.key,
                 partition=rec.partition, offset=rec.offset,
                 # Same record, same letter: a redelivery does not dead-letter it twice.
-                event_id=uuid5(_DLQ_NS, f"{tp.topic}/{tp.partition}/{rec.offset}")))
+                event_id=dlq_id(tp.topic, tp.partition, rec.offset)))
             self.batch.size += 1
             return
         self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, event, upcast, ingested))

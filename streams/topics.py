@@ -12,6 +12,11 @@ from schemas.registry import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
+#: Internal topics (not part of the contract, not stored): the site agents' single-partition
+#: feed of the partitioned topics they fold (see agents/workers.py).
+SITE_FEED = "hashplane.site-feed"
+INTERNAL: tuple[tuple[str, int, int], ...] = ((SITE_FEED, 1, 24 * 3_600_000),)
+
 
 async def ensure_topics(
     bootstrap: str, specs: tuple[TopicSpec, ...] = TOPICS, replication: int = 1, prefix: str = ""
@@ -30,6 +35,11 @@ async def ensure_topics(
             )
             for s in specs
             if prefix + s.name not in existing
+        ] + [
+            NewTopic(name=prefix + name, num_partitions=partitions,
+                     replication_factor=replication, topic_configs={"retention.ms": str(ms)})
+            for name, partitions, ms in INTERNAL
+            if prefix + name not in existing
         ]
         if new:
             try:

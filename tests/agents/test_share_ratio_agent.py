@@ -18,8 +18,8 @@ from tests.factories import T0, sample
 
 @pytest.fixture
 def harness(tmp_path):  # type: ignore[no-untyped-def]
-    settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", share_window_s=60,
-                        share_grace_s=30)
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", share_windows_s=[60],
+                        share_update_s=0, share_grace_s=30)
     app = create_app(settings, app_id="agent-test")
     app.finalize()
     published: list[Event] = []
@@ -38,7 +38,9 @@ async def test_agent_folds_events_and_publishes_ratios(harness) -> None:  # type
             ev = sample(ShareCountsObserved, worker="w1", device_id="w1", accepted=acc,
                         rejected=rej, stale=0, ts=T0 + timedelta(seconds=[1, 20, 95][i]))
             await a.put(encode(ev), key=b"w1")
-    ratios = [m for m in published if isinstance(m, ShareRatioComputed)]
+    ratios = [m for m in published if isinstance(m, ShareRatioComputed) and m.scope == "worker"]
+    assert {m.scope for m in published if isinstance(m, ShareRatioComputed)} == {
+        "worker", "device"}
     assert [(m.accepted, m.rejected, m.final) for m in ratios] == [
         (95, 5, False), (140, 10, False), (140, 10, True), (10, 0, False)]
     assert ratios[1].rejected_pct == pytest.approx(100 * 10 / 150)
@@ -55,4 +57,4 @@ async def test_agent_dead_letters_bad_records_and_keeps_going(harness) -> None: 
     assert [d.source_topic for d in dead] == ["shares", "shares"]
     assert "not JSON" in dead[0].reason and "not allowed on shares" in dead[1].reason
     ratios = [m for m in published if isinstance(m, ShareRatioComputed)]
-    assert len(ratios) == 1 and ratios[0].accepted == 3
+    assert [(m.scope, m.accepted) for m in ratios] == [("worker", 3), ("device", 3)]

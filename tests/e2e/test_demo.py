@@ -92,16 +92,16 @@ async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Pa
     try:
         async with Publisher(broker.bootstrap) as pub:
             await pub.publish_many([ShareCountsObserved(
-                site="site-1", device_id="asic-0001", ts=T0 + timedelta(seconds=i),
-                source="test", worker="asic-0001", accepted=9, rejected=1, interval_s=1)
-                for i in range(5)])
+                site="site-1", device_id="asic-0001", ts=T0 + timedelta(seconds=10 * i),
+                source="test", worker="asic-0001", accepted=9, rejected=1, interval_s=10)
+                for i in range(10)])  # 0-90 s: the first minute closes at 90 s
         body = None
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             for _ in range(60):
                 assert proc.poll() is None
                 try:
                     r = await client.get("/v1/workers/asic-0001/shares")
-                    if r.status_code == 200:
+                    if r.status_code == 200 and any(h["final"] for h in r.json()["history"]):
                         body = r.json()
                         break
                 except httpx.TransportError:
@@ -111,7 +111,9 @@ async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Pa
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0].decode()
     assert body is not None, out[-3000:]
-    assert body["latest"]["accepted"] == 45 and body["latest"]["rejected_pct"] == 10.0
+    closed = [h for h in body["history"] if h["final"]]
+    assert [(h["accepted"], h["events"]) for h in closed] == [(54, 6)], body
+    assert body["latest"]["rejected_pct"] == 10.0
     assert proc.returncode == 0, out[-3000:]
     assert "embedded" not in out.split("hashplane is running")[1].split("\n")[0]
 

@@ -69,7 +69,8 @@ def worker(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
 async def test_agent_on_the_real_broker_emits_exactly_the_step_functions_output(
         settings: Settings, store: HistoryStore, worker: subprocess.Popen[bytes]) -> None:
     events = known_input()
-    _, expected = fold(events, window_s=settings.share_window_s, grace_s=settings.share_grace_s)
+    _, expected = fold(events, scopes=("worker", "device"), windows=tuple(settings.share_windows_s),
+                       grace_s=settings.share_grace_s, update_s=settings.share_update_s)
     async with Publisher(settings.kafka_bootstrap) as pub:
         await pub.publish_many(events)
     got = await consume_metrics(settings.kafka_bootstrap, len(expected))
@@ -96,7 +97,8 @@ async def test_agent_on_the_real_broker_emits_exactly_the_step_functions_output(
         body = r.json()
         db_rows = store.query_dicts(
             "SELECT window_start, accepted, rejected, stale, final, events FROM "
-            "hashplane.metrics_shares WHERE subject = 'rig01-gpu1' ORDER BY window_start, "
+            "hashplane.metrics_shares WHERE subject = 'rig01-gpu1' AND scope = 'worker' "
+            "AND window_s = 60 ORDER BY window_start, "
             "events DESC, ts DESC LIMIT 1 BY window_start")
         api_rows = sorted(body["history"], key=lambda h: h["window_start"])
         assert [(h["accepted"], h["rejected"], h["stale"], h["final"], h["events"])
@@ -104,7 +106,8 @@ async def test_agent_on_the_real_broker_emits_exactly_the_step_functions_output(
             [(d["accepted"], d["rejected"], d["stale"], d["final"], d["events"]) for d in db_rows]
         assert [h["window_start"] for h in api_rows] == \
             [d["window_start"].isoformat().replace("+00:00", "Z") for d in db_rows]
-        last_expected = [m for m in expected if m.subject == "rig01-gpu1"][-1]
+        last_expected = [m for m in expected if m.subject == "rig01-gpu1"
+                         and m.scope == "worker" and m.window_s == 60][-1]
         assert body["latest"]["accepted"] == last_expected.accepted
         assert body["latest"]["final"] is False and len(body["history"]) == 4
 

@@ -1,0 +1,237 @@
+"""Alert rules and their firing state: pure state and step.
+
+Every rule turns an event into ``Condition``s (rule, dedup key, active?, severity, value,
+threshold).  One engine keeps the firing set: an active condition whose key is not firing
+fires (``AlertFired``) unless the same key resolved less than ``cooldown_s`` ago; a change
+of severity while firing fires again (escalation); an inactive condition whose key is
+firing resolves (``AlertResolved``).  The set is event-sourced: replaying the events gives
+the same alerts with the same ids.
+
+Rules (thresholds from Settings): grid frequency low (warning / critical below nominal),
+load near or over available supply, over-temperature (ASIC chip, GPU), reject ratio of a
+worker's closed 1-minute window, miner offline (no telemetry for N poll intervals, or the
+miner says offline/error), supply feed silent, uplink down (N failed probes in a row),
+compute job failures (N within a window).  Silence is judged on the site clock (meter,
+feed and headroom events), once a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from uuid import NAMESPACE_URL, uuid5
+
+from schemas.alerts import AlertFired, AlertResolved, Severity
+from schemas.envelope import Event
+from schemas.events import (
+    AsicTelemetryObserved,
+    ComputeJobChanged,
+    FeedPowerMeasured,
+    GpuTelemetryObserved,
+    GridMeasured,
+    UplinkStatusObserved,
+)
+from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
+
+SOURCE = "agent:alerts"
+_NS = uuid5(NAMESPACE_URL, "hashplane:alerts")
+
+AlertInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
+              | ShareRatioComputed | UplinkStatusObserved | ComputeJobChanged
+              | EnergyHeadroomComputed)
+Alert = AlertFired | AlertResolved
+
+
+@dataclass(frozen=True, slots=True)
+class AlertParams:
+    """Thresholds (from Settings)."""
+
+    freq_warn_hz: float = 0.2
+    freq_crit_hz: float = 0.5
+    load_pct: float = 95.0
+    asic_temp_c: float = 95.0
+    gpu_temp_c: float = 88.0
+    gpu_temp_crit_c: float = 90.0
+    reject_pct: float = 5.0
+    reject_min_shares: int = 10
+    offline_intervals: int = 3
+    asic_poll_s: float = 10.0
+    gpu_poll_s: float = 5.0
+    feed_stale_s: float = 10.0
+    uplink_down_after: int = 2
+    job_failures: int = 3
+    job_window_s: float = 900.0
+    cooldown_s: float = 300.0
+    sweep_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """What a rule concluded about one dedup key."""
+
+    rule: str
+    key: str
+    active: bool
+    severity: Severity = "warning"
+    message: str = ""
+    value: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(slots=True)
+class AlertState:
+    """Firing alerts and what the rules need to remember.  Mutated in place; ``dirty``
+    lists dedup keys whose firing entry changed (the agent persists those)."""
+
+    #: dedup key -> (rule, severity, since)
+    firing: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    resolved_at: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, tuple[float, float]] = field(default_factory=dict)  # device -> (ts, poll)
+    feeds: dict[str, float] = field(default_factory=dict)  # feed -> last reading
+    uplink_fails: int = 0
+    job_failures: dict[str, list[float]] = field(default_factory=dict)
+    last_sweep: float = float("-inf")
+    dirty: set[str] = field(default_factory=set)
+
+
+def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Condition]:
+    """The rules: which conditions an event establishes or clears."""
+    now = e.ts.timestamp()
+    out: list[Condition] = []
+    if isinstance(e, GridMeasured):
+        low = e.nominal_hz - e.frequency_hz
+        sev: Severity = "critical" if low >= p.freq_crit_hz else "warning"
+        out.append(Condition(
+            "grid_frequency_low", f"grid_frequency_low/{e.device_id}", low >= p.freq_warn_hz,
+            sev, f"grid at {e.frequency_hz:.3f} Hz ({low:+.3f} Hz under {e.nominal_hz:g})",
+            e.frequency_hz, e.nominal_hz - (p.freq_crit_hz if sev == "critical"
+                                            else p.freq_warn_hz)))
+    elif isinstance(e, EnergyHeadroomComputed):
+        over = e.load_kw > 0 and e.load_kw > e.available_kw
+        near = e.load_kw > 0 and e.load_kw >= e.available_kw * p.load_pct / 100.0
+        out.append(Condition(
+            "load_near_supply", f"load_near_supply/{e.site}", over or near,
+            "critical" if over else "warning",
+            f"load {e.load_kw:.1f} kW vs available {e.available_kw:.1f} kW", e.load_kw,
+            e.available_kw if over else e.available_kw * p.load_pct / 100.0))
+    elif isinstance(e, FeedPowerMeasured):
+        state.feeds[e.feed_id] = max(now, state.feeds.get(e.feed_id, now))
+        out.append(Condition("feed_silent", f"feed_silent/{e.feed_id}", False))
+    elif isinstance(e, AsicTelemetryObserved | GpuTelemetryObserved):
+        asic = isinstance(e, AsicTelemetryObserved)
+        poll = p.asic_poll_s if asic else p.gpu_poll_s
+        prev = state.seen.get(e.device_id)
+        state.seen[e.device_id] = (max(now, prev[0]) if prev else now, poll)
+        down = asic and e.state in ("offline", "error")  # type: ignore[union-attr]
+        out.append(Condition("miner_offline", f"miner_offline/{e.device_id}", down, "critical",
+                             f"{e.device_id} reports {getattr(e, 'state', '')}"))
+        temp = e.temp_chip_c if isinstance(e, AsicTelemetryObserved) else e.temp_c
+        limit = p.asic_temp_c if asic else p.gpu_temp_c
+        if temp is not None:
+            crit = not asic and temp > p.gpu_temp_crit_c
+            out.append(Condition("over_temperature", f"over_temperature/{e.device_id}",
+                                 temp > limit, "critical" if crit else "warning",
+                                 f"{e.device_id} at {temp:.1f} °C (limit {limit:g} °C)",
+                                 temp, limit))
+    elif isinstance(e, ShareRatioComputed):
+        total = e.accepted + e.rejected + e.stale
+        if e.scope == "worker" and e.final and e.window_s == 60 \
+                and total >= p.reject_min_shares:
+            out.append(Condition(
+                "reject_ratio_high", f"reject_ratio_high/{e.subject}",
+                e.rejected_pct > p.reject_pct, "warning",
+                f"{e.subject} rejected {e.rejected_pct:.1f} % of {total} shares in a minute",
+                e.rejected_pct, p.reject_pct))
+    elif isinstance(e, UplinkStatusObserved):
+        state.uplink_fails = 0 if e.up else state.uplink_fails + 1
+        out.append(Condition("uplink_down", f"uplink_down/{e.site}",
+                             state.uplink_fails >= p.uplink_down_after, "critical",
+                             f"uplink {e.target} down: {e.detail}" if not e.up
+                             else f"uplink {e.target} up", float(state.uplink_fails),
+                             float(p.uplink_down_after)))
+    elif isinstance(e, ComputeJobChanged):
+        times = state.job_failures.setdefault(e.device_id, [])
+        if e.state in ("failed", "rejected"):
+            times.append(now)
+        times[:] = [t for t in times if now - t < p.job_window_s]
+        out.append(Condition(
+            "compute_job_failures", f"compute_job_failures/{e.device_id}",
+            len(times) >= p.job_failures, "warning",
+            f"{len(times)} compute jobs failed or were rejected in {p.job_window_s:g} s"
+            + (f"; last: {e.detail}" if e.detail else ""), float(len(times)),
+            float(p.job_failures)))
+    if isinstance(e, GridMeasured | FeedPowerMeasured | EnergyHeadroomComputed) \
+            and now - state.last_sweep >= p.sweep_s:
+        state.last_sweep = now
+        out += silence(state, now, p)
+    return out
+
+
+def silence(state: AlertState, now: float, p: AlertParams) -> list[Condition]:
+    """Devices and feeds that stopped reporting (and those that came back)."""
+    out = []
+    for device, (ts, poll) in state.seen.items():
+        limit = p.offline_intervals * poll
+        key = f"miner_offline/{device}"
+        if now - ts > limit:
+            out.append(Condition("miner_offline", key, True, "critical",
+                                 f"no telemetry from {device} for {now - ts:.0f} s",
+                                 now - ts, limit))
+    for feed, ts in state.feeds.items():
+        if now - ts > p.feed_stale_s:
+            out.append(Condition("feed_silent", f"feed_silent/{feed}", True, "warning",
+                                 f"no reading from feed {feed} for {now - ts:.0f} s: "
+                                 "it no longer counts as supply", now - ts, p.feed_stale_s))
+    return out
+
+
+def step(state: AlertState, e: AlertInput, p: AlertParams = AlertParams(),
+         ) -> tuple[AlertState, list[Alert]]:
+    """Fold one event through the rules and the firing set."""
+    return state, apply(state, conditions(state, e, p), e, p)
+
+
+def apply(state: AlertState, conds: list[Condition], cause: Event,
+          p: AlertParams) -> list[Alert]:
+    """Fire, escalate or resolve by dedup key."""
+    now = cause.ts.timestamp()
+    out: list[Alert] = []
+    for c in conds:
+        firing = state.firing.get(c.key)
+        ident = uuid5(_NS, f"{c.key}/{cause.event_id}")
+        if c.active:
+            if firing is not None and firing[1] == c.severity:
+                continue
+            if firing is None and now - state.resolved_at.get(c.key, float("-inf")) \
+                    < p.cooldown_s:
+                continue
+            state.firing[c.key] = (c.rule, c.severity, now if firing is None else firing[2])
+            state.dirty.add(c.key)
+            out.append(AlertFired(
+                event_id=ident, site=cause.site, device_id=_subject(c.key), ts=cause.ts,
+                source=SOURCE, rule=c.rule, severity=c.severity, dedup_key=c.key,
+                message=c.message[:2048], value=c.value, threshold=c.threshold))
+        elif firing is not None:
+            del state.firing[c.key]
+            state.resolved_at[c.key] = now
+            state.dirty.add(c.key)
+            out.append(AlertResolved(
+                event_id=ident, site=cause.site, device_id=_subject(c.key), ts=cause.ts,
+                source=SOURCE, rule=firing[0], severity=firing[1],  # type: ignore[arg-type]
+                dedup_key=c.key,
+                message=(c.message or f"{c.rule} cleared")[:2048], value=c.value))
+    return out
+
+
+def _subject(key: str) -> str:
+    return key.split("/", 1)[1] or key
+
+
+def fold(events: Iterable[AlertInput], p: AlertParams = AlertParams()) -> tuple[
+        AlertState, list[Alert]]:
+    """Run ``step`` over one site's events (replay and tests)."""
+    state, out = AlertState(), []
+    for e in events:
+        state, produced = step(state, e, p)
+        out += produced
+    return state, out

@@ -1,0 +1,136 @@
+"""Compute gate and compute scores: pure state and step.
+
+Gate: when a site's headroom falls below ``pause_kw`` the compute connector is told to stop
+taking jobs (``PauseComputeIntake``; running jobs finish); once headroom has stayed at or
+above ``resume_kw`` for ``hold_s`` of event time it is told to resume.  The two thresholds
+and the hold make a gap, so headroom hovering at one value does not toggle intake.
+
+Scores: the seed-001 score of every GPU machine (its cards from ``gpu.telemetry``, doubled
+while it holds a compute job from ``compute.jobs``), published when it changes; and the
+seed-004 score of each model endpoint probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from uuid import NAMESPACE_URL, uuid5
+
+from agents.compute_score import base_score, endpoint_score, rig_score
+from schemas.commands import PauseComputeIntake, ResumeComputeIntake
+from schemas.events import ComputeJobChanged, EndpointHealthObserved, GpuTelemetryObserved
+from schemas.metrics import ComputeScoreComputed, EnergyHeadroomComputed
+
+SOURCE = "agent:compute"
+_NS = uuid5(NAMESPACE_URL, "hashplane:compute")
+BUSY = frozenset({"assigned", "started", "completed"})
+
+ComputeInput = EnergyHeadroomComputed | GpuTelemetryObserved | ComputeJobChanged
+ComputeOutput = PauseComputeIntake | ResumeComputeIntake | ComputeScoreComputed
+
+
+@dataclass(frozen=True, slots=True)
+class GateParams:
+    """Configuration of the gate (from Settings)."""
+
+    miner_id: str = "hashplane-miner-1"
+    pause_kw: float = 0.0
+    resume_kw: float = 20.0
+    hold_s: float = 30.0
+    ttl_s: float = 10.0
+
+
+@dataclass(slots=True)
+class ComputeState:
+    """One site's gate and GPU machines.  Mutated in place by ``step``."""
+
+    paused: bool = False
+    ok_since: float | None = None
+    cards: dict[str, dict[int, str]] = field(default_factory=dict)  # rig -> index -> card
+    jobs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> job -> state
+    scored: dict[str, float] = field(default_factory=dict)  # rig -> last published score
+
+
+def step(state: ComputeState, event: ComputeInput, p: GateParams = GateParams(),
+         ) -> tuple[ComputeState, list[ComputeOutput]]:
+    """Fold one event; return gate commands and changed GPU scores."""
+    if isinstance(event, EnergyHeadroomComputed):
+        return state, list[ComputeOutput](gate(state, event, p))
+    if isinstance(event, GpuTelemetryObserved):
+        state.cards.setdefault(event.rig_id, {})[event.gpu_index] = event.card
+        return state, _rescore(state, event.rig_id, event)
+    jobs = state.jobs.setdefault(event.device_id, {})
+    if event.state in BUSY:
+        jobs[event.job_id] = event.state
+    else:
+        jobs.pop(event.job_id, None)
+    return state, _rescore(state, event.device_id, event) if event.device_id in state.cards \
+        else []
+
+
+def gate(state: ComputeState, e: EnergyHeadroomComputed,
+         p: GateParams) -> list[PauseComputeIntake | ResumeComputeIntake]:
+    """Pause intake when headroom is short; resume after it held above the resume level."""
+    now = e.ts.timestamp()
+    if not state.paused:
+        if e.headroom_kw < p.pause_kw:
+            state.paused, state.ok_since = True, None
+            return [_gate_cmd(PauseComputeIntake, e, p,
+                              f"headroom {e.headroom_kw:.1f} kW < {p.pause_kw:g} kW")]
+        return []
+    if e.headroom_kw < p.resume_kw:
+        state.ok_since = None
+        return []
+    state.ok_since = now if state.ok_since is None else state.ok_since
+    if now - state.ok_since < p.hold_s:
+        return []
+    state.paused, state.ok_since = False, None
+    return [_gate_cmd(ResumeComputeIntake, e, p,
+                      f"headroom >= {p.resume_kw:g} kW for {p.hold_s:g} s")]
+
+
+def _gate_cmd(kind: type[PauseComputeIntake] | type[ResumeComputeIntake],
+              e: EnergyHeadroomComputed, p: GateParams,
+              reason: str) -> PauseComputeIntake | ResumeComputeIntake:
+    cid = uuid5(_NS, f"{e.event_id}/{kind.__name__}")
+    return kind(event_id=cid, command_id=cid, site=e.site, device_id=p.miner_id, ts=e.ts,
+                source=SOURCE, issued_at=e.ts, expires_at=e.ts + timedelta(seconds=p.ttl_s),
+                reason=reason, issued_by=SOURCE)
+
+
+def _rescore(state: ComputeState, rig: str,
+             cause: GpuTelemetryObserved | ComputeJobChanged) -> list[ComputeOutput]:
+    cards = list(state.cards.get(rig, {}).values())
+    allocated = bool(state.jobs.get(rig))
+    score = rig_score(cards, allocated)
+    if state.scored.get(rig) == score:
+        return []
+    state.scored[rig] = score
+    known = [c for c in cards if base_score(c)[0] is not None]
+    return [ComputeScoreComputed(
+        event_id=uuid5(_NS, f"{cause.event_id}/{rig}"), site=cause.site, device_id=rig,
+        ts=cause.ts, source=SOURCE, scheme="gpu", subject=rig, score=score,
+        components={"gpus": float(len(cards)), "listed_gpus": float(len(known)),
+                    "allocated": float(allocated),
+                    "base_sum": round(sum(base_score(c)[1] for c in cards), 6)})]
+
+
+def endpoint_metric(e: EndpointHealthObserved) -> ComputeScoreComputed:
+    """Seed 004's weighted score of one endpoint probe, as a metric."""
+    comp = {"quality": e.quality, "speed": e.speed, "availability": e.availability,
+            "participation": e.participation}
+    return ComputeScoreComputed(
+        event_id=uuid5(_NS, f"{e.event_id}/endpoint"), site=e.site, device_id=e.device_id,
+        ts=e.ts, source=SOURCE, scheme="endpoint", subject=e.endpoint_url,
+        score=endpoint_score(comp), components=comp)
+
+
+def fold(events: Iterable[ComputeInput], p: GateParams = GateParams()) -> tuple[
+        ComputeState, list[ComputeOutput]]:
+    """Run ``step`` over one site's events (replay and tests)."""
+    state, out = ComputeState(), []
+    for e in events:
+        state, produced = step(state, e, p)
+        out += produced
+    return state, out

@@ -1,0 +1,176 @@
+"""Energy headroom and grid-frequency demand response of a site: pure state and step.
+
+Supply is the sum of the feeds' capacity (their measured power when a sensor gives no
+capacity) minus a safety margin; a feed silent for ``feed_stale_s`` leaves the sum, so a
+dead sensor shrinks the headroom instead of hiding a supply loss.  With no fresh feed at all
+the supply is unknown, not zero: nothing is emitted, so the scheduler keeps its last plan
+instead of shedding the farm on a sensor outage (``feed_silent`` alerts say why).  Load is
+the latest draw of every ASIC and GPU from their telemetry (a device silent for
+``device_stale_s`` leaves it).  Headroom = available - load.
+
+Demand response: bands ``[(below_hz, fraction), ...]`` for the grid's nominal frequency (50
+or 60 Hz, from the meter) map frequency to a target load = fraction x available supply.  A
+band deepens at once (the grid wants the load gone within a second); it relaxes only after
+the frequency has stayed at or above the band's edge + ``hysteresis_hz`` for ``hold_s``, so
+a frequency chattering around an edge does not flap the fleet.
+
+Time is event time: "now" is the time of the meter or feed reading being folded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from uuid import NAMESPACE_URL, uuid5
+
+from schemas.events import (
+    AsicTelemetryObserved,
+    FeedPowerMeasured,
+    GpuTelemetryObserved,
+    GridMeasured,
+)
+from schemas.metrics import EnergyHeadroomComputed
+
+SOURCE = "agent:energy"
+_NS = uuid5(NAMESPACE_URL, "hashplane:energy")
+
+EnergyInput = GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyParams:
+    """Configuration of the headroom fold (from Settings)."""
+
+    margin_kw: float = 10.0
+    bands_50hz: Sequence[tuple[float, float]] = ((49.8, 0.5), (49.5, 0.0))
+    bands_60hz: Sequence[tuple[float, float]] = ((59.8, 0.5), (59.5, 0.0))
+    hysteresis_hz: float = 0.05
+    hold_s: float = 30.0
+    feed_stale_s: float = 10.0
+    device_stale_s: float = 600.0
+    emit_s: float = 1.0
+
+    def bands(self, nominal_hz: float) -> list[tuple[float, float]]:
+        """Bands of a grid, shallowest edge first."""
+        table = self.bands_60hz if abs(nominal_hz - 60.0) < abs(nominal_hz - 50.0) else \
+            self.bands_50hz
+        return sorted(table, key=lambda b: -b[0])
+
+
+@dataclass(slots=True)
+class EnergyState:
+    """What one site's headroom is folded from.  Mutated in place by ``step``."""
+
+    feeds: dict[str, tuple[float, float]] = field(default_factory=dict)  # feed -> (kW, ts)
+    asics: dict[str, tuple[float, float]] = field(default_factory=dict)  # device -> (kW, ts)
+    gpus: dict[str, tuple[float, float]] = field(default_factory=dict)
+    frequency_hz: float | None = None
+    nominal_hz: float = 50.0
+    band: int = 0  # 0 = normal, i = below the i-th edge
+    released_since: float | None = None  # frequency at/above the release level since
+    last_emit: float = float("-inf")
+
+
+def band_name(bands: Sequence[tuple[float, float]], band: int) -> str:
+    """Human name of a band index."""
+    return "normal" if band == 0 else f"below-{bands[band - 1][0]:g}Hz"
+
+
+def next_band(state: EnergyState, freq: float, now: float, p: EnergyParams) -> int:
+    """The band in force after a frequency reading (deepen now, relax after hold)."""
+    bands = p.bands(state.nominal_hz)
+    deep = sum(1 for edge, _ in bands if freq < edge)
+    if deep >= state.band:
+        state.released_since = None
+        return deep
+    release = sum(1 for edge, _ in bands if freq < edge + p.hysteresis_hz)
+    if release >= state.band:
+        state.released_since = None
+        return state.band
+    if state.released_since is None:
+        state.released_since = now
+    if now - state.released_since >= p.hold_s:
+        state.released_since = None
+        return release
+    return state.band
+
+
+def _fresh(readings: dict[str, tuple[float, float]], now: float, max_age: float) -> float:
+    # fsum: exactly rounded, so the total does not depend on the order devices reported in
+    return math.fsum(kw for kw, ts in readings.values() if now - ts <= max_age)
+
+
+def step(state: EnergyState, event: EnergyInput,
+         p: EnergyParams = EnergyParams()) -> tuple[EnergyState, list[EnergyHeadroomComputed]]:
+    """Fold one reading; meter and feed readings may emit the site's headroom."""
+    t = event.ts.timestamp()
+    if isinstance(event, AsicTelemetryObserved):
+        _latest(state.asics, event.device_id, event.power_w / 1000.0, t)
+        return state, []
+    if isinstance(event, GpuTelemetryObserved):
+        _latest(state.gpus, event.device_id, event.power_w / 1000.0, t)
+        return state, []
+    band_changed = False
+    if isinstance(event, GridMeasured):
+        state.nominal_hz = event.nominal_hz
+        state.frequency_hz = event.frequency_hz
+        new = next_band(state, event.frequency_hz, t, p)
+        band_changed, state.band = new != state.band, new
+    else:
+        supply = event.capacity_kw if event.capacity_kw is not None else event.power_kw
+        if not _latest(state.feeds, event.feed_id, supply, t):
+            return state, []
+    if not band_changed and t - state.last_emit < p.emit_s:
+        return state, []
+    if not any(t - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
+        return state, []  # supply unknown (no feed yet, or all silent): decide nothing
+    state.last_emit = t
+    forget_stale(state, t, p)
+    return state, [headroom(state, event, p)]
+
+
+def _latest(readings: dict[str, tuple[float, float]], key: str, kw: float, t: float) -> bool:
+    """Keep the newest reading per key; an older one arriving late changes nothing."""
+    prev = readings.get(key)
+    if prev is not None and prev[1] > t:
+        return False
+    readings[key] = (kw, t)
+    return True
+
+
+def headroom(state: EnergyState, at: GridMeasured | FeedPowerMeasured,
+             p: EnergyParams) -> EnergyHeadroomComputed:
+    """The site's headroom metric as of the reading ``at``."""
+    now = at.ts.timestamp()
+    supply = _fresh(state.feeds, now, p.feed_stale_s)
+    asic = _fresh(state.asics, now, p.device_stale_s)
+    gpu = _fresh(state.gpus, now, p.device_stale_s)
+    available = supply - p.margin_kw
+    load = asic + gpu
+    bands = p.bands(state.nominal_hz)
+    fraction = 1.0 if state.band == 0 else bands[state.band - 1][1]
+    return EnergyHeadroomComputed(
+        event_id=uuid5(_NS, f"{at.site}/{at.event_id}"), site=at.site, device_id=at.site,
+        ts=at.ts, source=SOURCE, supply_kw=round(supply, 6), margin_kw=p.margin_kw,
+        available_kw=round(available, 6), load_kw=round(load, 6), asic_load_kw=round(asic, 6),
+        gpu_load_kw=round(gpu, 6), headroom_kw=round(available - load, 6),
+        frequency_hz=state.frequency_hz, band=band_name(bands, state.band),
+        target_load_kw=round(max(0.0, fraction * available), 6))
+
+
+def forget_stale(state: EnergyState, now: float, p: EnergyParams) -> None:
+    """Drop devices silent past ``device_stale_s`` (decommissioned; keeps the maps small)."""
+    for m in (state.asics, state.gpus):
+        for k in [k for k, (_, ts) in m.items() if now - ts > p.device_stale_s]:
+            del m[k]
+
+
+def fold(events: Iterable[EnergyInput], p: EnergyParams = EnergyParams()) -> tuple[
+        EnergyState, list[EnergyHeadroomComputed]]:
+    """Run ``step`` over one site's readings (replay and tests)."""
+    state, out = EnergyState(), []
+    for e in events:
+        state, produced = step(state, e, p)
+        out += produced
+    return state, out

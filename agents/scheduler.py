@@ -1,0 +1,218 @@
+"""ASIC scheduler: which ASICs sleep or wake so the site runs at its target load.
+
+Pure state and step (STYLE.md 1-2).  The fleet is folded from ``asic.telemetry`` (state,
+draw) and ``commands.acks`` (an applied ``SleepAsic`` is one cycle and sets last-off; an
+applied ``WakeAsic`` sets last-on), so cycles and last-off are event-sourced: replaying the
+acks rebuilds them.  Each ``EnergyHeadroomComputed`` is a decision point:
+
+* ASIC budget = min(target load, available supply) - non-ASIC load (GPUs).
+* planned = draw of the ASICs running or being woken, minus those being put to sleep.
+* planned > budget: sleep running ASICs, fewest cycles first, then oldest last-off, until
+  planned <= budget.  ASICs inside their minimum on-dwell are spared unless the plan is
+  above available supply (safety beats wear).
+* budget - planned > hysteresis: wake sleeping ASICs in the same order, each only when
+  planned + its draw + hysteresis stays within budget, past its minimum off-dwell, and at
+  most ``wake_batch`` per ``wake_interval_s`` (staggered, so inrush stays small).
+
+The planned load therefore never exceeds available supply by the scheduler's own doing.
+An ASIC with a command in flight is not commanded again until its ack (or expiry).
+Commands carry a deterministic ``command_id`` (from the headroom event and device), so a
+redelivered headroom event yields the same command, which the actuator applies once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from schemas.commands import CommandAcknowledged, SleepAsic, WakeAsic
+from schemas.events import AsicTelemetryObserved
+from schemas.metrics import EnergyHeadroomComputed
+
+SOURCE = "agent:scheduler"
+_NS = uuid5(NAMESPACE_URL, "hashplane:scheduler")
+ACK_MEMORY = 50_000
+ON_STATES = frozenset({"running", "waking"})
+CONTROLLABLE = frozenset({"running", "waking", "sleeping"})
+
+SchedulerInput = EnergyHeadroomComputed | AsicTelemetryObserved | CommandAcknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerParams:
+    """Configuration of the scheduler (from Settings)."""
+
+    min_on_s: float = 120.0
+    min_off_s: float = 60.0
+    hysteresis_kw: float = 5.0
+    wake_batch: int = 20
+    wake_interval_s: float = 5.0
+    default_kw: float = 3.25
+    ttl_s: float = 10.0
+
+
+@dataclass(slots=True)
+class Asic:
+    """One ASIC as the scheduler knows it."""
+
+    state: str = "running"
+    draw_kw: float = 0.0  # draw when hashing (last seen running), kW
+    cycles: int = 0
+    last_off: float | None = None
+    last_on: float | None = None
+    seen: float = float("-inf")  # last telemetry, event time
+    pending: tuple[str, str, float] | None = None  # (command_id, kind, expires)
+
+    @property
+    def on(self) -> bool:
+        if self.pending is not None:
+            return self.pending[1] == "WakeAsic"
+        return self.state in ON_STATES
+
+    def durable(self) -> list[float | int | None]:
+        """What must survive a restart (the ack-derived history)."""
+        return [self.cycles, self.last_off, self.last_on]
+
+
+@dataclass(slots=True)
+class SchedulerState:
+    """The fleet of one site.  Mutated in place; ``dirty`` lists devices whose durable part
+    changed since the agent last persisted it."""
+
+    asics: dict[str, Asic] = field(default_factory=dict)
+    acked: dict[str, None] = field(default_factory=dict)  # command ids seen, bounded
+    wave_start: float = float("-inf")  # current stagger step
+    wave_woken: int = 0
+    dirty: set[str] = field(default_factory=set)
+
+
+def order(device: str, a: Asic) -> tuple[int, float, str]:
+    """Fewest cycles first, then oldest last-off (never off counts as oldest), then device id
+    (so the choice does not depend on the order telemetry arrived in)."""
+    return (a.cycles, a.last_off if a.last_off is not None else float("-inf"), device)
+
+
+def step(state: SchedulerState, event: SchedulerInput, p: SchedulerParams = SchedulerParams(),
+         ) -> tuple[SchedulerState, list[SleepAsic | WakeAsic]]:
+    """Fold telemetry and acks; decide on a headroom event."""
+    if isinstance(event, AsicTelemetryObserved):
+        a = state.asics.setdefault(event.device_id, Asic(draw_kw=p.default_kw))
+        t = event.ts.timestamp()
+        if t >= a.seen:
+            a.seen, a.state = t, event.state
+            if event.state == "running" and event.power_w > 0:
+                a.draw_kw = event.power_w / 1000.0
+        return state, []
+    if isinstance(event, CommandAcknowledged):
+        _ack(state, event)
+        return state, []
+    return state, decide(state, event, p)
+
+
+def _ack(state: SchedulerState, ack: CommandAcknowledged) -> None:
+    if ack.command_kind not in ("SleepAsic", "WakeAsic"):
+        return
+    cid = str(ack.command_id)
+    if cid in state.acked:
+        return
+    state.acked[cid] = None
+    if len(state.acked) > ACK_MEMORY:
+        del state.acked[next(iter(state.acked))]
+    a = state.asics.get(ack.device_id)
+    if a is None:
+        a = state.asics[ack.device_id] = Asic()
+    if a.pending is not None and a.pending[0] == cid:
+        a.pending = None
+    if ack.status != "applied":
+        return
+    t = ack.ts.timestamp()
+    a.seen = max(a.seen, t)  # a telemetry read older than the ack no longer says the state
+    if ack.command_kind == "SleepAsic":
+        a.cycles += 1
+        a.last_off = t if a.last_off is None else max(a.last_off, t)
+        a.state = "sleeping"
+    else:
+        a.last_on = t if a.last_on is None else max(a.last_on, t)
+        a.state = "waking" if a.state != "running" else a.state
+    state.dirty.add(ack.device_id)
+
+
+def decide(state: SchedulerState, e: EnergyHeadroomComputed,
+           p: SchedulerParams) -> list[SleepAsic | WakeAsic]:
+    """Sleep or wake ASICs so the planned load meets the budget of ``e``."""
+    now = e.ts.timestamp()
+    for a in state.asics.values():
+        if a.pending is not None and a.pending[2] <= now:
+            a.pending = None  # expired in flight: the actuator refused it, act again
+    other = max(0.0, e.load_kw - e.asic_load_kw)
+    supply_budget = e.available_kw - other
+    budget = min(e.target_load_kw, e.available_kw) - other
+    live = {d: a for d, a in state.asics.items() if a.state in CONTROLLABLE}
+    planned = math.fsum(a.draw_kw for a in live.values() if a.on)  # order-independent
+    out: list[SleepAsic | WakeAsic] = []
+    why = f"band {e.band}: budget {budget:.1f} kW"
+
+    if planned > budget:
+        running = sorted(((d, a) for d, a in live.items() if a.on and a.pending is None),
+                         key=lambda da: order(*da))
+        def dwelt(a: Asic) -> bool:
+            return a.last_on is None or now - a.last_on >= p.min_on_s
+        for spare_dwell in (True, False):
+            for d, a in running:
+                if planned <= budget or (not spare_dwell and planned <= supply_budget):
+                    break
+                if a.pending is not None or (spare_dwell and not dwelt(a)):
+                    continue
+                out.append(_command(SleepAsic, e, d, p, f"{why}, planned {planned:.1f} kW"))
+                planned -= a.draw_kw
+                a.pending = (str(out[-1].command_id), "SleepAsic", now + p.ttl_s)
+        return out
+
+    if budget - planned <= p.hysteresis_kw:
+        return out
+    if now - state.wave_start >= p.wake_interval_s:
+        state.wave_start, state.wave_woken = now, 0
+    sleeping = sorted(((d, a) for d, a in live.items() if not a.on and a.pending is None
+                       and a.state == "sleeping"
+                       and (a.last_off is None or now - a.last_off >= p.min_off_s)),
+                      key=lambda da: order(*da))
+    for d, a in sleeping:
+        if state.wave_woken >= p.wake_batch:
+            break
+        if planned + a.draw_kw + p.hysteresis_kw > budget:
+            continue
+        out.append(_command(WakeAsic, e, d, p, f"{why}, planned {planned:.1f} kW"))
+        planned += a.draw_kw
+        a.pending = (str(out[-1].command_id), "WakeAsic", now + p.ttl_s)
+        state.wave_woken += 1
+    return out
+
+
+def _command(kind: type[SleepAsic] | type[WakeAsic], e: EnergyHeadroomComputed, device: str,
+             p: SchedulerParams, reason: str) -> SleepAsic | WakeAsic:
+    cid: UUID = uuid5(_NS, f"{e.event_id}/{device}/{kind.__name__}")
+    return kind(event_id=cid, command_id=cid, site=e.site, device_id=device, ts=e.ts,
+                source=SOURCE, issued_at=e.ts, expires_at=e.ts + timedelta(seconds=p.ttl_s),
+                reason=reason[:1024], issued_by=SOURCE)
+
+
+def restore(state: SchedulerState, device: str, durable: list[float | int | None]) -> None:
+    """Load one device's durable part (from the agent's table) into the state."""
+    cycles, last_off, last_on = durable
+    a = state.asics.setdefault(device, Asic())
+    a.cycles = int(cycles or 0)
+    a.last_off = None if last_off is None else float(last_off)
+    a.last_on = None if last_on is None else float(last_on)
+
+
+def fold(events: Iterable[SchedulerInput], p: SchedulerParams = SchedulerParams()) -> tuple[
+        SchedulerState, list[SleepAsic | WakeAsic]]:
+    """Run ``step`` over one site's events (replay and tests)."""
+    state, out = SchedulerState(), []
+    for e in events:
+        state, produced = step(state, e, p)
+        out += produced
+    return state, out

@@ -1,0 +1,176 @@
+"""The site agents under Faust's test_context (memory store, no broker).
+
+Records are put with the forwarding header naming their contract topic, as the site feed
+carries them; the expected outputs are the step functions' own, so the agents are shown
+to be wiring only.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import pytest
+
+from agents import workers
+from agents.energy import fold as energy_fold
+from agents.scheduler import fold as scheduler_fold
+from schemas.alerts import AlertFired
+from schemas.commands import CommandAcknowledged, PauseComputeIntake, SleepAsic, SwitchAsicPool
+from schemas.envelope import Event
+from schemas.events import (
+    AsicTelemetryObserved,
+    FeedPowerMeasured,
+    GpuTelemetryObserved,
+    GridMeasured,
+    RecordDeadLettered,
+    ShareCountsObserved,
+    UplinkStatusObserved,
+)
+from schemas.metrics import (
+    ComputeScoreComputed,
+    EnergyHeadroomComputed,
+    RewardComputed,
+    ShareRatioComputed,
+)
+from schemas.registry import topic_of
+from streams.app import TOPIC_HEADER, create_app
+from streams.codec import encode
+from streams.settings import Settings
+from tests.factories import T0
+
+
+@pytest.fixture
+def settings(tmp_path):  # type: ignore[no-untyped-def]
+    return Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", share_windows_s=[60],
+                    share_update_s=0, energy_emit_s=0, energy_margin_kw=0, sched_min_on_s=0,
+                    sched_min_off_s=0, sched_hysteresis_kw=0, uplink_hold_down_s=10)
+
+
+def make(settings: Settings, register: Any) -> tuple[Any, list[Event]]:
+    app = create_app(settings, app_id="agent-test")
+    app.finalize()
+    published: list[Event] = []
+
+    async def record(event: Event) -> None:
+        published.append(event)
+
+    return register(app, settings, publish=record), published
+
+
+async def put_all(agent: Any, events: list[Event]) -> None:
+    async with agent.test_context() as a:
+        for e in events:
+            await a.put(encode(e), key=e.device_id.encode(),
+                        headers={TOPIC_HEADER: topic_of(type(e)).name.encode()})
+
+
+def at(sec: float):  # type: ignore[no-untyped-def]
+    return T0 + timedelta(seconds=sec)
+
+
+def tele(sec: float, dev: str, kw: float = 3.0) -> AsicTelemetryObserved:
+    return AsicTelemetryObserved(
+        site="site-1", device_id=dev, ts=at(sec), source="t", state="running",
+        hashrate_ths=100, hashrate_avg_ths=100, power_w=kw * 1000, accepted=0, rejected=0,
+        stale=0, hardware_errors=0, elapsed_s=1, pool_url="stratum+tcp://up:3333")
+
+
+def grid(sec: float, hz: float) -> GridMeasured:
+    return GridMeasured(site="site-1", device_id="meter", ts=at(sec), source="t",
+                        frequency_hz=hz, voltage_v=400, active_power_kw=0, reactive_power_kvar=0)
+
+
+def feed(sec: float, cap: float) -> FeedPowerMeasured:
+    return FeedPowerMeasured(site="site-1", device_id="f1", ts=at(sec), source="t", feed_id="f1",
+                             voltage_v=400, current_a=10, power_kw=5, capacity_kw=cap)
+
+
+async def test_energy_agent_publishes_what_the_step_function_computes(settings) -> None:  # type: ignore[no-untyped-def]
+    events: list[Any] = [feed(0, 20), tele(0, "a0"), tele(0, "a1"), grid(1, 50.0), grid(2, 49.7)]
+    agent, published = make(settings, workers.register_energy)
+    await put_all(agent, events)
+    _, expected = energy_fold(events, workers.energy_params(settings))
+    assert published == expected and len(expected) == 3
+    assert published[-1].band == "below-49.8Hz" and published[-1].load_kw == 6.0
+
+
+async def test_scheduler_agent_commands_and_persists_cycles_from_acks(settings) -> None:  # type: ignore[no-untyped-def]
+    e = EnergyHeadroomComputed(site="site-1", device_id="site-1", ts=at(1), source="t",
+                               supply_kw=20, margin_kw=0, available_kw=20, load_kw=6,
+                               asic_load_kw=6, gpu_load_kw=0, headroom_kw=14, target_load_kw=3)
+    events: list[Any] = [tele(0, "a0"), tele(0, "a1"), e]
+    _, (cmd,) = scheduler_fold(events, workers.scheduler_params(settings))
+    ack = CommandAcknowledged(site="site-1", device_id=cmd.device_id, ts=at(2), source="act",
+                              command_id=cmd.command_id, command_kind="SleepAsic",
+                              status="applied", latency_ms=3, actuator="t")
+    agent, published = make(settings, workers.register_scheduler)
+    await put_all(agent, [*events, ack])
+    assert published == [cmd] and isinstance(cmd, SleepAsic)
+    table = agent.app.tables["scheduler_asics"]
+    assert table[f"site-1/{cmd.device_id}"] == [1, at(2).timestamp(), None]
+
+
+async def test_failover_agent_switches_to_the_local_pool(settings) -> None:  # type: ignore[no-untyped-def]
+    down = [UplinkStatusObserved(site="site-1", device_id="uplink", ts=at(s), source="t",
+                                 target="x", up=False) for s in (1, 2)]
+    agent, published = make(settings, workers.register_failover)
+    await put_all(agent, [tele(0, "a0"), *down])
+    assert [(type(c), c.pool_url) for c in published] == [  # type: ignore[attr-defined]
+        (SwitchAsicPool, settings.local_pool_url)]
+    assert agent.app.tables["failover_home_pools"]["site-1/a0"] == "stratum+tcp://up:3333"
+
+
+async def test_site_shares_agent_pool_site_ratios_and_rewards(settings) -> None:  # type: ignore[no-untyped-def]
+    def sh(sec: float, w: str, a: int, r: int) -> ShareCountsObserved:
+        return ShareCountsObserved(site="site-1", device_id=w, ts=at(sec), source="t", worker=w,
+                                   pool="stratum+tcp://p:1", accepted=a, rejected=r, interval_s=5)
+    temp = GpuTelemetryObserved(site="site-1", device_id="g1", ts=at(5), source="t",
+                                rig_id="rig", gpu_index=0, card="RTX 4090", power_w=300,
+                                power_limit_w=450, temp_c=92, core_clock_mhz=1,
+                                mem_clock_mhz=1)
+    agent, published = make(settings, workers.register_site_shares)
+    await put_all(agent, [sh(1, "g1", 19, 1), sh(2, "a1", 80, 0), temp, sh(95, "a1", 1, 0)])
+    ratios = [m for m in published if isinstance(m, ShareRatioComputed) and m.final]
+    assert {(m.scope, m.accepted, m.rejected) for m in ratios} == {("pool", 99, 1),
+                                                                    ("site", 99, 1)}
+    by = {m.worker: m for m in published if isinstance(m, RewardComputed)}
+    assert by["g1"].temp_c == 92 and by["g1"].cluster_accepted == 99
+    assert by["g1"].reward == pytest.approx(100 - 5 - 2 - 5 * (1 - 19 / 99))
+
+
+async def test_compute_and_alert_agents(settings) -> None:  # type: ignore[no-untyped-def]
+    short = EnergyHeadroomComputed(site="site-1", device_id="site-1", ts=at(1), source="t",
+                                   supply_kw=10, margin_kw=0, available_kw=10, load_kw=12,
+                                   asic_load_kw=12, gpu_load_kw=0, headroom_kw=-2,
+                                   target_load_kw=10)
+    gpu = GpuTelemetryObserved(site="site-1", device_id="rig-gpu0", ts=at(0), source="t",
+                               rig_id="rig", gpu_index=0, card="H100", power_w=300,
+                               power_limit_w=700, temp_c=60, core_clock_mhz=1, mem_clock_mhz=1)
+    agent, published = make(settings, workers.register_compute)
+    await put_all(agent, [gpu, short])
+    assert [type(m) for m in published] == [ComputeScoreComputed, PauseComputeIntake]
+    assert agent.app.tables["compute_gate"]["site-1"] is True
+
+    agent, published = make(settings, workers.register_alerts)
+    await put_all(agent, [grid(0, 49.6), short])
+    assert [(m.rule, m.severity) for m in published if isinstance(m, AlertFired)] == [
+        ("grid_frequency_low", "warning"), ("load_near_supply", "critical")]
+    firing = agent.app.tables["alerts_firing"]
+    assert firing["site-1/grid_frequency_low/meter"][:2] == ["grid_frequency_low", "warning"]
+
+
+async def test_site_feed_forwards_validated_records_and_dead_letters_bad_ones(settings) -> None:  # type: ignore[no-untyped-def]
+    sent: list[tuple[bytes, bytes, Any]] = []
+
+    async def forward(key: bytes, value: bytes, headers: dict[str, bytes]) -> None:
+        sent.append((key, value, headers))
+
+    agent, published = make(settings, partial(workers.register_site_feed, forward=forward))
+    async with agent.test_context() as a:
+        await a.put(encode(tele(0, "a0")), key=b"a0",
+                    headers={TOPIC_HEADER: b"asic.telemetry"})
+        await a.put(b"{oops", key=b"a1", headers={TOPIC_HEADER: b"asic.telemetry"})
+    assert [(k, h[TOPIC_HEADER]) for k, _, h in sent] == [(b"site-1", b"asic.telemetry")]
+    assert [type(m) for m in published] == [RecordDeadLettered]

@@ -1,0 +1,97 @@
+"""Energy headroom and frequency bands, fed plain lists."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from agents.energy import EnergyParams, fold
+from schemas.events import AsicTelemetryObserved, FeedPowerMeasured, GridMeasured
+from tests.factories import T0
+
+P = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=10, emit_s=0)
+LONG = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=1000, emit_s=0)
+
+
+def grid(sec: float, hz: float, nominal: float = 50.0) -> GridMeasured:
+    return GridMeasured(site="site-1", device_id="meter", ts=T0 + timedelta(seconds=sec),
+                        source="test", frequency_hz=hz, voltage_v=400, active_power_kw=0,
+                        reactive_power_kvar=0, nominal_hz=nominal)
+
+
+def feed(sec: float, name: str, cap: float | None, kw: float = 100.0) -> FeedPowerMeasured:
+    return FeedPowerMeasured(site="site-1", device_id=name, ts=T0 + timedelta(seconds=sec),
+                             source="test", feed_id=name, voltage_v=400, current_a=100,
+                             power_kw=kw, capacity_kw=cap)
+
+
+def asic(sec: float, name: str, watts: float) -> AsicTelemetryObserved:
+    return AsicTelemetryObserved(
+        site="site-1", device_id=name, ts=T0 + timedelta(seconds=sec), source="test",
+        state="running", hashrate_ths=100, hashrate_avg_ths=100, power_w=watts, accepted=0,
+        rejected=0, stale=0, hardware_errors=0, elapsed_s=1)
+
+
+def test_headroom_is_supply_minus_margin_minus_load() -> None:
+    _, out = fold([feed(0, "a", 300), feed(0, "b", None, kw=150), asic(0, "x", 3000),
+                   asic(0, "y", 3500), grid(1, 50.0)], P)
+    m = out[-1]
+    assert (m.supply_kw, m.available_kw, m.load_kw, m.asic_load_kw) == (450, 440, 6.5, 6.5)
+    assert m.headroom_kw == pytest.approx(433.5) and m.band == "normal"
+    assert m.target_load_kw == 440
+
+
+def test_bands_deepen_at_once_and_target_follows() -> None:
+    _, out = fold([feed(0, "a", 210), grid(1, 49.9), grid(2, 49.7), grid(3, 49.4)], P)
+    assert [(m.band, m.target_load_kw) for m in out[1:]] == [
+        ("normal", 200), ("below-49.8Hz", 100), ("below-49.5Hz", 0)]
+
+
+def test_sixty_hertz_grid_uses_its_own_bands() -> None:
+    _, out = fold([feed(0, "a", 110), grid(1, 59.7, nominal=60)], P)
+    assert out[-1].band == "below-59.8Hz" and out[-1].target_load_kw == 50
+
+
+def test_frequency_chattering_at_a_band_edge_does_not_flap() -> None:
+    wobble = [49.79, 49.81, 49.79, 49.83, 49.80, 49.84, 49.79, 49.82]
+    _, out = fold([feed(0, "a", 110), *[grid(1 + i, hz) for i, hz in enumerate(wobble)]], P)
+    assert {m.band for m in out[1:]} == {"below-49.8Hz"}  # entered once, held
+
+
+def test_band_relaxes_only_after_hold_above_edge_plus_hysteresis() -> None:
+    seq = [grid(1, 49.7)] + [grid(2 + i, 49.86) for i in range(40)]
+    _, out = fold([feed(0, "a", 110), *seq], LONG)
+    bands = [(int((m.ts - T0).total_seconds()), m.band) for m in out[1:]]
+    first_normal = next(t for t, b in bands if b == "normal")
+    assert first_normal == 2 + 30  # released at 2 s, held 30 s
+    # a dip back below edge + hysteresis restarts the hold
+    seq = [grid(1, 49.7), grid(2, 49.86), grid(20, 49.83), *[grid(21 + i, 49.9) for i in range(35)]]
+    _, out = fold([feed(0, "a", 110), *seq], LONG)
+    assert next(int((m.ts - T0).total_seconds()) for m in out[1:] if m.band == "normal") == 51
+
+
+def test_a_silent_feed_leaves_the_supply() -> None:
+    _, out = fold([feed(0, "a", 100), feed(0, "b", 100), grid(1, 50), feed(8, "a", 100),
+                   grid(9, 50), grid(12, 50)], P)
+    assert [m.supply_kw for m in out if m.device_id == "site-1"][-1] == 100  # b silent 12 s
+
+
+def test_out_of_order_reading_does_not_replace_a_newer_one() -> None:
+    _, out = fold([feed(5, "a", 200), feed(1, "a", 50), grid(6, 50)], P)
+    assert out[-1].supply_kw == 200 and len(out) == 2  # the stale one emitted nothing
+
+
+def test_emission_is_throttled_but_band_changes_are_immediate() -> None:
+    p = EnergyParams(emit_s=1.0, margin_kw=0)
+    events = [feed(0, "a", 100)] + [grid(0.2 * i, 50.0) for i in range(1, 10)] + [grid(2.0, 49.7)]
+    _, out = fold(events, p)
+    assert [round((m.ts - T0).total_seconds(), 1) for m in out] == [0.0, 1.0, 2.0]
+    assert out[-1].band == "below-49.8Hz"
+
+
+def test_no_headroom_while_supply_is_unknown() -> None:
+    _, out = fold([asic(0, "x", 3000), grid(1, 49.4), feed(2, "a", 50), grid(3, 49.4),
+                   grid(20, 49.4)], P)
+    assert [round((m.ts - T0).total_seconds()) for m in out] == [2, 3]  # none before a feed,
+    # none after every feed went silent (12 s > feed_stale_s): unknown is not zero

@@ -11,8 +11,9 @@ Rules (thresholds from Settings): grid frequency low (warning / critical below n
 load near or over available supply, over-temperature (ASIC chip, GPU), reject ratio of a
 worker's closed 1-minute window, miner offline (no telemetry for N poll intervals, or the
 miner says offline/error), supply feed silent, uplink down (N failed probes in a row),
-compute job failures (N within a window).  Silence is judged on the site clock (meter,
-feed and headroom events), once a second.
+compute job failures (N within a window), a command without effect (an applied sleep or
+wake that the miner's telemetry does not show within ``confirm_s``).  Silence is judged on
+the site clock (meter, feed and headroom events), once a second.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from uuid import NAMESPACE_URL, uuid5
 
 from schemas.alerts import AlertFired, AlertResolved, Severity
+from schemas.commands import CommandAcknowledged
 from schemas.envelope import Event
 from schemas.events import (
     AsicTelemetryObserved,
@@ -38,7 +40,7 @@ _NS = uuid5(NAMESPACE_URL, "hashplane:alerts")
 
 AlertInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
               | ShareRatioComputed | UplinkStatusObserved | ComputeJobChanged
-              | EnergyHeadroomComputed)
+              | EnergyHeadroomComputed | CommandAcknowledged)
 Alert = AlertFired | AlertResolved
 
 
@@ -63,6 +65,8 @@ class AlertParams:
     job_window_s: float = 900.0
     cooldown_s: float = 300.0
     sweep_s: float = 1.0
+    confirm_s: float = 30.0
+    asleep_w: float = 200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class AlertState:
     uplink_fails: int = 0
     job_failures: dict[str, list[float]] = field(default_factory=dict)
     last_sweep: float = float("-inf")
+    #: device -> (command kind, applied at, confirm by): effects telemetry must show
+    expect: dict[str, tuple[str, float, float]] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
 
 
@@ -122,6 +128,8 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
         poll = p.asic_poll_s if asic else p.gpu_poll_s
         prev = state.seen.get(e.device_id)
         state.seen[e.device_id] = (max(now, prev[0]) if prev else now, poll)
+        if isinstance(e, AsicTelemetryObserved):
+            out += _effect(state, e, now, p)
         down = asic and e.state in ("offline", "error")  # type: ignore[union-attr]
         out.append(Condition("miner_offline", f"miner_offline/{e.device_id}", down, "critical",
                              f"{e.device_id} reports {getattr(e, 'state', '')}"))
@@ -160,11 +168,38 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
             f"{len(times)} compute jobs failed or were rejected in {p.job_window_s:g} s"
             + (f"; last: {e.detail}" if e.detail else ""), float(len(times)),
             float(p.job_failures)))
+    elif isinstance(e, CommandAcknowledged):
+        if e.status == "applied" and e.command_kind in ("SleepAsic", "WakeAsic"):
+            state.expect[e.device_id] = (e.command_kind, now, now + p.confirm_s)
     if isinstance(e, GridMeasured | FeedPowerMeasured | EnergyHeadroomComputed) \
             and now - state.last_sweep >= p.sweep_s:
         state.last_sweep = now
         out += silence(state, now, p)
     return out
+
+
+def _effect(state: AlertState, e: AsicTelemetryObserved, now: float,
+            p: AlertParams) -> list[Condition]:
+    """Did the miner do what an applied sleep or wake said?  Judged on its telemetry after
+    the ack; an alert when ``confirm_s`` passed without the effect, resolved when seen."""
+    exp = state.expect.get(e.device_id)
+    if exp is None or now < exp[1]:
+        return []
+    kind, _, deadline = exp
+    asleep = e.power_w < p.asleep_w and e.hashrate_ths < 1.0
+    awake = e.state == "running" or (e.state == "waking" and not asleep)
+    done = asleep if kind == "SleepAsic" else awake
+    key = f"command_without_effect/{e.device_id}"
+    if done:
+        del state.expect[e.device_id]
+        return [Condition("command_without_effect", key, False,
+                          message=f"{e.device_id} did as {kind} said")]
+    if now <= deadline:
+        return []
+    return [Condition("command_without_effect", key, True, "warning",
+                      f"{kind} was applied to {e.device_id} but {now - deadline + p.confirm_s:.0f}"
+                      f" s later it draws {e.power_w:.0f} W at {e.hashrate_ths:.1f} TH/s "
+                      f"({e.state})", e.power_w, p.asleep_w)]
 
 
 def silence(state: AlertState, now: float, p: AlertParams) -> list[Condition]:

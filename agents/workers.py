@@ -335,7 +335,8 @@ def alert_params(s: Settings) -> alerts.AlertParams:
         offline_intervals=s.alert_offline_intervals, asic_poll_s=s.asic_poll_s,
         gpu_poll_s=s.rig_poll_s, feed_stale_s=s.feed_stale_s,
         uplink_down_after=s.uplink_down_after, job_failures=s.alert_job_failures,
-        job_window_s=s.alert_job_window_s, cooldown_s=s.alert_cooldown_s)
+        job_window_s=s.alert_job_window_s, cooldown_s=s.alert_cooldown_s,
+        confirm_s=s.alert_confirm_s)
 
 
 def register_alerts(app: faust.App, settings: Settings,

@@ -37,15 +37,25 @@ def ack(cmd: Command, status: AckStatus, detail: str, *, actuator: str, site: st
 
 
 class CommandConsumer:
-    """Apply the commands of one topic addressed to ``targets`` (device ids)."""
+    """Apply the commands of one topic addressed to ``targets`` (device ids).
+
+    Records of a fetched batch are applied concurrently (at most ``concurrency`` at once,
+    each within ``timeout_s``: a grid programme wants a whole fleet curtailed in one go),
+    then the batch's offsets are committed.  ``own_all``: this consumer is the only actuator
+    of the topic for the site, so a command for a device it does not know gets a
+    ``rejected`` ack; when actuators shard the devices, others' commands are skipped.
+    """
 
     def __init__(self, bootstrap: str, topic: str, group: str, targets: set[str],
-                 handler: Handler, emitter: Emitter, *, actuator: str, remember: int = 10_000):
+                 handler: Handler, emitter: Emitter, *, actuator: str, remember: int = 10_000,
+                 concurrency: int = 1, timeout_s: float | None = None, own_all: bool = False):
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
         self.targets, self.handler = targets, handler
         self.emitter, self.actuator = emitter, actuator
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.remember = remember
+        self.slots = asyncio.Semaphore(concurrency)
+        self.timeout_s, self.own_all = timeout_s, own_all
 
     async def handle(self, raw: bytes | None, key: bytes | None) -> CommandAcknowledged | None:
         """One record: its ack, or None when it is not for us, a duplicate, or undecodable."""
@@ -56,26 +66,35 @@ class CommandConsumer:
                                     key=(key or b"").decode("utf-8", "replace"))
             return None
         assert isinstance(cmd, Command)
-        if cmd.device_id not in self.targets:
+        if cmd.device_id not in self.targets and not self.own_all:
             return None
         cid = str(cmd.command_id)
         if cid in self.seen:
             return None
+        self.seen[cid] = None  # before acting: a copy in the same batch must not act too
+        while len(self.seen) > self.remember:
+            self.seen.popitem(last=False)
         now = self.emitter.clock()
         status: AckStatus
         if cmd.expired(now):
             status, detail = "expired", f"expired at {cmd.expires_at.isoformat()}"
+        elif cmd.device_id not in self.targets:
+            status, detail = "rejected", f"unknown device {cmd.device_id!r}"
         else:
             try:
-                status, detail = await self.handler(cmd)
+                async with self.slots:
+                    status, detail = await asyncio.wait_for(self.handler(cmd), self.timeout_s)
+            except TimeoutError:
+                status, detail = "failed", f"no outcome within {self.timeout_s:g} s"
             except Exception as exc:  # noqa: BLE001 - a failed action is a failed ack
                 status, detail = "failed", f"{type(exc).__name__}: {exc}"
         a = ack(cmd, status, detail, actuator=self.actuator, site=self.emitter.site,
                 now=self.emitter.clock())
-        await self.emitter.emit([a])
-        self.seen[cid] = None
-        while len(self.seen) > self.remember:
-            self.seen.popitem(last=False)
+        try:
+            await self.emitter.emit([a])
+        except BaseException:
+            self.seen.pop(cid, None)  # no ack went out: the redelivery must act and ack
+            raise
         return a
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -87,10 +106,9 @@ class CommandConsumer:
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for rec in records:
-                        await self.handle(rec.value, rec.key)
-                if batch:
+                records = [r for rs in batch.values() for r in rs]
+                if records:
+                    await asyncio.gather(*(self.handle(r.value, r.key) for r in records))
                     await consumer.commit()
         finally:
             with contextlib.suppress(Exception):

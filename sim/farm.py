@@ -179,10 +179,11 @@ class Farm:
 
     async def _start_asics(self) -> None:
         sem = asyncio.Semaphore(256)
+        self.apis: dict[str, LuxosApi] = {}  # host -> the RPC state of that miner
 
         async def one(a: SimAsic) -> asyncio.Server:
             async with sem:
-                api = LuxosApi(a, self.t, pool_alive=self.pool_alive)
+                api = self.apis[a.host] = LuxosApi(a, self.t, pool_alive=self.pool_alive)
                 try:
                     return await serve_rpc(api, a.host, self.config.asic_port)
                 except OSError as exc:

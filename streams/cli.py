@@ -152,8 +152,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-CONNECTORS = ("asic", "meter", "power", "rigs", "gpu", "models", "coordinator", "uplink",
-              "synthetic")
+CONNECTORS = ("asic", "asic-actuator", "meter", "power", "rigs", "gpu", "models", "coordinator",
+              "uplink", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:

@@ -81,8 +81,8 @@ class Stack:
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-DEMO_CONNECTORS = frozenset({"asic", "meter", "power", "rigs", "models", "coordinator",
-                             "uplink"})
+DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "meter", "power", "rigs", "models",
+                             "coordinator", "uplink"})
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
@@ -112,6 +112,18 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
         out["asic"] = cgminer.AsicTelemetry(
             eps, emitter(cgminer.SOURCE), period_s=settings.asic_poll_s,
             concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s)
+        from connectors.asic_actuator import SOURCE as ASIC_ACT
+        from connectors.asic_actuator import AsicActuator, SafetyLimits
+        from connectors.commands import CommandConsumer
+
+        actuator = AsicActuator(eps, timeout_s=settings.asic_timeout_s, limits=SafetyLimits(
+            settings.asic_min_power_w, settings.asic_max_power_w,
+            frozenset(settings.asic_maintenance)))
+        out["asic-actuator"] = CommandConsumer(
+            settings.kafka_bootstrap, "commands.asic", f"{settings.app_id}-asic-actuator",
+            actuator.targets, actuator, emitter(ASIC_ACT), actuator=ASIC_ACT,
+            concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s + 1.0,
+            own_all=settings.asic_actuator_owns_site)
     if m := endpoints.get("modbus"):
         out["meter"] = grid_meter.GridMeter(
             str(m["host"]), int(m["port"]), emitter(grid_meter.SOURCE),

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Missed telemetry polls before 'miner offline'")
     alert_job_failures: int = Field(default=3, ge=1, description="Job failures that alert")
     alert_job_window_s: float = Field(default=900.0, gt=0, description="...within this window")
+    alert_confirm_s: float = Field(
+        default=30.0, gt=0, description="An applied sleep/wake must show in telemetry within")
     alert_cooldown_s: float = Field(
         default=300.0, ge=0, description="A resolved alert does not re-fire within this, s")
 
@@ -105,6 +107,14 @@ class Settings(BaseSettings):
     asic_poll_s: float = Field(default=10.0, gt=0, description="ASIC telemetry sweep period, s")
     asic_concurrency: int = Field(default=512, ge=1, description="ASIC reads in flight")
     asic_timeout_s: float = Field(default=3.0, gt=0, description="Per-ASIC read timeout, s")
+
+    asic_min_power_w: float = Field(default=500.0, gt=0, description="Lowest power target, W")
+    asic_max_power_w: float = Field(default=6000.0, gt=0, description="Highest power target, W")
+    asic_maintenance: list[str] = Field(
+        default_factory=list, description="ASICs no command may touch (JSON list of ids)")
+    asic_actuator_owns_site: bool = Field(
+        default=True, description="One ASIC actuator for the site: unknown devices are "
+        "rejected (false when actuators shard the fleet)")
 
     meter_poll_s: float = Field(default=0.2, gt=0, description="Grid meter poll period, s")
     rig_poll_s: float = Field(default=5.0, gt=0, description="RainbowMiner rig poll period, s")

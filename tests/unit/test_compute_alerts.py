@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import UUID
 
 import pytest
 
@@ -195,3 +196,25 @@ def test_duplicate_events_fire_once() -> None:
     g = grid(0, 49.6)
     _, out = alert_fold([g, g, g], AP)
     assert len(out) == 1
+
+
+def test_applied_sleep_without_effect_alerts_and_resolves_when_the_miner_complies() -> None:
+    from schemas.commands import CommandAcknowledged
+
+    def acked(sec: float, kind: str = "SleepAsic") -> CommandAcknowledged:
+        return CommandAcknowledged(site="site-1", device_id="a0", ts=at(sec), source="act",
+                                   command_id=UUID(int=int(sec)), command_kind=kind,
+                                   status="applied", latency_ms=5, actuator="t")
+
+    def read(sec: float, watts: float, state: str = "running") -> AsicTelemetryObserved:
+        return asic(sec, state=state).model_copy(update={
+            "power_w": watts, "hashrate_ths": 0.0 if watts < 200 else 100.0})
+
+    p = AlertParams(confirm_s=30, cooldown_s=0)
+    _, out = alert_fold([acked(0), read(10, 3000), read(40, 3000), read(50, 12, "sleeping")], p)
+    assert kinds(out) == [("Fired", "command_without_effect", "warning"),
+                          ("Resolved", "command_without_effect", "warning")]
+    assert out[0].ts == at(40) and "3000 W" in out[0].message
+    _, out = alert_fold([acked(0, "WakeAsic"), read(5, 12, "sleeping"), read(20, 900, "waking")],
+                        p)
+    assert out == []  # rising within the confirmation window: nothing to say

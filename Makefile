@@ -50,6 +50,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/agent_throughput.py
+	$(BIN)/python bench/reaction.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

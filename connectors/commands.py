@@ -14,8 +14,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.base import Emitter
 from schemas.commands import AckStatus, CommandAcknowledged
@@ -39,9 +40,9 @@ def ack(cmd: Command, status: AckStatus, detail: str, *, actuator: str, site: st
 class CommandConsumer:
     """Apply the commands of one topic addressed to ``targets`` (device ids).
 
-    Records of a fetched batch are applied concurrently (at most ``concurrency`` at once,
-    each within ``timeout_s``: a grid programme wants a whole fleet curtailed in one go),
-    then the batch's offsets are committed.  ``own_all``: this consumer is the only actuator
+    Records are applied as they arrive, concurrently (at most ``concurrency`` at once, each
+    within ``timeout_s``: a grid programme wants a whole fleet curtailed in one go); offsets
+    are committed behind the acks.  ``own_all``: this consumer is the only actuator
     of the topic for the site, so a command for a device it does not know gets a
     ``rejected`` ack; when actuators shard the devices, others' commands are skipped.
     """
@@ -56,6 +57,7 @@ class CommandConsumer:
         self.remember = remember
         self.slots = asyncio.Semaphore(concurrency)
         self.timeout_s, self.own_all = timeout_s, own_all
+        self.locks: dict[str, asyncio.Lock] = {}
 
     async def handle(self, raw: bytes | None, key: bytes | None) -> CommandAcknowledged | None:
         """One record: its ack, or None when it is not for us, a duplicate, or undecodable."""
@@ -82,7 +84,8 @@ class CommandConsumer:
             status, detail = "rejected", f"unknown device {cmd.device_id!r}"
         else:
             try:
-                async with self.slots:
+                # one device's commands in log order; different devices in parallel
+                async with self.locks.setdefault(cmd.device_id, asyncio.Lock()), self.slots:
                     status, detail = await asyncio.wait_for(self.handler(cmd), self.timeout_s)
             except TimeoutError:
                 status, detail = "failed", f"no outcome within {self.timeout_s:g} s"
@@ -98,18 +101,45 @@ class CommandConsumer:
         return a
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch continuously; each record is handled as soon as it arrives (bounded by
+        ``concurrency``), and a partition's offset is committed up to the last record whose
+        ack is out and before which every record's ack is out too."""
         consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
                                     group_id=self.group, enable_auto_commit=False,
                                     auto_offset_reset="earliest", session_timeout_ms=9000,
                                     heartbeat_interval_ms=500)
         await consumer.start()
+        inflight: dict[TopicPartition, list[tuple[int, asyncio.Task[Any]]]] = {}
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                records = [r for rs in batch.values() for r in rs]
-                if records:
-                    await asyncio.gather(*(self.handle(r.value, r.key) for r in records))
-                    await consumer.commit()
+                batch = await consumer.getmany(timeout_ms=50)
+                for tp, records in batch.items():
+                    inflight.setdefault(tp, []).extend(
+                        (r.offset, asyncio.create_task(self.handle(r.value, r.key)))
+                        for r in records)
+                await self._commit_done(consumer, inflight)
+            for tasks in inflight.values():
+                await asyncio.gather(*(t for _, t in tasks))
+            await self._commit_done(consumer, inflight)
         finally:
+            for tasks in inflight.values():
+                for _, t in tasks:
+                    t.cancel()
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    @staticmethod
+    async def _commit_done(consumer: AIOKafkaConsumer,
+                           inflight: dict[TopicPartition, list[tuple[int, asyncio.Task[Any]]]],
+                           ) -> None:
+        commit: dict[TopicPartition, int] = {}
+        for tp, tasks in inflight.items():
+            done = 0
+            while done < len(tasks) and tasks[done][1].done():
+                tasks[done][1].result()  # a failed ack publish re-raises: no commit past it
+                done += 1
+            if done:
+                commit[tp] = tasks[done - 1][0] + 1
+                del tasks[:done]
+        if commit:
+            await consumer.commit(commit)

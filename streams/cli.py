@@ -153,7 +153,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 CONNECTORS = ("asic", "asic-actuator", "meter", "power", "rigs", "gpu", "models", "coordinator",
-              "uplink", "synthetic")
+              "uplink", "alerts", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -166,7 +166,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         print(f"unknown connector {args.name!r}; available: {', '.join(CONNECTORS)}",
               file=sys.stderr)
         return 2
-    if args.name != "synthetic" and not args.endpoints_file:
+    if args.name not in ("synthetic", "alerts") and not args.endpoints_file:
         print(f"hashplane connect {args.name} needs --endpoints-file (the JSON map "
               "`hashplane sim` writes, or one written by hand for real devices)",
               file=sys.stderr)
@@ -190,7 +190,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
                 conns = site_connectors(s, pub, devices, frozenset({args.name}))
                 if args.name not in conns:
-                    raise SystemExit(f"{args.endpoints_file} describes no {args.name} devices")
+                    raise SystemExit(
+                        "no alert sink configured: set HASHPLANE_SMS_TO (with TWILIO_ACCOUNT_SID"
+                        ", TWILIO_AUTH_TOKEN, HASHPLANE_SMS_FROM) or HASHPLANE_ALERT_WEBHOOKS"
+                        if args.name == "alerts" else
+                        f"{args.endpoints_file} describes no {args.name} devices")
                 await conns[args.name].run(stop)
 
     try:

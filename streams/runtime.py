@@ -82,7 +82,7 @@ class Stack:
 
 
 DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "meter", "power", "rigs", "models",
-                             "coordinator", "uplink"})
+                             "coordinator", "uplink", "alerts"})
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
@@ -163,6 +163,17 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)
+    if settings.sms_to or settings.alert_webhooks:
+        from connectors import alert_sinks
+
+        sinks: list[Any] = [alert_sinks.Webhook(u) for u in settings.alert_webhooks]
+        if settings.sms_to:
+            sinks.append(alert_sinks.TwilioSms(
+                settings.sms_to, settings.sms_from, settings.site,
+                min_interval_s=settings.sms_min_interval_s, base_url=settings.twilio_base_url))
+        out["alerts"] = alert_sinks.AlertDispatcher(
+            settings.kafka_bootstrap, f"{settings.app_id}-alert-sinks", sinks,
+            emitter(alert_sinks.SOURCE))
     return {k: v for k, v in out.items() if names is None or k in names}
 
 

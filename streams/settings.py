@@ -124,6 +124,16 @@ class Settings(BaseSettings):
     compute_poll_s: float = Field(default=3.0, gt=0, description="Job poll period, s")
     uplink_poll_s: float = Field(default=5.0, gt=0, description="Uplink probe period, s")
 
+    # Alert sinks (SMS credentials: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, as Twilio reads)
+    sms_to: list[str] = Field(default_factory=list, description="SMS recipients (JSON list)")
+    sms_from: str = Field(default="", description="Twilio number SMS are sent from")
+    sms_min_interval_s: float = Field(
+        default=60.0, ge=0, description="At most one SMS per recipient this often; digests")
+    twilio_base_url: str = Field(
+        default="", description="Twilio API base URL override (regional proxy; tests)")
+    alert_webhooks: list[str] = Field(
+        default_factory=list, description="URLs every alert is POSTed to (JSON list)")
+
     # API
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8080, ge=0, le=65535)

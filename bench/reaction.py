@@ -61,6 +61,7 @@ class Acks:
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer("commands.acks", "commands.asic", "metrics.energy",
                                          "grid.readings", bootstrap_servers=self.bootstrap,
+                                         fetch_max_wait_ms=20,
                                          group_id=None, auto_offset_reset="latest")
         await self.consumer.start()
         self.task = asyncio.create_task(self._run())
@@ -112,7 +113,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False) -> dict[str, A
     env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
                HASHPLANE_DATA_DIR=str(work / "data"), HASHPLANE_API_PORT="0",
                HASHPLANE_CLICKHOUSE_DSN=f"chdb://{work / 'ch'}",
-               HASHPLANE_METER_POLL_S=str(METER_POLL_S), HASHPLANE_ASIC_POLL_S="2",
+               HASHPLANE_METER_POLL_S=str(METER_POLL_S), HASHPLANE_ASIC_POLL_S="10",
                HASHPLANE_BAND_HOLD_S="1", HASHPLANE_SCHED_MIN_ON_S="0",
                HASHPLANE_SCHED_MIN_OFF_S="0", HASHPLANE_SCHED_WAKE_BATCH=str(n),
                HASHPLANE_SCHED_WAKE_INTERVAL_S="0", HASHPLANE_ENERGY_MARGIN_KW="0",
@@ -128,7 +129,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False) -> dict[str, A
             t = time.perf_counter()
             await rpc(a0.host, farm.config.asic_port, "summary")
             rtts.append(time.perf_counter() - t)
-        await asyncio.sleep(15)  # the worker joins; telemetry tells the scheduler the fleet
+        await asyncio.sleep(25)  # the worker joins; telemetry tells the scheduler the fleet
         last: list[float] = []
         every: list[float] = []
         for _ in range(dips):

@@ -22,6 +22,7 @@ from connectors.base import Emitter
 from schemas.commands import AckStatus, CommandAcknowledged
 from schemas.envelope import Command
 from streams.codec import DecodeError, decode
+from streams.topics import FETCH_MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,10 @@ class CommandConsumer:
         consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
                                     group_id=self.group, enable_auto_commit=False,
                                     auto_offset_reset="earliest", session_timeout_ms=9000,
-                                    heartbeat_interval_ms=500)
+                                    heartbeat_interval_ms=500,
+                                    # a multi-partition fetch may wait this long on Tansu
+                                    # before new commands are seen (streams/kafka_transport.py)
+                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         await consumer.start()
         inflight: dict[TopicPartition, list[tuple[int, asyncio.Task[Any]]]] = {}
         try:

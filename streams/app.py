@@ -23,7 +23,8 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
     not local disk, is their durable copy.
     """
     conf: dict[str, Any] = {
-        "broker": f"kafka://{settings.kafka_bootstrap.replace(',', ';kafka://')}",
+        # hashplane:// is Faust's aiokafka transport with a short fetch wait (kafka_transport)
+        "broker": f"hashplane://{settings.kafka_bootstrap.replace(',', ';hashplane://')}",
         "store": "memory://",
         "topic_replication_factor": settings.topic_replication,
         "broker_rebalance_timeout": settings.worker_rebalance_timeout_s,

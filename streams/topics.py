@@ -12,6 +12,11 @@ from schemas.registry import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
+#: Longest a consumer on the control path lets the broker hold a fetch.  Tansu answers a
+#: waiting multi-partition fetch only when the wait ends, not when data arrives, so this is
+#: the per-hop latency floor there (streams/kafka_transport.py; measured 1.23 s at 1,500 ms).
+FETCH_MAX_WAIT_MS = 100
+
 #: Internal topics (not part of the contract, not stored): the site agents' single-partition
 #: feed of the partitioned topics they fold (see agents/workers.py).
 SITE_FEED = "hashplane.site-feed"

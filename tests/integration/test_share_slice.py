@@ -49,7 +49,9 @@ async def consume_metrics(bootstrap: str, n: int,
             while len(got) < n:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
-                    got.extend(decode("metrics.shares", r.value) for r in records)  # type: ignore[misc]
+                    ratios = [decode("metrics.shares", r.value) for r in records]
+                    # the partitioned agent's scopes (site_shares adds pool and site)
+                    got.extend(m for m in ratios if m.scope in ("worker", "device"))  # type: ignore[attr-defined,misc]
         await asyncio.wait_for(fill(), timeout_s)
     finally:
         await consumer.stop()

@@ -27,6 +27,7 @@ class GpuReading:
     power_limit_w: float
     power_limit_min_w: float
     power_limit_max_w: float
+    power_limit_default_w: float  # what RainbowMiner's PowerLimit % is relative to
     core_clock_mhz: float
     mem_clock_mhz: float
     fan_pct: float
@@ -80,6 +81,7 @@ class NvmlBackend:
                 power_w=nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
                 power_limit_w=nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
                 power_limit_min_w=lo / 1000.0, power_limit_max_w=hi / 1000.0,
+                power_limit_default_w=nv.nvmlDeviceGetPowerManagementDefaultLimit(h) / 1000.0,
                 core_clock_mhz=float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_GRAPHICS)),
                 mem_clock_mhz=float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
                 fan_pct=float(_or_zero(nv.nvmlDeviceGetFanSpeed, h)),

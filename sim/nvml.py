@@ -32,7 +32,8 @@ class SimNvml:
             index=index, name=g.card.name, uuid=f"GPU-sim-{self.rig.rig_id}-{index:02d}",
             temp_c=round(g.temp_c, 1), power_w=round(g.power_w(), 1),
             power_limit_w=g.s.power_limit_w, power_limit_min_w=g.card.pl_min_w,
-            power_limit_max_w=g.card.pl_max_w, core_clock_mhz=round(g.core_clock_mhz()),
+            power_limit_max_w=g.card.pl_max_w, power_limit_default_w=g.card.pl_default_w,
+            core_clock_mhz=round(g.core_clock_mhz()),
             mem_clock_mhz=round(g.mem_clock_mhz()), fan_pct=round(g.fan_pct()),
             utilization_pct=100.0 if g.mining else 0.0)
 

@@ -81,8 +81,8 @@ class Stack:
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "meter", "power", "rigs", "models",
-                             "coordinator", "uplink", "alerts"})
+DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "meter", "power", "rigs", "gpu-actuator",
+                             "models", "coordinator", "uplink", "alerts"})
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
@@ -123,7 +123,7 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             settings.kafka_bootstrap, "commands.asic", f"{settings.app_id}-asic-actuator",
             actuator.targets, actuator, emitter(ASIC_ACT), actuator=ASIC_ACT,
             concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s + 1.0,
-            own_all=settings.asic_actuator_owns_site)
+            own_all=settings.actuators_own_site)
     if m := endpoints.get("modbus"):
         out["meter"] = grid_meter.GridMeter(
             str(m["host"]), int(m["port"]), emitter(grid_meter.SOURCE),
@@ -144,6 +144,20 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             if nvml:
                 out["gpu"] = gpu_telemetry.GpuTelemetry(nvml, emitter(gpu_telemetry.SOURCE),
                                                         period_s=settings.rig_poll_s)
+    if rig_dirs := [r for r in endpoints.get("rigs", []) if r.get("config_dir")
+                    and r.get("nvml_url")]:
+        from connectors import gpu_actuator
+        from connectors.commands import CommandConsumer
+
+        act = gpu_actuator.GpuActuator([gpu_actuator.Rig(
+            str(r["id"]), Path(str(r["config_dir"])), str(r["api_url"]),
+            gpu_telemetry.HttpNvmlBackend(str(r["nvml_url"]))) for r in rig_dirs])
+        gpus = {rainbowminer.worker_name(str(r["id"]), int(g["index"]))
+                for r in rig_dirs for g in r.get("gpus", [])}
+        out["gpu-actuator"] = CommandConsumer(
+            settings.kafka_bootstrap, "commands.gpu", f"{settings.app_id}-gpu-actuator", gpus,
+            act, emitter(gpu_actuator.SOURCE), actuator=gpu_actuator.SOURCE, concurrency=16,
+            timeout_s=15.0, own_all=settings.actuators_own_site)
     if models := [(str(m["name"]), str(m["url"])) for m in endpoints.get("model_endpoints", [])]:
         out["models"] = model_probe.ModelProbe(models, emitter(model_probe.SOURCE),
                                                period_s=settings.model_probe_s)

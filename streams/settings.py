@@ -112,8 +112,9 @@ class Settings(BaseSettings):
     asic_max_power_w: float = Field(default=6000.0, gt=0, description="Highest power target, W")
     asic_maintenance: list[str] = Field(
         default_factory=list, description="ASICs no command may touch (JSON list of ids)")
-    asic_actuator_owns_site: bool = Field(
-        default=True, description="One ASIC actuator for the site: unknown devices are "
+    actuators_own_site: bool = Field(
+        default=True, description="One ASIC and one GPU actuator for the site: unknown "
+        "devices are "
         "rejected (false when actuators shard the fleet)")
 
     meter_poll_s: float = Field(default=0.2, gt=0, description="Grid meter poll period, s")

@@ -252,8 +252,12 @@ class AsicTelemetry:
     """Sweep many miners with bounded concurrency; publish telemetry and share deltas."""
 
     def __init__(self, endpoints: Sequence[AsicEndpoint], emitter: Emitter, *,
-                 period_s: float = 10.0, concurrency: int = 512, timeout_s: float = 3.0):
+                 period_s: float = 10.0, concurrency: int = 512, timeout_s: float = 3.0,
+                 local_pool_url: str = ""):
         self.endpoints = list(endpoints)
+        # shares a miner sends to hashplane's own local pool are counted by the pool
+        # (connectors/stratum_pool.py), not again from the miner's counters
+        self.local_pool_url = local_pool_url
         self.emitter = emitter
         self.period_s, self.concurrency, self.timeout_s = period_s, concurrency, timeout_s
         self.prev: dict[str, Counters] = {}
@@ -291,7 +295,7 @@ class AsicTelemetry:
         delta = share_delta(self.prev.get(ep.device_id), cur, device_id=ep.device_id,
                             site=self.emitter.site, source=SOURCE)
         self.prev[ep.device_id] = cur
-        if delta is not None:
+        if delta is not None and not (self.local_pool_url and cur.pool == self.local_pool_url):
             events.append(delta)
         return events
 

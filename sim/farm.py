@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from connectors.stratum_pool import StratumPool
 from sim.asic import MODELS, PoolSlot, SimAsic
 from sim.clock import SimClock
 from sim.coordinator import CoordinatorState, coordinator_app
@@ -34,7 +35,7 @@ from sim.nvml import SimNvml
 from sim.rainbowminer import SimRig, make_rig
 from sim.rig_api import rig_app
 from sim.scenarios import SCENARIOS
-from sim.stratum import MinerSession, StratumPool
+from sim.stratum import MinerSession
 from streams.httpserve import HttpService
 
 log = logging.getLogger(__name__)

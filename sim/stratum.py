@@ -1,171 +1,19 @@
-"""A Stratum v1 pool server (the farm's upstream pool, reached over the uplink).
-
-Line-delimited JSON-RPC over TCP: ``mining.subscribe``, ``mining.authorize``,
-``mining.set_difficulty`` and ``mining.notify`` (pushed), ``mining.submit``.  Submissions are
-checked against the current jobs: an unknown or stale job is error 21, a repeated nonce 22,
-a share below the difficulty 23 (the standard Stratum error codes).  Work validity is
-simulated: a submission's ``nonce`` is trusted to meet the difficulty unless it is
-``ffffffff`` (what the simulated miner sends for a share below target).
+"""The simulated miners' Stratum side: ``MinerSession`` (a miner's real session to a pool)
+and the farm's upstream pool, which is hashplane's own Stratum v1 server
+(``connectors.stratum_pool.StratumPool``) standing in for the internet pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
 from typing import Any
 
+from connectors.stratum_pool import parse_pool_url
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PoolStats:
-    accepted: int = 0
-    rejected: int = 0
-    by_worker: dict[str, list[int]] = field(default_factory=dict)  # worker -> [acc, rej]
-
-
-class StratumPool:
-    """Serve Stratum v1 on host:port; ``cut()`` drops everyone and stops listening."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, difficulty: float = 65536.0,
-                 job_interval_s: float = 30.0):
-        self.host, self.port = host, port
-        self.difficulty = difficulty
-        self.job_interval_s = job_interval_s
-        self.stats = PoolStats()
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
-        self._jobs: list[str] = []
-        self._seen: set[tuple[str, str, str, str]] = set()
-        self._job_task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"stratum+tcp://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port,
-                                                  reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._new_job()
-        self._job_task = asyncio.create_task(self._jobs_loop())
-
-    async def stop(self) -> None:
-        if self._job_task:
-            self._job_task.cancel()
-        await self._close()
-
-    async def cut(self) -> None:
-        """The path to the pool is gone: stop listening and drop every connection."""
-        await self._close()
-
-    async def restore(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._client, self.host, self.port,
-                                                      reuse_address=True)
-
-    async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for w in list(self._clients):
-            w.close()
-        self._clients.clear()
-
-    def _new_job(self) -> str:
-        job = secrets.token_hex(4)
-        self._jobs = [*self._jobs[-3:], job]
-        return job
-
-    async def _jobs_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.job_interval_s)
-            job = self._new_job()
-            for w in list(self._clients):
-                self._send(w, None, "mining.notify", self._notify_params(job, clean=True))
-
-    def _notify_params(self, job: str, clean: bool) -> list[Any]:
-        return [job, "00" * 32, "01000000", "ffffffff", [], "20000000", "1703a30c",
-                "6553f100", clean]
-
-    @staticmethod
-    def _send(w: asyncio.StreamWriter, msg_id: Any, method: str | None = None,
-              params: Any = None, result: Any = None, error: Any = None) -> None:
-        msg = ({"id": msg_id, "method": method, "params": params} if method is not None
-               else {"id": msg_id, "result": result, "error": error})
-        with contextlib.suppress(Exception):
-            w.write(json.dumps(msg).encode() + b"\n")
-
-    async def _client(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self._clients.add(w)
-        worker = ""
-        extranonce1 = secrets.token_hex(4)
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = json.loads(line)
-                    method, params, mid = msg["method"], msg.get("params") or [], msg.get("id")
-                except (ValueError, KeyError, TypeError):
-                    self._send(w, None, result=None, error=[20, "Other/Unknown: bad JSON", None])
-                    continue
-                if method == "mining.subscribe":
-                    self._send(w, mid, result=[[["mining.set_difficulty", extranonce1],
-                                                ["mining.notify", extranonce1]], extranonce1, 4])
-                elif method == "mining.authorize":
-                    worker = str(params[0]) if params else ""
-                    self._send(w, mid, result=bool(worker))
-                    self._send(w, None, "mining.set_difficulty", [self.difficulty])
-                    self._send(w, None, "mining.notify",
-                               self._notify_params(self._jobs[-1], clean=True))
-                elif method == "mining.submit":
-                    self._submit(w, mid, params, worker)
-                else:
-                    self._send(w, mid, result=None, error=[20, f"Unknown method {method}", None])
-                await w.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._clients.discard(w)
-            w.close()
-
-    def _submit(self, w: asyncio.StreamWriter, mid: Any, params: list[Any], worker: str) -> None:
-        if len(params) < 5:
-            self._send(w, mid, result=None, error=[20, "Other/Unknown: bad params", None])
-            return
-        name, job, en2, ntime, nonce = (str(p) for p in params[:5])
-        counts = self.stats.by_worker.setdefault(name or worker, [0, 0])
-        error = None
-        if job not in self._jobs:
-            error = [21, "Job not found", None]
-        elif (job, en2, ntime, nonce) in self._seen:
-            error = [22, "Duplicate share", None]
-        elif nonce.lower() == "ffffffff":
-            error = [23, "Low difficulty share", None]
-        if error:
-            self.stats.rejected += 1
-            counts[1] += 1
-            self._send(w, mid, result=None, error=error)
-            return
-        self._seen.add((job, en2, ntime, nonce))
-        self.stats.accepted += 1
-        counts[0] += 1
-        self._send(w, mid, result=True)
-
-
-def parse_pool_url(url: str) -> tuple[str, int] | None:
-    """host and port of ``stratum+tcp://host:port``, or None when there is none."""
-    rest = url.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    return host, int(port)
 
 
 class MinerSession:

@@ -152,8 +152,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-CONNECTORS = ("asic", "asic-actuator", "meter", "power", "rigs", "gpu", "gpu-actuator", "models",
-              "coordinator", "uplink", "alerts", "synthetic")
+CONNECTORS = ("asic", "asic-actuator", "local-pool", "meter", "power", "rigs", "gpu",
+              "gpu-actuator", "models", "coordinator", "uplink", "alerts", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:

@@ -81,8 +81,8 @@ class Stack:
     worker_proc: subprocess.Popen[bytes] | None = None
 
 
-DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "meter", "power", "rigs", "gpu-actuator",
-                             "models", "coordinator", "uplink", "alerts"})
+DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "local-pool", "meter", "power", "rigs",
+                             "gpu-actuator", "models", "coordinator", "uplink", "alerts"})
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
@@ -111,7 +111,13 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
                for a in endpoints["asics"]]
         out["asic"] = cgminer.AsicTelemetry(
             eps, emitter(cgminer.SOURCE), period_s=settings.asic_poll_s,
-            concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s)
+            concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s,
+            local_pool_url=settings.local_pool_url)
+        from connectors import stratum_pool
+
+        if where := stratum_pool.parse_pool_url(settings.local_pool_url):
+            out["local-pool"] = stratum_pool.LocalPool(
+                where[0], where[1], emitter(stratum_pool.SOURCE))
         from connectors.asic_actuator import SOURCE as ASIC_ACT
         from connectors.asic_actuator import AsicActuator, SafetyLimits
         from connectors.commands import CommandConsumer

@@ -95,7 +95,7 @@ async def test_malformed_requests_get_status_e_not_a_hang(farm: Farm, request_: 
 
 
 async def test_pool_commands_and_real_stratum_session_on_switch(farm: Farm) -> None:
-    from sim.stratum import StratumPool
+    from connectors.stratum_pool import StratumPool
 
     local = StratumPool(difficulty=65536.0)
     await local.start()

@@ -186,8 +186,11 @@ def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: d
     hav = _ths(s, "av") or 0.0
     curtailed = bool(config and str(config[0].get("CurtailMode", "")).lower() == "sleep")
     state: AsicState = "sleeping" if curtailed else ("running" if h5 > 0 else "error")
+    # the pool it mines on; when none answers (an outage), the one it keeps trying: first
+    # by priority among the enabled ones (so the failover learns the home pool even then)
     active = next((p for p in pools if p.get("Stratum Active") is True), None) or next(
-        (p for p in pools if p.get("Status") == "Alive"), None)
+        (p for p in pools if p.get("Status") == "Alive"), None) or next(
+        (p for p in pools if p.get("Status") != "Disabled"), None)
     fans = sorted((k, v) for k, v in stats.items() if re.fullmatch(r"fan\d+", k))
     chip = _temps(stats, "temp_chip")
     pcb = _temps(stats, "temp_pcb")

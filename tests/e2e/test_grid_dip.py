@@ -9,16 +9,12 @@ and that the plan never asked for more than the available supply.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port
 from streams.history import HistoryStore
-from tests.conftest import HASHPLANE, ROOT
+from tests.e2e.scenario import run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -28,22 +24,11 @@ ASICS = 12
 def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(
         tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
-    env.update(PYTHONPATH=str(ROOT), HASHPLANE_BAND_HOLD_S="3", HASHPLANE_SCHED_MIN_ON_S="0",
-               HASHPLANE_SCHED_MIN_OFF_S="0", HASHPLANE_SCHED_WAKE_BATCH="4",
-               HASHPLANE_SCHED_WAKE_INTERVAL_S="1", HASHPLANE_ASIC_POLL_S="2")
-    proc = subprocess.Popen(
-        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(free_port()),
-         "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.201.1",
-         "--scenario", "grid-dip", "--speed", "2", "--duration", "45"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        out = proc.communicate(timeout=150)[0].decode()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
-    assert proc.returncode == 0, out[-3000:]
+    out = run_demo(data, {"BAND_HOLD_S": "3", "SCHED_MIN_ON_S": "0", "SCHED_MIN_OFF_S": "0",
+                          "SCHED_WAKE_BATCH": "4", "SCHED_WAKE_INTERVAL_S": "1",
+                          "ASIC_POLL_S": "2"},
+                   "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.201.1",
+                   "--scenario", "grid-dip", "--speed", "2", "--duration", "45")
 
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
     try:

@@ -8,16 +8,13 @@ pool.  Asserted from the history, with exactly one ack per command.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from streams.broker import free_port
 from streams.history import HistoryStore
-from tests.conftest import HASHPLANE, ROOT
+from tests.e2e.scenario import run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -27,22 +24,10 @@ ASICS = 6
 def test_uplink_outage_moves_the_fleet_to_the_local_pool_and_back(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     local = f"stratum+tcp://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
-    env.update(PYTHONPATH=str(ROOT), HASHPLANE_UPLINK_POLL_S="1",
-               HASHPLANE_UPLINK_HOLD_DOWN_S="4", HASHPLANE_ASIC_POLL_S="2",
-               HASHPLANE_LOCAL_POOL_URL=local)
-    proc = subprocess.Popen(
-        [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(free_port()),
-         "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.202.1",
-         "--scenario", "uplink-outage", "--speed", "12", "--duration", "48"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        out = proc.communicate(timeout=150)[0].decode()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
-    assert proc.returncode == 0, out[-3000:]
+    out = run_demo(data, {"UPLINK_POLL_S": "1", "UPLINK_HOLD_DOWN_S": "4", "ASIC_POLL_S": "2",
+                          "LOCAL_POOL_URL": local},
+                   "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.202.1",
+                   "--scenario", "uplink-outage", "--speed", "12", "--duration", "48")
 
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
     try:

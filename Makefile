@@ -24,14 +24,18 @@ install: $(STAMP)
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
-	@# The MQTT tests use a real Mosquitto broker when one is installed. As root we install
-	@# Debian's; without root (or if apt fails) they use the amqtt broker pip installed.
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@# The MQTT tests use a real Mosquitto broker when one is installed, and the dashboard
+	@# test drives Debian's headless Chromium. As root we install both from Debian; without
+	@# root the MQTT tests use the amqtt broker pip installed, and Chromium must be there.
+	@missing=""; \
+	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing="mosquitto"; fi; \
+	if [ ! -x /usr/bin/chromium ]; then missing="$$missing chromium"; fi; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "make: running as root: apt-get install mosquitto (MQTT broker for the tests)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null) \
-	    || echo "make: apt-get failed; the MQTT tests use the amqtt broker instead"; \
-	else echo "make: not root: the MQTT tests use the amqtt broker (pip)"; fi
+	  echo "make: running as root: apt-get install$$missing (test dependencies)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	    || echo "make: apt-get failed; the MQTT tests use amqtt, the dashboard test needs /usr/bin/chromium"; \
+	else echo "make: not root: MQTT tests use amqtt; the dashboard test needs /usr/bin/chromium (apt-get install chromium)"; fi
 	touch $@
 
 install-test: $(TEST_STAMP)

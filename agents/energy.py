@@ -14,6 +14,10 @@ band deepens at once (the grid wants the load gone within a second); it relaxes 
 the frequency has stayed at or above the band's edge + ``hysteresis_hz`` for ``hold_s``, so
 a frequency chattering around an edge does not flap the fleet.
 
+Operator cap: a ``CapSiteLoad`` command (topic ``commands.site``) caps the target load at
+``limit_kw`` until it is lifted or its ``duration_s`` ends; the fold acks it (one ack per
+command id, applied or expired) and publishes the headroom at once so the scheduler acts.
+
 Time is event time: "now" is the time of the meter or feed reading being folded.
 """
 
@@ -24,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from uuid import NAMESPACE_URL, uuid5
 
+from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.events import (
     AsicTelemetryObserved,
     FeedPowerMeasured,
@@ -35,7 +40,9 @@ from schemas.metrics import EnergyHeadroomComputed
 SOURCE = "agent:energy"
 _NS = uuid5(NAMESPACE_URL, "hashplane:energy")
 
-EnergyInput = GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
+EnergyInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
+               | CapSiteLoad)
+EnergyOutput = EnergyHeadroomComputed | CommandAcknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,14 @@ class EnergyState:
     band: int = 0  # 0 = normal, i = below the i-th edge
     released_since: float | None = None  # frequency at/above the release level since
     last_emit: float = float("-inf")
+    cap_kw: float | None = None  # operator cap (CapSiteLoad) and when it ends
+    cap_until: float = float("inf")
+    cap_commands: list[str] = field(default_factory=list)  # ids already acked (recent)
+    last_reading: GridMeasured | FeedPowerMeasured | None = None
+
+    def cap(self, now: float) -> float | None:
+        """The operator cap in force at ``now``."""
+        return self.cap_kw if now < self.cap_until else None
 
 
 def band_name(bands: Sequence[tuple[float, float]], band: int) -> str:
@@ -102,9 +117,11 @@ def _fresh(readings: dict[str, tuple[float, float]], now: float, max_age: float)
 
 
 def step(state: EnergyState, event: EnergyInput,
-         p: EnergyParams = EnergyParams()) -> tuple[EnergyState, list[EnergyHeadroomComputed]]:
+         p: EnergyParams = EnergyParams()) -> tuple[EnergyState, list[EnergyOutput]]:
     """Fold one reading; meter and feed readings may emit the site's headroom."""
     t = event.ts.timestamp()
+    if isinstance(event, CapSiteLoad):
+        return state, cap(state, event, p)
     if isinstance(event, AsicTelemetryObserved):
         _latest(state.asics, event.device_id, event.power_w / 1000.0, t)
         return state, []
@@ -121,13 +138,49 @@ def step(state: EnergyState, event: EnergyInput,
         supply = event.capacity_kw if event.capacity_kw is not None else event.power_kw
         if not _latest(state.feeds, event.feed_id, supply, t):
             return state, []
-    if not band_changed and t - state.last_emit < p.emit_s:
+    state.last_reading = event
+    cap_ended = state.cap_kw is not None and t >= state.cap_until
+    if cap_ended:
+        state.cap_kw, state.cap_until = None, float("inf")
+    if not band_changed and not cap_ended and t - state.last_emit < p.emit_s:
         return state, []
     if not any(t - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
         return state, []  # supply unknown (no feed yet, or all silent): decide nothing
     state.last_emit = t
     forget_stale(state, t, p)
     return state, [headroom(state, event, p)]
+
+
+def cap(state: EnergyState, c: CapSiteLoad, p: EnergyParams) -> list[EnergyOutput]:
+    """Apply an operator cap: ack it, and publish the headroom with the new target now."""
+    cid = str(c.command_id)
+    if cid in state.cap_commands:
+        return []  # redelivered: acked already
+    state.cap_commands = [*state.cap_commands[-63:], cid]
+    now = max(c.ts, state.last_reading.ts) if state.last_reading is not None else c.ts
+    if c.expired(now):
+        return [_cap_ack(c, "expired", f"expired at {c.expires_at.isoformat()}")]
+    state.cap_kw = c.limit_kw
+    state.cap_until = (c.ts.timestamp() + c.duration_s
+                       if c.limit_kw is not None and c.duration_s is not None else float("inf"))
+    detail = ("cap lifted" if c.limit_kw is None else
+              f"site load capped at {c.limit_kw:g} kW"
+              + (f" for {c.duration_s:g} s" if c.duration_s is not None else " until lifted"))
+    out: list[EnergyOutput] = [_cap_ack(c, "applied", detail)]
+    at = state.last_reading
+    if at is not None and any(at.ts.timestamp() - ts <= p.feed_stale_s
+                              for _, ts in state.feeds.values()):
+        state.last_emit = at.ts.timestamp()
+        out.append(headroom(state, at, p, when=c))
+    return out
+
+
+def _cap_ack(c: CapSiteLoad, status: str, detail: str) -> CommandAcknowledged:
+    return CommandAcknowledged(
+        event_id=uuid5(_NS, f"ack/{c.command_id}"), site=c.site, device_id=c.device_id,
+        ts=c.ts, source=SOURCE, command_id=c.command_id, command_kind=c.kind,
+        status=status,  # type: ignore[arg-type]
+        detail=detail, latency_ms=0.0, actuator=SOURCE)
 
 
 def _latest(readings: dict[str, tuple[float, float]], key: str, kw: float, t: float) -> bool:
@@ -140,8 +193,8 @@ def _latest(readings: dict[str, tuple[float, float]], key: str, kw: float, t: fl
 
 
 def headroom(state: EnergyState, at: GridMeasured | FeedPowerMeasured,
-             p: EnergyParams) -> EnergyHeadroomComputed:
-    """The site's headroom metric as of the reading ``at``."""
+             p: EnergyParams, when: CapSiteLoad | None = None) -> EnergyHeadroomComputed:
+    """The site's headroom metric as of the reading ``at`` (re-issued after a cap ``when``)."""
     now = at.ts.timestamp()
     supply = _fresh(state.feeds, now, p.feed_stale_s)
     asic = _fresh(state.asics, now, p.device_stale_s)
@@ -150,13 +203,18 @@ def headroom(state: EnergyState, at: GridMeasured | FeedPowerMeasured,
     load = asic + gpu
     bands = p.bands(state.nominal_hz)
     fraction = 1.0 if state.band == 0 else bands[state.band - 1][1]
+    target = max(0.0, fraction * available)
+    cap_kw = state.cap(now)
+    if cap_kw is not None:
+        target = min(target, cap_kw)
+    key = f"{at.site}/{at.event_id}" + (f"/cap/{when.command_id}" if when is not None else "")
     return EnergyHeadroomComputed(
-        event_id=uuid5(_NS, f"{at.site}/{at.event_id}"), site=at.site, device_id=at.site,
-        ts=at.ts, source=SOURCE, supply_kw=round(supply, 6), margin_kw=p.margin_kw,
+        event_id=uuid5(_NS, key), site=at.site, device_id=at.site,
+        ts=at.ts, source=SOURCE, cap_kw=cap_kw, supply_kw=round(supply, 6), margin_kw=p.margin_kw,
         available_kw=round(available, 6), load_kw=round(load, 6), asic_load_kw=round(asic, 6),
         gpu_load_kw=round(gpu, 6), headroom_kw=round(available - load, 6),
         frequency_hz=state.frequency_hz, band=band_name(bands, state.band),
-        target_load_kw=round(max(0.0, fraction * available), 6))
+        target_load_kw=round(target, 6))
 
 
 def forget_stale(state: EnergyState, now: float, p: EnergyParams) -> None:
@@ -167,7 +225,7 @@ def forget_stale(state: EnergyState, now: float, p: EnergyParams) -> None:
 
 
 def fold(events: Iterable[EnergyInput], p: EnergyParams = EnergyParams()) -> tuple[
-        EnergyState, list[EnergyHeadroomComputed]]:
+        EnergyState, list[EnergyOutput]]:
     """Run ``step`` over one site's readings (replay and tests)."""
     state, out = EnergyState(), []
     for e in events:

@@ -24,13 +24,14 @@ registry topic of the event.  Agent tests pass a recorder instead of a broker.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import faust
 
 from agents import alerts, compute, energy, failover, rewards, scheduler, share_ratio
-from schemas.commands import CommandAcknowledged
+from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.envelope import Event
 from schemas.events import (
     AsicTelemetryObserved,
@@ -213,19 +214,36 @@ def energy_params(s: Settings) -> energy.EnergyParams:
 
 def register_energy(app: faust.App, settings: Settings,
                     publish: Publish | None = None) -> faust.types.AgentT[Any]:
-    """Supply, load, headroom and the demand-response target -> metrics.energy."""
+    """Supply, load, headroom and the demand-response target -> metrics.energy; operators'
+    load caps (commands.site) -> their acks, kept in table ``energy_caps``."""
     publish = publish or topic_publisher(app)
     p = energy_params(settings)
+    table = app.Table("energy_caps", default=lambda: None, partitions=1)
     states: dict[str, energy.EnergyState] = {}
+    loaded: set[str] = set()
 
-    @app.agent(site_channel(app, "grid.readings", "power.readings"), name="energy")
+    def load(s: energy.EnergyState, _: str, v: Any) -> None:
+        s.cap_kw, s.cap_until = v[0], float(v[1])
+
+    @app.agent(site_channel(app, "grid.readings", "power.readings", "commands.site"),
+               name="energy")
     async def energy_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, None, publish, settings.site, energy.SOURCE):
-            if isinstance(event, GridMeasured | FeedPowerMeasured | AsicTelemetryObserved
-                          | GpuTelemetryObserved):
-                _, out = energy.step(states.setdefault(event.site, energy.EnergyState()),
-                                     event, p)
-                await publish_all(publish, out)
+            if not isinstance(event, GridMeasured | FeedPowerMeasured | AsicTelemetryObserved
+                              | GpuTelemetryObserved | CapSiteLoad):
+                continue
+            s = states.setdefault(event.site, energy.EnergyState())
+            _restore_once(loaded, event.site, table, partial(load, s))
+            before = (s.cap_kw, s.cap_until)
+            _, out = energy.step(s, event, p)
+            if (s.cap_kw, s.cap_until) != before:
+                table[f"{event.site}/cap"] = [s.cap_kw, min(s.cap_until, 1e18)]
+            now = datetime.now(UTC)
+            await publish_all(publish, [
+                o.model_copy(update={"latency_ms": max(
+                    0.0, (now - event.issued_at).total_seconds() * 1000.0)})
+                if isinstance(o, CommandAcknowledged) and isinstance(event, CapSiteLoad) else o
+                for o in out])
 
     return energy_agent
 

@@ -1,16 +1,25 @@
-"""The read API (FastAPI) over the ClickHouse history."""
+"""The operator's API (FastAPI): history from ClickHouse, live state and SSE from Kafka,
+manual commands through the same topics and acks as the agents, Prometheus metrics and the
+dashboard.  Routes live in api/read.py, api/operate.py; this module wires them."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, Response
 
-from api.models import ErrorBody, Health, ShareWindow, WorkerShares
+from api import dashboard, operate, read
+from api.auth import KeyRing, require
+from api.context import ApiContext
+from api.live import LiveFeed
+from api.metrics import HashplaneCollector, exposition
+from api.models import ErrorBody, Health
 from streams.history import HistoryStore
+from streams.publish import Publisher
 from streams.settings import Settings
 
 try:
@@ -18,61 +27,72 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     VERSION = "0.0.0"
 
-_SHARE_COLS = ", ".join(
-    f"argMax({c}, (events, ts)) AS {c}" for c in (
-        "accepted", "rejected", "stale", "accepted_pct", "rejected_pct", "stale_pct",
-        "shares_per_s", "difficulty_accepted", "difficulty_rejected", "events"))
+
+def pipeline_groups(s: Settings) -> list[str]:
+    """Consumer groups whose lag /metrics reports."""
+    return [s.app_id, s.sink_group, f"{s.app_id}-asic-actuator", f"{s.app_id}-gpu-actuator",
+            f"{s.app_id}-alert-sinks"]
 
 
-# Output columns are named like the stored ones; let argMax(x, ...) see the column x.
-_SETTINGS = {"prefer_column_name_to_alias": 1}
+def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
+               connector_stats: Callable[[], dict[str, Any]] | None = None,
+               sink_stats: Callable[[], Any] | None = None) -> FastAPI:
+    """The API app reading ``store``; with ``live``, following Kafka (SSE, commands' acks,
+    /metrics) and publishing operators' commands."""
+    ring = KeyRing.from_settings(settings.api_key, settings.api_keys)
+    feed = LiveFeed(settings.kafka_bootstrap, groups=pipeline_groups(settings),
+                    lag_s=settings.api_live_s)
+    ctx = ApiContext(settings=settings, store=store, live=feed if live else None)
 
-
-def create_api(settings: Settings, store: HistoryStore) -> FastAPI:
-    """The API app reading ``store``."""
-    app = FastAPI(
-        title="hashplane", version=VERSION,
-        description="Read API of the hashplane control plane. Times are ISO-8601 UTC.",
-        responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-    db = settings.clickhouse_database
-
-    async def q(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not live:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(feed.run(stop), name="api-live-feed")
+        ctx.publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-api")
         try:
-            return await asyncio.to_thread(store.query_dicts, sql, params, _SETTINGS)
-        except Exception as exc:  # store down is a 503, not a crash
-            raise HTTPException(503, f"history store unavailable: {exc}") from exc
+            await ctx.publisher.start()
+        except Exception:  # noqa: BLE001 - broker away: reads work, commands answer 503
+            ctx.publisher = None
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+            if ctx.publisher is not None:
+                await ctx.publisher.stop()
+
+    app = FastAPI(
+        title="hashplane", version=VERSION, lifespan=lifespan,
+        description=(
+            "Operator API of the hashplane control plane. Times are ISO-8601 UTC. Every route "
+            "but /healthz and the dashboard page needs an API key (Authorization: Bearer <key>"
+            " or X-API-Key): scope read for GETs, operator for commands and SQL."),
+        responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody},
+                   404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    app.state.ctx = ctx
+    reader, operator = Depends(require(ring, "read")), Depends(require(ring, "operator"))
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
         ok = await asyncio.to_thread(store.ping)
-        return Health(status="ok" if ok else "degraded", history_store=ok, version=VERSION)
+        following = ctx.live is not None and ctx.live.ready.is_set() and not ctx.live.error
+        return Health(status="ok" if ok else "degraded", history_store=ok,
+                      live_feed=following, version=VERSION)
 
-    @app.get("/v1/workers/{worker}/shares", response_model=WorkerShares, tags=["shares"])
-    async def worker_shares(
-        worker: Annotated[str, Path(min_length=1, max_length=256)],
-        window_s: Annotated[int, Query(gt=0, description="Window length, s")] = (
-            settings.share_windows_s[0]),
-        since: Annotated[datetime | None, Query(description="Windows starting at or after")] = None,
-        until: Annotated[datetime | None, Query(description="Windows starting before")] = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 60,
-    ) -> WorkerShares:
-        """Latest share ratios of a worker and their history from ClickHouse."""
-        where = ["scope = 'worker'", "subject = {w:String}", "window_s = {ws:UInt32}"]
-        params: dict[str, Any] = {"w": worker, "ws": window_s, "n": limit}
-        if since is not None:
-            where.append("window_start >= {since:DateTime64(3, 'UTC')}")
-            params["since"] = since
-        if until is not None:
-            where.append("window_start < {until:DateTime64(3, 'UTC')}")
-            params["until"] = until
-        rows = await q(
-            f"SELECT window_start, any(window_end) AS window_end, max(final) AS final, "
-            f"{_SHARE_COLS} FROM {db}.metrics_shares WHERE {' AND '.join(where)} "
-            f"GROUP BY window_start ORDER BY window_start DESC LIMIT {{n:UInt32}}", params)
-        if not rows:
-            raise HTTPException(404, f"no share ratios for worker {worker!r} "
-                                     f"with {window_s}s windows")
-        history = [ShareWindow.model_validate(r) for r in rows]
-        return WorkerShares(worker=worker, window_s=window_s, latest=history[0], history=history)
+    collector = HashplaneCollector(feed, settings.site, connector_stats, sink_stats)
 
+    @app.get("/metrics", tags=["ops"], dependencies=[reader],
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def metrics() -> Response:
+        """Prometheus exposition: fleet, energy, pipeline (events, lag, dlq, acks, latency)."""
+        return Response(exposition(collector),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(read.router(ctx), dependencies=[reader])
+    app.include_router(operate.router(ctx, ring), dependencies=[operator])
+    app.include_router(dashboard.router())
     return app

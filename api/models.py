@@ -1,17 +1,24 @@
-"""API response models, derived from the registry's schemas where they mirror an event."""
+"""API request and response models; those mirroring an event derive from the registry's
+schemas (schemas are the single source of truth, STYLE.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
-from schemas.metrics import ShareRatioComputed
+from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
 
 _WINDOW_FIELDS = (
     "window_start", "window_end", "final", "accepted", "rejected", "stale", "accepted_pct",
     "rejected_pct", "stale_pct", "shares_per_s", "difficulty_accepted", "difficulty_rejected",
     "events",
+)
+_ENERGY_FIELDS = (
+    "ts", "supply_kw", "margin_kw", "available_kw", "load_kw", "asic_load_kw", "gpu_load_kw",
+    "headroom_kw", "frequency_hz", "band", "target_load_kw", "cap_kw",
 )
 
 
@@ -23,6 +30,16 @@ def _derive(name: str, source: type[BaseModel], fields: tuple[str, ...], doc: st
 
 ShareWindow = _derive("ShareWindow", ShareRatioComputed, _WINDOW_FIELDS,
                       "Share ratios of one window (latest revision).")
+EnergyPoint = _derive("EnergyPoint", EnergyHeadroomComputed, _ENERGY_FIELDS,
+                      "A site's supply, load, headroom and target at one instant.")
+
+
+class Page(BaseModel):
+    """Pagination of a list: pass ``next_offset`` as ``offset`` for the next page."""
+
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last")
 
 
 class WorkerShares(BaseModel):
@@ -34,15 +51,335 @@ class WorkerShares(BaseModel):
     history: list[ShareWindow] = Field(description="Windows, newest first")  # type: ignore[valid-type]
 
 
+class WorkerSummary(BaseModel):
+    """A worker's latest window and its reward in that window."""
+
+    worker: str
+    window_s: int
+    window_start: datetime
+    final: bool
+    accepted: int
+    rejected: int
+    stale: int
+    accepted_pct: float
+    rejected_pct: float
+    stale_pct: float
+    shares_per_s: float
+    reward: float | None = Field(default=None, description="Seed-000 reward, 0-100")
+
+
+class Workers(BaseModel):
+    """Workers' latest share ratios."""
+
+    page: Page
+    workers: list[WorkerSummary]
+
+
+class Asic(BaseModel):
+    """An ASIC: its last telemetry and its event-sourced cycle count and last-off time."""
+
+    device_id: str
+    model: str
+    state: str = Field(description="running, sleeping, waking, offline, ...")
+    hashrate_ths: float
+    power_w: float
+    power_target_w: float | None
+    temp_chip_c: float | None
+    pool_url: str
+    last_seen: datetime
+    cycles: int = Field(description="Applied sleeps (each is one power cycle)")
+    last_off: datetime | None = Field(description="Last applied sleep")
+    last_on: datetime | None = Field(description="Last applied wake")
+
+
+class Asics(BaseModel):
+    """ASICs, by device id."""
+
+    page: Page
+    asics: list[Asic]
+
+
+class GpuProfile(BaseModel):
+    """The last OC profile applied to a GPU (from commands.gpu and its applied ack)."""
+
+    applied_at: datetime
+    power_limit_w: float | None
+    core_offset_mhz: int | None
+    mem_offset_mhz: int | None
+    intensity: int | None
+    profile: str
+    issued_by: str
+
+
+class Gpu(BaseModel):
+    """A GPU: last telemetry, current OC profile and latest reward."""
+
+    device_id: str
+    rig_id: str
+    gpu_index: int
+    card: str
+    algorithm: str
+    hashrate_mhs: float
+    power_w: float
+    power_limit_w: float
+    temp_c: float
+    core_clock_mhz: float
+    mem_clock_mhz: float
+    fan_pct: float
+    last_seen: datetime
+    profile: GpuProfile | None
+    reward: float | None = Field(description="Latest 1-window seed-000 reward of its worker")
+
+
+class Gpus(BaseModel):
+    """GPUs, by device id."""
+
+    page: Page
+    gpus: list[Gpu]
+
+
+class Reward(BaseModel):
+    """A worker's seed-000 reward in one window (latest revision)."""
+
+    worker: str
+    window_s: int
+    window_start: datetime
+    reward: float
+    accepted_pct: float
+    rejected_pct: float
+    temp_c: float | None
+    temp_max_c: float
+    worker_accepted: int
+    cluster_accepted: int
+
+
+class Rewards(BaseModel):
+    """Rewards, newest window first."""
+
+    page: Page
+    rewards: list[Reward]
+
+
+class Energy(BaseModel):
+    """The site's latest headroom and its bucketed history."""
+
+    latest: EnergyPoint | None  # type: ignore[valid-type]
+    bucket_s: int
+    history: list[EnergyPoint] = Field(  # type: ignore[valid-type]
+        description="Bucket means (frequency: bucket minimum), oldest first")
+
+
+class Ack(BaseModel):
+    """The outcome of a command."""
+
+    status: str = Field(description="applied, rejected, failed or expired")
+    detail: str
+    latency_ms: float
+    actuator: str
+    ts: datetime
+
+
+class CommandView(BaseModel):
+    """A command with its ack (null while none has arrived)."""
+
+    command_id: UUID
+    kind: str
+    device_id: str
+    ts: datetime
+    issued_by: str
+    reason: str
+    params: dict[str, Any] = Field(description="The command's own fields")
+    ack: Ack | None
+
+
+class Commands(BaseModel):
+    """Commands, newest first."""
+
+    page: Page
+    commands: list[CommandView]
+
+
+class Alert(BaseModel):
+    """An alert event (fired or resolved)."""
+
+    kind: str = Field(description="AlertFired or AlertResolved")
+    ts: datetime
+    rule: str
+    severity: str
+    dedup_key: str
+    device_id: str
+    message: str
+    value: float | None
+    threshold: float | None
+
+
+class Alerts(BaseModel):
+    """Alerts firing now, and the alert history newest first."""
+
+    firing: list[Alert]
+    page: Page
+    history: list[Alert]
+
+
+class Job(BaseModel):
+    """A compute job's latest state."""
+
+    job_id: str
+    workload: str
+    state: str
+    detail: str
+    duration_s: float | None
+    credits: float | None
+    proof_sha256: str | None
+    updated: datetime
+
+
+class Jobs(BaseModel):
+    """Compute jobs, latest change first."""
+
+    page: Page
+    jobs: list[Job]
+
+
+class Score(BaseModel):
+    """A compute score (seed-001 GPU, seed-004 endpoint)."""
+
+    scheme: str
+    subject: str
+    score: float
+    components: dict[str, float]
+    ts: datetime
+
+
+class Scores(BaseModel):
+    """Latest score of every subject."""
+
+    scores: list[Score]
+
+
+class FleetSummary(BaseModel):
+    """What an operator looks at first."""
+
+    site: str
+    asics: dict[str, int] = Field(description="ASICs by last reported state")
+    hashrate_ths: float
+    asic_power_kw: float
+    gpus: int
+    gpu_hashrate_mhs: float
+    gpu_temp_max_c: float | None
+    workers: int
+    energy: EnergyPoint | None  # type: ignore[valid-type]
+    alerts_firing: dict[str, int] = Field(description="By severity")
+    commands_last_hour: dict[str, int] = Field(description="By ack status ('pending': none)")
+
+
+class SeriesPoint(BaseModel):
+    """One bucket of a history series."""
+
+    bucket: datetime
+    value: float | None
+
+
+class Series(BaseModel):
+    """A bucketed series (one per device, or the fleet)."""
+
+    key: str = Field(description="Device id, or 'fleet'")
+    points: list[SeriesPoint]
+
+
+class History(BaseModel):
+    """A field aggregated per bucket over a time range."""
+
+    table: str
+    field: str
+    agg: str
+    by: str
+    bucket_s: int
+    since: datetime
+    until: datetime
+    series: list[Series]
+
+
+class AsicPool(BaseModel):
+    """Body of a pool switch."""
+
+    model_config = ConfigDict(extra="forbid")
+    pool_url: str = Field(min_length=1, max_length=512, pattern=r"^stratum\+(tcp|ssl)://[^\s]+$")
+    worker: str = Field(default="", max_length=256)
+    password: str = Field(default="x", max_length=256)
+    reason: str = Field(default="", max_length=512)
+
+
+class AsicPowerTarget(BaseModel):
+    """Body of a power-target change."""
+
+    model_config = ConfigDict(extra="forbid")
+    power_target_w: float = Field(gt=0)
+    reason: str = Field(default="", max_length=512)
+
+
+class Reason(BaseModel):
+    """Optional body of sleep and wake."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=512)
+
+
+class SiteCap(BaseModel):
+    """Body of a site curtailment: cap the load at ``limit_kw`` (null lifts the cap)."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit_kw: float | None = Field(ge=0, description="Load cap, kW; null lifts it")
+    duration_s: float | None = Field(default=None, gt=0, le=7 * 86_400,
+                                     description="How long; null: until lifted")
+    reason: str = Field(default="", max_length=512)
+
+
+class Issued(BaseModel):
+    """A command the API published, and its ack if it came within ``wait_s``."""
+
+    command_id: UUID
+    kind: str
+    topic: str
+    device_id: str
+    issued_by: str
+    expires_at: AwareDatetime
+    ack: Ack | None = Field(description="Null: no ack within wait_s; see GET /v1/commands/{id}")
+
+
+class SqlQuery(BaseModel):
+    """A read-only query over the history."""
+
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, max_length=20_000, description="One SELECT/WITH/SHOW/"
+                     "DESCRIBE/EXPLAIN statement; {db} is the history database")
+    max_rows: int | None = Field(default=None, ge=1, description="At most the server's limit")
+
+
+class SqlResult(BaseModel):
+    """Rows of a SQL query (values as JSON: times ISO-8601 UTC)."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool = Field(description="More rows matched than were returned")
+    elapsed_ms: float
+
+
 class Health(BaseModel):
     """Liveness of the API and its dependencies."""
 
     status: str = Field(description="ok or degraded")
     history_store: bool = Field(description="ClickHouse answers")
+    live_feed: bool = Field(default=False, description="Following Kafka")
     version: str
 
 
 class ErrorBody(BaseModel):
     """Error body of every non-2xx answer."""
 
-    detail: str
+    detail: Any
+
+
+SortOrder = Literal["asc", "desc"]

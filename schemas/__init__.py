@@ -3,6 +3,7 @@
 from schemas.alerts import AlertFired, AlertResolved
 from schemas.commands import (
     ApplyGpuProfile,
+    CapSiteLoad,
     CommandAcknowledged,
     PauseComputeIntake,
     ResumeComputeIntake,
@@ -38,6 +39,7 @@ __all__ = [
     "AlertResolved",
     "ApplyGpuProfile",
     "AsicTelemetryObserved",
+    "CapSiteLoad",
     "Command",
     "CommandAcknowledged",
     "ComputeJobChanged",

@@ -65,6 +65,20 @@ class ResumeComputeIntake(Command):
     kind: Literal["ResumeComputeIntake"] = "ResumeComputeIntake"
 
 
+class CapSiteLoad(Command):
+    """Operator demand: keep the site's load at or under ``limit_kw`` (None lifts the cap).
+
+    Carried out by the energy agent, which acks it and lowers the target load it publishes;
+    the scheduler then sleeps ASICs with its own commands and acks. ``device_id`` is the site.
+    """
+
+    kind: Literal["CapSiteLoad"] = "CapSiteLoad"
+    limit_kw: float | None = Field(default=None, ge=0, description="Load cap, kW; None lifts it")
+    duration_s: float | None = Field(
+        default=None, gt=0, description="Cap lasts this long from the command's ts; None: "
+        "until lifted")
+
+
 class CommandAcknowledged(Event):
     """The one and only outcome of a command, published by the actuator that handled it."""
 

@@ -63,6 +63,8 @@ class EnergyHeadroomComputed(Event):
     frequency_hz: float | None = Field(default=None, description="Latest grid frequency, Hz")
     band: str = Field(default="normal", description="Demand-response band in force")
     target_load_kw: float = Field(ge=0, description="Load the site should run at, kW")
+    cap_kw: float | None = Field(
+        default=None, ge=0, description="Operator load cap in force (CapSiteLoad), kW")
 
 
 class ComputeScoreComputed(Event):

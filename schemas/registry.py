@@ -16,6 +16,7 @@ from pydantic import Field, TypeAdapter
 from schemas.alerts import AlertFired, AlertResolved
 from schemas.commands import (
     ApplyGpuProfile,
+    CapSiteLoad,
     CommandAcknowledged,
     PauseComputeIntake,
     ResumeComputeIntake,
@@ -143,6 +144,8 @@ TOPICS: tuple[TopicSpec, ...] = (
        retention_ms=30 * DAY_MS, description="Commands to GPU actuators"),
     _t("commands.compute", PauseComputeIntake, ResumeComputeIntake, schema="ComputeCommand",
        partitions=1, retention_ms=30 * DAY_MS, description="Commands to compute connectors"),
+    _t("commands.site", CapSiteLoad, schema="SiteCommand", partitions=1,
+       retention_ms=30 * DAY_MS, description="Site-level operator commands (load cap)"),
     _t("commands.acks", CommandAcknowledged, partitions=8, retention_ms=30 * DAY_MS,
        description="Exactly one outcome per command"),
     _t("alerts", AlertFired, AlertResolved, schema="Alert", partitions=1,

@@ -125,6 +125,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     from streams.history import HistoryStore
 
     s = _settings(args)
+    if not s.api_key and not s.api_keys:
+        print("hashplane api: no API key configured (HASHPLANE_API_KEY or HASHPLANE_API_KEYS);"
+              " every request but /healthz would be refused", file=sys.stderr)
+        return 2
     store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
     store.migrate()
     uvicorn.run(create_api(s, store), host=s.api_host, port=s.api_port, log_level="info")
@@ -302,14 +306,19 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
 
 def _banner(stack: Any, embedded: bool) -> None:
     s = stack.settings
+    key = s.api_key if stack.generated_key else "$HASHPLANE_API_KEY"
     lines = [
         "",
         "hashplane is running" + (" (embedded demo)" if embedded else ""),
-        f"  API        {stack.api_url}   (docs: {stack.api_url}/docs)",
+        f"  dashboard  {stack.api_url}/   (API docs: {stack.api_url}/docs)",
+        f"  API key    {s.api_key if stack.generated_key else '(HASHPLANE_API_KEY)'}"
+        + ("   generated for this run; set HASHPLANE_API_KEY to choose one"
+           if stack.generated_key else ""),
         f"  health     curl {stack.api_url}/healthz",
-        f"  shares     curl {stack.api_url}/v1/workers/rig01-gpu5/shares",
-        *([f"             curl {stack.api_url}/v1/workers/hashplane.asic00001/shares"]
-          if stack.farm else []),
+        f"  fleet      curl -H 'Authorization: Bearer {key}' {stack.api_url}/v1/fleet",
+        f"  shares     curl -H 'Authorization: Bearer {key}' "
+        f"{stack.api_url}/v1/workers/rig01-gpu5/shares",
+        f"  metrics    curl -H 'Authorization: Bearer {key}' {stack.api_url}/metrics",
         f"  Kafka      {s.kafka_bootstrap}",
         *([f"  farm       {_farm_line(stack.farm)}",
            f"  endpoints  {stack.endpoints_file}"] if stack.farm else []),

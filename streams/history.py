@@ -274,6 +274,14 @@ class HistoryStore:
             return [dict(zip(result.column_names, map(_aware, r), strict=True))
                     for r in result.result_rows]
 
+    def query_table(self, sql: str, settings: dict[str, Any] | None = None) -> tuple[
+            list[str], list[str], list[tuple[Any, ...]]]:
+        """Run any read statement: column names, ClickHouse types, rows (the SQL endpoint)."""
+        with self._lock:
+            result = self.client.query(sql, settings=settings)
+            return (list(result.column_names), [t.name for t in result.column_types],
+                    [tuple(_aware(v) for v in r) for r in result.result_rows])
+
     def ping(self) -> bool:
         """True when the store answers."""
         try:
@@ -287,4 +295,6 @@ def _aware(value: Any) -> Any:
     """Stored times are UTC; some result paths drop the zone, so put it back."""
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    if isinstance(value, tuple):
+        return tuple(_aware(v) for v in value)
     return value

@@ -21,8 +21,9 @@ class QuietServer(uvicorn.Server):
 class HttpService:
     """One app on host:port that can be started, stopped and started again."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
-        self.app, self.host, self.port = app, host, port
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
+                 lifespan: str = "off"):
+        self.app, self.host, self.port, self.lifespan = app, host, port, lifespan
         self._server: QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -38,7 +39,7 @@ class HttpService:
                 s.bind((self.host, 0))
                 self.port = s.getsockname()[1]
         self._server = QuietServer(uvicorn.Config(
-            self.app, host=self.host, port=self.port, log_level="warning", lifespan="off",
+            self.app, host=self.host, port=self.port, log_level="warning", lifespan=self.lifespan,  # type: ignore[arg-type]
             access_log=False))
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:

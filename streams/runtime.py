@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from api.app import create_api
+from api.auth import generate_key
 from connectors.synthetic import run_synthetic
 from streams.broker import BrokerError, EmbeddedBroker, free_port, wait_ready
 from streams.history import HistoryStore
@@ -79,6 +80,7 @@ class Stack:
     endpoints_file: Path | None = None
     connectors: dict[str, Any] = field(default_factory=dict)
     worker_proc: subprocess.Popen[bytes] | None = None
+    generated_key: bool = False
 
 
 DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "local-pool", "meter", "power", "rigs",
@@ -86,7 +88,8 @@ DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "local-pool", "meter", "po
 
 
 def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
-                    names: frozenset[str] | None = None) -> dict[str, Any]:
+                    names: frozenset[str] | None = None,
+                    stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The source connectors an endpoints map describes (as ``hashplane sim`` writes it, or
     written by hand for real devices): name -> connector with ``run(stop)``."""
     from connectors import (
@@ -103,7 +106,10 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
     from connectors.gpu_backend import GpuBackend
 
     def emitter(source: str) -> Emitter:
-        return Emitter(publisher, source=source, site=settings.site)
+        e = Emitter(publisher, source=source, site=settings.site)
+        if stats is not None:
+            stats[source] = e.stats
+        return e
 
     out: dict[str, Any] = {}
     if endpoints.get("asics"):
@@ -233,6 +239,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
     tasks: list[asyncio.Task[Any]] = []
     publisher: Publisher | None = None
     server: QuietServer | None = None
+    emitters: dict[str, Any] = {}  # connector source -> its counters, for /metrics
     try:
         if opts.embedded_broker:
             stack.broker = EmbeddedBroker(opts.kafka_port,
@@ -261,14 +268,6 @@ async def run_stack(settings: Settings, opts: StackOptions,
             assert stack.store is not None
             stack.sink = HistorySink(settings, stack.store)
             tasks.append(asyncio.create_task(stack.sink.run(stop), name="history-sink"))
-        if opts.api:
-            assert stack.store is not None
-            port = settings.api_port or free_port(settings.api_host)
-            server = QuietServer(uvicorn.Config(
-                create_api(settings, stack.store), host=settings.api_host, port=port,
-                log_level="warning", lifespan="off"))
-            tasks.append(asyncio.create_task(server.serve(), name="api"))
-            stack.api_url = f"http://{settings.api_host}:{port}"
         if opts.synthetic_workers or stack.farm is not None or opts.devices:
             publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-connectors")
             await publisher.start()
@@ -281,13 +280,27 @@ async def run_stack(settings: Settings, opts: StackOptions,
             assert publisher is not None
             # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
             stack.connectors = site_connectors(settings, publisher, stack.farm.endpoints(),
-                                               DEMO_CONNECTORS)
+                                               DEMO_CONNECTORS, emitters)
         elif opts.devices:
             assert publisher is not None
             stack.connectors = site_connectors(settings, publisher, opts.devices,
-                                               DEMO_CONNECTORS)
+                                               DEMO_CONNECTORS, emitters)
         for name, conn in stack.connectors.items():
             tasks.append(asyncio.create_task(conn.run(stop), name=f"connector-{name}"))
+        if opts.api:
+            assert stack.store is not None
+            if not settings.api_key and not settings.api_keys:
+                # no key configured: one is generated for this run and shown in the banner
+                settings = settings.model_copy(update={"api_key": generate_key()})
+                stack.settings, stack.generated_key = settings, True
+            port = settings.api_port or free_port(settings.api_host)
+            sink = stack.sink
+            server = QuietServer(uvicorn.Config(
+                create_api(settings, stack.store, connector_stats=lambda: emitters,
+                           sink_stats=lambda: sink.stats if sink is not None else None),
+                host=settings.api_host, port=port, log_level="warning", lifespan="on"))
+            tasks.append(asyncio.create_task(server.serve(), name="api"))
+            stack.api_url = f"http://{settings.api_host}:{port}"
         tasks += [asyncio.create_task(t) for t in opts.extra_tasks]
         if server is not None:
             while not server.started and not stop.is_set():

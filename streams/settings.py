@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -136,8 +137,16 @@ class Settings(BaseSettings):
         default_factory=list, description="URLs every alert is POSTed to (JSON list)")
 
     # API
-    api_host: str = Field(default="127.0.0.1")
-    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_host: str = Field(default="127.0.0.1", description="API listen address")
+    api_port: int = Field(default=8080, ge=0, le=65535, description="API port (0: any free)")
+    api_key: str = Field(
+        default="", description="An operator key (the demo generates and prints one if empty)")
+    api_keys: dict[str, Literal["read", "operator"]] = Field(
+        default_factory=dict, description='More keys: JSON {"<key>": "read"|"operator"}')
+    sql_max_rows: int = Field(default=10_000, ge=1, description="Rows the SQL endpoint returns")
+    sql_max_s: float = Field(default=10.0, gt=0, description="Time a SQL query may run, s")
+    api_live_s: float = Field(
+        default=10.0, gt=0, description="Consumer-lag refresh period of /metrics, s")
 
     log_level: str = Field(default="INFO")
 

@@ -262,9 +262,10 @@ CREATE TABLE IF NOT EXISTS hashplane.metrics_energy (
   `headroom_kw` Float64,
   `frequency_hz` Nullable(Float64),
   `band` String,
-  `target_load_kw` Float64
+  `target_load_kw` Float64,
+  `cap_kw` Nullable(Float64)
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic metrics.energy (kafka keeps 30 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_energy_mv TO hashplane.metrics_energy AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'supply_kw', 'Float64') AS `supply_kw`, JSONExtract(payload, 'margin_kw', 'Float64') AS `margin_kw`, JSONExtract(payload, 'available_kw', 'Float64') AS `available_kw`, JSONExtract(payload, 'load_kw', 'Float64') AS `load_kw`, JSONExtract(payload, 'asic_load_kw', 'Float64') AS `asic_load_kw`, JSONExtract(payload, 'gpu_load_kw', 'Float64') AS `gpu_load_kw`, JSONExtract(payload, 'headroom_kw', 'Float64') AS `headroom_kw`, JSONExtract(payload, 'frequency_hz', 'Nullable(Float64)') AS `frequency_hz`, JSONExtract(payload, 'band', 'String') AS `band`, JSONExtract(payload, 'target_load_kw', 'Float64') AS `target_load_kw` FROM hashplane.events WHERE topic = 'metrics.energy';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_energy_mv TO hashplane.metrics_energy AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'supply_kw', 'Float64') AS `supply_kw`, JSONExtract(payload, 'margin_kw', 'Float64') AS `margin_kw`, JSONExtract(payload, 'available_kw', 'Float64') AS `available_kw`, JSONExtract(payload, 'load_kw', 'Float64') AS `load_kw`, JSONExtract(payload, 'asic_load_kw', 'Float64') AS `asic_load_kw`, JSONExtract(payload, 'gpu_load_kw', 'Float64') AS `gpu_load_kw`, JSONExtract(payload, 'headroom_kw', 'Float64') AS `headroom_kw`, JSONExtract(payload, 'frequency_hz', 'Nullable(Float64)') AS `frequency_hz`, JSONExtract(payload, 'band', 'String') AS `band`, JSONExtract(payload, 'target_load_kw', 'Float64') AS `target_load_kw`, JSONExtract(payload, 'cap_kw', 'Nullable(Float64)') AS `cap_kw` FROM hashplane.events WHERE topic = 'metrics.energy';
 CREATE TABLE IF NOT EXISTS hashplane.commands_asic (
   `event_id` UUID,
   `kind` LowCardinality(String),
@@ -324,6 +325,24 @@ CREATE TABLE IF NOT EXISTS hashplane.commands_compute (
   `issued_by` String
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, command_id, event_id) COMMENT 'typed rows of topic commands.compute (kafka keeps 30 d, history all)';
 CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.commands_compute_mv TO hashplane.commands_compute AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, toUUIDOrZero(JSONExtractString(payload, 'command_id')) AS `command_id`, parseDateTime64BestEffortOrZero(JSONExtractString(payload, 'issued_at'), 3, 'UTC') AS `issued_at`, parseDateTime64BestEffortOrZero(JSONExtractString(payload, 'expires_at'), 3, 'UTC') AS `expires_at`, JSONExtract(payload, 'reason', 'String') AS `reason`, JSONExtract(payload, 'issued_by', 'String') AS `issued_by` FROM hashplane.events WHERE topic = 'commands.compute';
+CREATE TABLE IF NOT EXISTS hashplane.commands_site (
+  `event_id` UUID,
+  `kind` LowCardinality(String),
+  `schema_version` UInt16,
+  `site` LowCardinality(String),
+  `device_id` String,
+  `ts` DateTime64(3, 'UTC'),
+  `source` LowCardinality(String),
+  `ingested_at` DateTime64(3, 'UTC'),
+  `command_id` UUID,
+  `issued_at` DateTime64(3, 'UTC'),
+  `expires_at` DateTime64(3, 'UTC'),
+  `reason` String,
+  `issued_by` String,
+  `limit_kw` Nullable(Float64),
+  `duration_s` Nullable(Float64)
+) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, command_id, event_id) COMMENT 'typed rows of topic commands.site (kafka keeps 30 d, history all)';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.commands_site_mv TO hashplane.commands_site AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, toUUIDOrZero(JSONExtractString(payload, 'command_id')) AS `command_id`, parseDateTime64BestEffortOrZero(JSONExtractString(payload, 'issued_at'), 3, 'UTC') AS `issued_at`, parseDateTime64BestEffortOrZero(JSONExtractString(payload, 'expires_at'), 3, 'UTC') AS `expires_at`, JSONExtract(payload, 'reason', 'String') AS `reason`, JSONExtract(payload, 'issued_by', 'String') AS `issued_by`, JSONExtract(payload, 'limit_kw', 'Nullable(Float64)') AS `limit_kw`, JSONExtract(payload, 'duration_s', 'Nullable(Float64)') AS `duration_s` FROM hashplane.events WHERE topic = 'commands.site';
 CREATE TABLE IF NOT EXISTS hashplane.commands_acks (
   `event_id` UUID,
   `kind` LowCardinality(String),

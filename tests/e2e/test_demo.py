@@ -25,7 +25,7 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     port = free_port()
     data = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env.update(PYTHONPATH=str(ROOT), HASHPLANE_API_KEY="demo-key")
     start = time.monotonic()
     proc = subprocess.Popen(
         [*HASHPLANE, "demo", "--data-dir", str(data), "--api-port", str(port),
@@ -37,7 +37,8 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
             assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                r = httpx.get(f"http://127.0.0.1:{port}/v1/workers/rig01-gpu0/shares", timeout=5)
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/workers/rig01-gpu0/shares", timeout=5,
+                              headers={"Authorization": "Bearer demo-key"})
                 if health.json()["status"] == "ok" and r.status_code == 200:
                     body = r.json()
                     break
@@ -86,7 +87,8 @@ async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
     env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
                HASHPLANE_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'ch'}",
-               HASHPLANE_DATA_DIR=str(tmp_path / "data"), HASHPLANE_API_PORT=str(port))
+               HASHPLANE_DATA_DIR=str(tmp_path / "data"), HASHPLANE_API_PORT=str(port),
+               HASHPLANE_API_KEYS='{"reader": "read"}')
     proc = subprocess.Popen([*HASHPLANE, "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:
@@ -96,7 +98,8 @@ async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Pa
                 source="test", worker="asic-0001", accepted=9, rejected=1, interval_s=10)
                 for i in range(10)])  # 0-90 s: the first minute closes at 90 s
         body = None
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"X-API-Key": "reader"}) as client:
             for _ in range(60):
                 assert proc.poll() is None
                 try:

@@ -90,9 +90,10 @@ async def test_agent_on_the_real_broker_emits_exactly_the_step_functions_output(
     stop.set()
     await task
 
-    api = create_api(settings, store)
+    api = create_api(settings.model_copy(update={"api_key": "k"}), store, live=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api),
-                                 base_url="http://hashplane") as client:
+                                 base_url="http://hashplane",
+                                 headers={"Authorization": "Bearer k"}) as client:
         assert (await client.get("/healthz")).json()["status"] == "ok"
         r = await client.get("/v1/workers/rig01-gpu1/shares", params={"limit": 10})
         assert r.status_code == 200, r.text

@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 
 from agents.energy import EnergyParams, fold
+from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.events import AsicTelemetryObserved, FeedPowerMeasured, GridMeasured
+from schemas.metrics import EnergyHeadroomComputed
 from tests.factories import T0
 
 P = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=10, emit_s=0)
@@ -95,3 +97,36 @@ def test_no_headroom_while_supply_is_unknown() -> None:
                    grid(20, 49.4)], P)
     assert [round((m.ts - T0).total_seconds()) for m in out] == [2, 3]  # none before a feed,
     # none after every feed went silent (12 s > feed_stale_s): unknown is not zero
+
+
+def cap(sec: float, limit: float | None, duration: float | None = None,
+        ttl: float = 10.0) -> CapSiteLoad:
+    t = T0 + timedelta(seconds=sec)
+    return CapSiteLoad(site="site-1", device_id="site-1", ts=t, source="api", issued_at=t,
+                       expires_at=t + timedelta(seconds=ttl), reason="operator",
+                       issued_by="operator:key-1", limit_kw=limit, duration_s=duration)
+
+
+def test_an_operator_cap_is_acked_once_lowers_the_target_at_once_and_ends() -> None:
+    c = cap(2.5, 120, duration=30)
+    _, out = fold([feed(0, "a", 310), grid(1, 50.0), grid(2, 49.7), c, c, grid(3, 50.0),
+                   feed(35, "a", 310), grid(36, 50.0)], P)
+    acks = [o for o in out if isinstance(o, CommandAcknowledged)]
+    assert [(a.command_id, a.status, a.actuator) for a in acks] == [
+        (c.command_id, "applied", "agent:energy")]  # the redelivered copy: no second ack
+    metrics = [o for o in out if isinstance(o, EnergyHeadroomComputed)]
+    # band 49.8 halves 300 kW -> 150; the cap takes it to 120 at once (re-issued metric);
+    # the cap ends at 32.5 s, the band relaxes after its 30-s hold
+    assert [(m.target_load_kw, m.cap_kw) for m in metrics] == [
+        (300, None), (300, None), (150, None), (120, 120), (120, 120), (150, None),
+        (300, None)]
+
+
+def test_a_cap_lifted_or_expired() -> None:
+    _, out = fold([feed(0, "a", 310), grid(1, 50.0), cap(2, 50), grid(3, 50.0), cap(4, None),
+                   grid(20, 50.0), cap(5, 10, ttl=1)], P)
+    acks = [o for o in out if isinstance(o, CommandAcknowledged)]
+    assert [a.status for a in acks] == ["applied", "applied", "expired"]
+    assert acks[1].detail == "cap lifted"
+    metrics = [o for o in out if isinstance(o, EnergyHeadroomComputed)]
+    assert [m.target_load_kw for m in metrics] == [300, 300, 50, 50, 300]

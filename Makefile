@@ -52,9 +52,11 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/agent_throughput.py
 	$(BIN)/python bench/reaction.py
+	$(BIN)/python bench/tuner.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

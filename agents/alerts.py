@@ -18,7 +18,7 @@ the site clock (meter, feed and headroom events), once a second.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from uuid import NAMESPACE_URL, uuid5
 
@@ -77,7 +77,7 @@ class Condition:
     key: str
     active: bool
     severity: Severity = "warning"
-    message: str = ""
+    message: str | Callable[[], str] = ""  # a callable is formatted only if an alert is sent
     value: float | None = None
     threshold: float | None = None
 
@@ -109,7 +109,8 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
         sev: Severity = "critical" if low >= p.freq_crit_hz else "warning"
         out.append(Condition(
             "grid_frequency_low", f"grid_frequency_low/{e.device_id}", low >= p.freq_warn_hz,
-            sev, f"grid at {e.frequency_hz:.3f} Hz ({low:+.3f} Hz under {e.nominal_hz:g})",
+            sev, lambda: f"grid at {e.frequency_hz:.3f} Hz ({low:+.3f} Hz under "
+                         f"{e.nominal_hz:g})",
             e.frequency_hz, e.nominal_hz - (p.freq_crit_hz if sev == "critical"
                                             else p.freq_warn_hz)))
     elif isinstance(e, EnergyHeadroomComputed):
@@ -118,7 +119,7 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
         out.append(Condition(
             "load_near_supply", f"load_near_supply/{e.site}", over or near,
             "critical" if over else "warning",
-            f"load {e.load_kw:.1f} kW vs available {e.available_kw:.1f} kW", e.load_kw,
+            lambda: f"load {e.load_kw:.1f} kW vs available {e.available_kw:.1f} kW", e.load_kw,
             e.available_kw if over else e.available_kw * p.load_pct / 100.0))
     elif isinstance(e, FeedPowerMeasured):
         state.feeds[e.feed_id] = max(now, state.feeds.get(e.feed_id, now))
@@ -132,14 +133,14 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
             out += _effect(state, e, now, p)
         down = asic and e.state in ("offline", "error")  # type: ignore[union-attr]
         out.append(Condition("miner_offline", f"miner_offline/{e.device_id}", down, "critical",
-                             f"{e.device_id} reports {getattr(e, 'state', '')}"))
+                             lambda: f"{e.device_id} reports {getattr(e, 'state', '')}"))
         temp = e.temp_chip_c if isinstance(e, AsicTelemetryObserved) else e.temp_c
         limit = p.asic_temp_c if asic else p.gpu_temp_c
         if temp is not None:
             crit = not asic and temp > p.gpu_temp_crit_c
             out.append(Condition("over_temperature", f"over_temperature/{e.device_id}",
                                  temp > limit, "critical" if crit else "warning",
-                                 f"{e.device_id} at {temp:.1f} °C (limit {limit:g} °C)",
+                                 lambda: f"{e.device_id} at {temp:.1f} °C (limit {limit:g} °C)",
                                  temp, limit))
     elif isinstance(e, ShareRatioComputed):
         total = e.accepted + e.rejected + e.stale
@@ -233,7 +234,10 @@ def apply(state: AlertState, conds: list[Condition], cause: Event,
     out: list[Alert] = []
     for c in conds:
         firing = state.firing.get(c.key)
+        if not c.active and firing is None:
+            continue  # the common case: nothing fires, nothing to resolve
         ident = uuid5(_NS, f"{c.key}/{cause.event_id}")
+        message = c.message() if callable(c.message) else c.message
         if c.active:
             if firing is not None and firing[1] == c.severity:
                 continue
@@ -245,7 +249,7 @@ def apply(state: AlertState, conds: list[Condition], cause: Event,
             out.append(AlertFired(
                 event_id=ident, site=cause.site, device_id=_subject(c.key), ts=cause.ts,
                 source=SOURCE, rule=c.rule, severity=c.severity, dedup_key=c.key,
-                message=c.message[:2048], value=c.value, threshold=c.threshold))
+                message=message[:2048], value=c.value, threshold=c.threshold))
         elif firing is not None:
             del state.firing[c.key]
             state.resolved_at[c.key] = now
@@ -254,7 +258,7 @@ def apply(state: AlertState, conds: list[Condition], cause: Event,
                 event_id=ident, site=cause.site, device_id=_subject(c.key), ts=cause.ts,
                 source=SOURCE, rule=firing[0], severity=firing[1],  # type: ignore[arg-type]
                 dedup_key=c.key,
-                message=(c.message or f"{c.rule} cleared")[:2048], value=c.value))
+                message=(message or f"{c.rule} cleared")[:2048], value=c.value))
     return out
 
 

@@ -23,6 +23,7 @@ registry topic of the event.  Agent tests pass a recorder instead of a broker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
@@ -30,7 +31,7 @@ from typing import Any
 
 import faust
 
-from agents import alerts, compute, energy, failover, rewards, scheduler, share_ratio
+from agents import alerts, compute, energy, failover, rewards, scheduler, share_ratio, tuning
 from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.envelope import Event
 from schemas.events import (
@@ -386,6 +387,59 @@ def register_alerts(app: faust.App, settings: Settings,
     return alerts_agent
 
 
+def tuner_params(s: Settings) -> tuning.TunerParams:
+    """Online tuning configuration from Settings."""
+    return tuning.TunerParams(
+        trials=s.tuner_trials, settle_s=s.tuner_settle_s, window_s=s.tuner_window_s,
+        max_step=s.tuner_max_step, temp_max_c=s.reward_temp_max_c,
+        reject_max_pct=s.tuner_reject_max_pct, ttl_s=max(s.command_ttl_s, 30.0),
+        optimizer=s.tuner_optimizer)
+
+
+def register_tuner(app: faust.App, settings: Settings,
+                   publish: Publish | None = None) -> faust.types.AgentT[Any]:
+    """Online GPU tuning of ``tuner_gpus`` -> commands.gpu, metrics.rewards (trials)."""
+    from agents import optimizers
+
+    publish = publish or topic_publisher(app)
+    p = tuner_params(settings)
+    devices = frozenset(settings.tuner_gpus)
+    prior = checkpoint_prior(settings.tuner_checkpoint)
+    opts: dict[str, optimizers.Optimizer] = {}
+
+    def propose(family: str, history: list[tuning.Observation]) -> list[float]:
+        if family not in opts:
+            opts[family] = optimizers.make(p.optimizer, seed=len(opts),
+                                           prior=prior.get(family, ()),
+                                           temp_max_c=p.temp_max_c,
+                                           reject_max_pct=p.reject_max_pct)
+        return opts[family].propose(history)
+
+    states: dict[str, tuning.TunerState] = {}
+
+    @app.agent(site_channel(app), name="tuner")
+    async def tuner_agent(stream: faust.StreamT[Any]) -> None:
+        async for event in decoded(stream, None, publish, settings.site, tuning.SOURCE):
+            if not devices or not isinstance(
+                    event, GpuTelemetryObserved | ShareCountsObserved | CommandAcknowledged):
+                continue
+            s = states.setdefault(event.site, tuning.TunerState())
+            # a proposal fits a GP (~1 s): off the event loop, the fold itself unchanged
+            _, out = await asyncio.to_thread(tuning.step, s, event, devices, propose, p)
+            await publish_all(publish, out)
+
+    return tuner_agent
+
+
+def checkpoint_prior(path: str) -> dict[str, list[tuning.Observation]]:
+    """Warm-start observations per card family from a trained checkpoint ('' = none)."""
+    if not path:
+        return {}
+    from agents.tuner_training import load_checkpoint
+
+    return load_checkpoint(path).observations
+
+
 AGENTS = (register_share_ratio, register_endpoint_scores, register_site_feed,
           register_site_shares, register_energy, register_scheduler, register_failover,
           register_compute, register_alerts)
@@ -396,4 +450,6 @@ def build_app(settings: Settings) -> faust.App:
     app = create_app(settings)
     for register in AGENTS:
         register(app, settings)
+    if settings.tuner_gpus:  # a stream costs every site-feed event: only when tuning
+        register_tuner(app, settings)
     return app

@@ -257,6 +257,35 @@ class Scores(BaseModel):
     scores: list[Score]
 
 
+class TuningTrial(BaseModel):
+    """One GPU tuning trial (TuningTrialEvaluated)."""
+
+    ts: datetime
+    device_id: str
+    card: str
+    trial: int
+    optimizer: str
+    power_limit_w: float
+    core_offset_mhz: int
+    mem_offset_mhz: int
+    intensity: int
+    hashrate_mhs: float
+    power_w: float
+    temp_max_c: float
+    reward: float
+    objective: float
+    efficiency_mh_per_j: float
+    feasible: bool
+    outcome: str
+
+
+class TuningTrials(BaseModel):
+    """Tuning trials, newest first."""
+
+    page: Page
+    trials: list[TuningTrial]
+
+
 class FleetSummary(BaseModel):
     """What an operator looks at first."""
 

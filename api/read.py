@@ -42,6 +42,8 @@ from api.models import (
     Series,
     SeriesPoint,
     ShareWindow,
+    TuningTrial,
+    TuningTrials,
     Workers,
     WorkerShares,
     WorkerSummary,
@@ -370,6 +372,24 @@ def router(ctx: ApiContext) -> APIRouter:
         return Scores(scores=[Score(scheme=x["scheme"], subject=x["subject"], score=x["score"],
                                     components=orjson.loads(x["components"] or "{}"),
                                     ts=x["updated"]) for x in rows])
+
+    @r.get("/tuner/trials", response_model=TuningTrials, tags=["compute"])
+    async def tuner_trials(device_id: Annotated[str | None, Query(max_length=256)] = None,
+                           since: Since = None, until: Until = None, limit: Limit = 200,
+                           offset: Offset = 0) -> TuningTrials:
+        """The GPU tuner's trials: settings tried, what each window measured, the outcome."""
+        s, u = window(since, until, timedelta(days=7))
+        rows = await ctx.q(
+            f"SELECT ts, device_id, card, trial, optimizer, power_limit_w, core_offset_mhz, "
+            f"mem_offset_mhz, intensity, hashrate_mhs, power_w, temp_max_c, reward, objective, "
+            f"efficiency_mh_per_j, feasible, outcome FROM (SELECT * FROM {db}.metrics_rewards "
+            f"WHERE kind = 'TuningTrialEvaluated' AND ts >= {{s:DateTime64(3, 'UTC')}} AND ts "
+            f"< {{u:DateTime64(3, 'UTC')}} AND ({{d:String}} = '' OR device_id = {{d:String}})"
+            f" LIMIT 1 BY event_id) ORDER BY ts DESC, device_id LIMIT {{n:UInt32}} "
+            f"OFFSET {{o:UInt32}}",
+            {"s": s, "u": u, "d": device_id or "", "n": limit + 1, "o": offset})
+        return TuningTrials(page=page(limit, offset, len(rows)),
+                            trials=[TuningTrial.model_validate(x) for x in rows[:limit]])
 
     # -- history --------------------------------------------------------------------------
 

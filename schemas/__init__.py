@@ -30,6 +30,7 @@ from schemas.metrics import (
     EnergyHeadroomComputed,
     RewardComputed,
     ShareRatioComputed,
+    TuningTrialEvaluated,
 )
 from schemas.registry import TOPICS, TopicSpec, topic, topic_of
 
@@ -61,6 +62,7 @@ __all__ = [
     "SleepAsic",
     "SwitchAsicPool",
     "TopicSpec",
+    "TuningTrialEvaluated",
     "UplinkStatusObserved",
     "WakeAsic",
     "topic",

@@ -75,3 +75,28 @@ class ComputeScoreComputed(Event):
     subject: str = Field(description="GPU, rig or endpoint scored")
     score: float = Field(ge=0, description="Score value")
     components: dict[str, float] = Field(default_factory=dict, description="Score components")
+
+
+class TuningTrialEvaluated(Event):
+    """One GPU tuning trial: the settings tried, what the window measured, its scores."""
+
+    kind: Literal["TuningTrialEvaluated"] = "TuningTrialEvaluated"
+    card: str = Field(description="Card family tuned (RTX 3090, A100, ...)")
+    trial: int = Field(ge=0, description="Trial number of this GPU's run")
+    optimizer: str = Field(description="Optimiser that proposed it (botorch, bandit, ...)")
+    power_limit_w: float = Field(gt=0, description="NVML power limit tried, W")
+    core_offset_mhz: int = Field(description="Core clock offset tried, MHz")
+    mem_offset_mhz: int = Field(description="Memory clock offset tried, MHz")
+    intensity: int = Field(ge=0, description="Miner intensity tried")
+    window_s: float = Field(ge=0, description="Measured window, s (after settling)")
+    hashrate_mhs: float = Field(ge=0, description="Mean reported hashrate in the window")
+    power_w: float = Field(ge=0, description="Mean power in the window, W")
+    temp_max_c: float = Field(description="Peak GPU temperature in the window, °C")
+    accepted: int = Field(ge=0, description="Accepted shares in the window")
+    rejected: int = Field(ge=0, description="Rejected shares in the window")
+    stale: int = Field(ge=0, description="Stale shares in the window")
+    reward: float = Field(ge=0, le=100, description="Seed-000 reward of the window")
+    objective: float = Field(ge=0, description="Reward-weighted accepted MH/s (tuner's J)")
+    efficiency_mh_per_j: float = Field(ge=0, description="Accepted MH per joule")
+    feasible: bool = Field(description="Temperature and reject ratio within limits")
+    outcome: Literal["kept", "rolled_back"] = Field(description="What the tuner did next")

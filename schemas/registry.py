@@ -43,6 +43,7 @@ from schemas.metrics import (
     EnergyHeadroomComputed,
     RewardComputed,
     ShareRatioComputed,
+    TuningTrialEvaluated,
 )
 
 HOUR_MS = 3_600_000
@@ -132,9 +133,10 @@ TOPICS: tuple[TopicSpec, ...] = (
        description="Internet uplink probes"),
     _t("metrics.shares", ShareRatioComputed, partitions=4, retention_ms=30 * DAY_MS,
        description="Share ratios per worker/device/pool/site and window"),
-    _t("metrics.rewards", RewardComputed, ComputeScoreComputed, schema="RewardMetric",
+    _t("metrics.rewards", RewardComputed, ComputeScoreComputed, TuningTrialEvaluated,
+       schema="RewardMetric",
        partitions=4, retention_ms=30 * DAY_MS,
-       description="Seed-000 rewards and compute scores"),
+       description="Seed-000 rewards, compute scores, GPU tuning trials"),
     _t("metrics.energy", EnergyHeadroomComputed, partitions=1, retention_ms=30 * DAY_MS,
        description="Supply, load, headroom and target load per site"),
     _t("commands.asic", SleepAsic, WakeAsic, SwitchAsicPool, SetAsicPowerTarget,

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,110 @@ def cmd_api(args: argparse.Namespace) -> int:
     store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
     store.migrate()
     uvicorn.run(create_api(s, store), host=s.api_host, port=s.api_port, log_level="info")
+    return 0
+
+
+def _when(text: str) -> datetime:
+    """An ISO-8601 time (UTC when no zone is given), or 'now', or '-15m' / '-2h' / '-1d'."""
+    from datetime import UTC, timedelta
+
+    now = datetime.now(UTC)
+    if text == "now":
+        return now
+    if text.startswith("-") and text[-1] in "smhd":
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+        return now - timedelta(seconds=float(text[1:-1]) * unit)
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [x for x in text.split(",") if x] if text else None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.history import HistoryStore
+    from streams.replay import replay
+
+    s = _settings(args)
+    speed = None if args.speed == "max" else float(args.speed)
+    if speed is not None and speed <= 0:
+        print("hashplane replay: --speed must be > 0 or 'max'", file=sys.stderr)
+        return 2
+    if not args.prefix:
+        print("hashplane replay: re-publishing to the ORIGINAL topics: agents will see these "
+              "events again (use --prefix to replay into copies)", file=sys.stderr)
+    store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+    try:
+        t0 = time.monotonic()
+        n = asyncio.run(replay(store, s.kafka_bootstrap, _when(args.since), _when(args.until),
+                               topics=_csv(args.topics), devices=_csv(args.devices),
+                               speed=speed, prefix=args.prefix))
+    finally:
+        store.close()
+    print(f"replayed {n} records to {args.prefix or '(original)'}* in "
+          f"{time.monotonic() - t0:.1f}s")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from streams.history import HistoryStore
+    from streams.replay import rebuild
+
+    s = _settings(args)
+    store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+    try:
+        t0 = time.monotonic()
+        fold = rebuild(store, s, _when(args.since), _when(args.until),
+                       devices=_csv(args.devices), strict=args.strict)
+        took = time.monotonic() - t0
+    finally:
+        store.close()
+    print(json.dumps(fold.tables(), indent=2, sort_keys=True))
+    print(f"folded {fold.events} events in {took:.2f}s "
+          f"({fold.events / max(took, 1e-9):,.0f} events/s)", file=sys.stderr)
+    return 0
+
+
+def cmd_tuner(args: argparse.Namespace) -> int:
+    from agents import tuner_training as tt
+    from streams.history import HistoryStore
+
+    s = _settings(args)
+    out_dir = Path(args.dir) if args.dir else s.data_dir / "tuner"
+    store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+    try:
+        since, until = _when(args.since), _when(args.until)
+        if args.action == "train":
+            try:
+                ck = tt.train(store, since, until, out_dir)
+            except ValueError as exc:
+                print(f"hashplane tuner train: {exc}", file=sys.stderr)
+                return 1
+            print(f"wrote {ck.path} (version {ck.version}): "
+                  + ", ".join(f"{f} {n} trials" for f, n in ck.trained_on["trials"].items()))
+            return 0
+        paths = [Path(p) for p in args.checkpoints] or sorted(out_dir.glob("tuner-v*.pt"))
+        if not paths:
+            print(f"hashplane tuner evaluate: no checkpoints in {out_dir}", file=sys.stderr)
+            return 1
+        data = tt.trials(store, since, until)
+    finally:
+        store.close()
+    if not data:
+        print("hashplane tuner evaluate: no tuning trials in that range", file=sys.stderr)
+        return 1
+    print(f"{'checkpoint':16} {'family':9} {'trials':>6} {'RMSE J':>8} {'spearman':>8} "
+          f"{'pick regret':>11}")
+    for path in paths:
+        try:
+            ck = tt.load_checkpoint(path)
+        except ValueError as exc:
+            print(f"hashplane tuner evaluate: {exc}", file=sys.stderr)
+            return 1
+        for e in tt.evaluate(ck, data, s.reward_temp_max_c, s.tuner_reject_max_pct):
+            print(f"{path.name:16} {e.family:9} {e.trials:>6} {e.rmse_objective:>8.2f} "
+                  f"{e.spearman:>8.3f} {e.pick_regret:>11.3%}")
     return 0
 
 
@@ -411,6 +517,37 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dir")
     ex.set_defaults(func=cmd_schemas)
 
+    r = common(sub.add_parser("replay", help="re-publish the event log of a time range"))
+    r.add_argument("--from", dest="since", required=True,
+                   help="ISO-8601 (UTC if no zone), 'now' or --from=-15m / -2h / -1d")
+    r.add_argument("--to", dest="until", default="now", help="end, exclusive (default now)")
+    r.add_argument("--topics", default=None, help="comma-separated (default: every topic)")
+    r.add_argument("--devices", default=None, help="comma-separated device ids")
+    r.add_argument("--speed", default="max", help="recorded pace x SPEED, or 'max'")
+    r.add_argument("--prefix", default="", help="publish to PREFIX<topic> copies")
+    r.set_defaults(func=cmd_replay)
+
+    rb = common(sub.add_parser("rebuild", help="fold the event log through the agents' step "
+                                               "functions and print the site state"))
+    rb.add_argument("--from", dest="since", required=True, help="as for replay")
+    rb.add_argument("--to", dest="until", default="now")
+    rb.add_argument("--devices", default=None, help="comma-separated device ids")
+    rb.add_argument("--strict", action="store_true", help="validate every stored record")
+    rb.set_defaults(func=cmd_rebuild)
+
+    tu = sub.add_parser("tuner", help="train and compare the GPU tuner's models")
+    tus = tu.add_subparsers(dest="action", required=True)
+    for name, text in (("train", "fit the models on the tuning trials of a time range and "
+                                 "save a versioned checkpoint"),
+                       ("evaluate", "compare checkpoints on the same trials")):
+        a = common(tus.add_parser(name, help=text))
+        a.add_argument("--from", dest="since", required=True, help="as for replay")
+        a.add_argument("--to", dest="until", default="now")
+        a.add_argument("--dir", default=None, help="checkpoint directory (<data-dir>/tuner)")
+        if name == "evaluate":
+            a.add_argument("checkpoints", nargs="*", help="checkpoints (default: all in --dir)")
+        a.set_defaults(func=cmd_tuner)
+
     c = common(sub.add_parser("connect", help="run one source connector"))
     c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}")
     c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
@@ -426,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "data_dir_default", None) and not getattr(args, "data_dir", None) \
             and "HASHPLANE_DATA_DIR" not in os.environ:
         args.data_dir = args.data_dir_default
+    if args.command in ("replay", "rebuild", "tuner"):
+        try:  # bad times, topics, files: one line, not a traceback
+            return int(args.func(args) or 0)
+        except ValueError as exc:
+            print(f"hashplane {args.command}: {exc}", file=sys.stderr)
+            return 2
     return int(args.func(args) or 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -65,6 +66,12 @@ class Publisher:
         if futures:
             await asyncio.gather(*futures)
             self.sent += len(futures)
+
+    async def enqueue_raw(self, topic: str, value: bytes | None,
+                          key: bytes | None = None) -> asyncio.Future[Any]:
+        """Queue raw bytes without waiting; await the returned future for the broker's ack."""
+        fut: asyncio.Future[Any] = await self._producer.send(self.prefix + topic, value, key=key)
+        return fut
 
     async def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
         """Send raw bytes (tests and replay of stored payloads)."""

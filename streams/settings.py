@@ -104,6 +104,20 @@ class Settings(BaseSettings):
     alert_cooldown_s: float = Field(
         default=300.0, ge=0, description="A resolved alert does not re-fire within this, s")
 
+    # Agents: GPU tuner (agents/tuning.py)
+    tuner_gpus: list[str] = Field(
+        default_factory=list, description="GPUs in tuning mode (JSON list of device ids)")
+    tuner_optimizer: Literal["botorch", "bandit", "random"] = Field(
+        default="botorch", description="Optimiser proposing the trials")
+    tuner_trials: int = Field(default=25, ge=1, description="Trials per GPU before keeping best")
+    tuner_settle_s: float = Field(default=120.0, ge=0, description="Settling time per trial, s")
+    tuner_window_s: float = Field(default=300.0, gt=0, description="Measured window per trial")
+    tuner_max_step: float = Field(
+        default=0.25, gt=0, le=1, description="Largest change per knob per trial (of its range)")
+    tuner_reject_max_pct: float = Field(default=1.0, ge=0, description="Reject % constraint")
+    tuner_checkpoint: str = Field(
+        default="", description="Trained checkpoint warm-starting the optimiser (tuner train)")
+
     # Connectors
     asic_poll_s: float = Field(default=10.0, gt=0, description="ASIC telemetry sweep period, s")
     asic_concurrency: int = Field(default=512, ge=1, description="ASIC reads in flight")

@@ -241,9 +241,25 @@ CREATE TABLE IF NOT EXISTS hashplane.metrics_rewards (
   `scheme` LowCardinality(Nullable(String)),
   `subject` Nullable(String),
   `score` Nullable(Float64),
-  `components` String
+  `components` String,
+  `card` Nullable(String),
+  `trial` Nullable(Int64),
+  `optimizer` Nullable(String),
+  `power_limit_w` Nullable(Float64),
+  `core_offset_mhz` Nullable(Int64),
+  `mem_offset_mhz` Nullable(Int64),
+  `intensity` Nullable(Int64),
+  `hashrate_mhs` Nullable(Float64),
+  `power_w` Nullable(Float64),
+  `accepted` Nullable(Int64),
+  `rejected` Nullable(Int64),
+  `stale` Nullable(Int64),
+  `objective` Nullable(Float64),
+  `efficiency_mh_per_j` Nullable(Float64),
+  `feasible` Nullable(Bool),
+  `outcome` LowCardinality(Nullable(String))
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic metrics.rewards (kafka keeps 30 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_rewards_mv TO hashplane.metrics_rewards AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'worker', 'Nullable(String)') AS `worker`, JSONExtract(payload, 'window_s', 'Nullable(Int64)') AS `window_s`, parseDateTime64BestEffortOrNull(JSONExtractString(payload, 'window_start'), 3, 'UTC') AS `window_start`, JSONExtract(payload, 'reward', 'Nullable(Float64)') AS `reward`, JSONExtract(payload, 'accepted_pct', 'Nullable(Float64)') AS `accepted_pct`, JSONExtract(payload, 'rejected_pct', 'Nullable(Float64)') AS `rejected_pct`, JSONExtract(payload, 'temp_c', 'Nullable(Float64)') AS `temp_c`, JSONExtract(payload, 'temp_max_c', 'Nullable(Float64)') AS `temp_max_c`, JSONExtract(payload, 'worker_accepted', 'Nullable(Int64)') AS `worker_accepted`, JSONExtract(payload, 'cluster_accepted', 'Nullable(Int64)') AS `cluster_accepted`, JSONExtract(payload, 'scheme', 'Nullable(String)') AS `scheme`, JSONExtract(payload, 'subject', 'Nullable(String)') AS `subject`, JSONExtract(payload, 'score', 'Nullable(Float64)') AS `score`, JSONExtractRaw(payload, 'components') AS `components` FROM hashplane.events WHERE topic = 'metrics.rewards';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_rewards_mv TO hashplane.metrics_rewards AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'worker', 'Nullable(String)') AS `worker`, JSONExtract(payload, 'window_s', 'Nullable(Int64)') AS `window_s`, parseDateTime64BestEffortOrNull(JSONExtractString(payload, 'window_start'), 3, 'UTC') AS `window_start`, JSONExtract(payload, 'reward', 'Nullable(Float64)') AS `reward`, JSONExtract(payload, 'accepted_pct', 'Nullable(Float64)') AS `accepted_pct`, JSONExtract(payload, 'rejected_pct', 'Nullable(Float64)') AS `rejected_pct`, JSONExtract(payload, 'temp_c', 'Nullable(Float64)') AS `temp_c`, JSONExtract(payload, 'temp_max_c', 'Nullable(Float64)') AS `temp_max_c`, JSONExtract(payload, 'worker_accepted', 'Nullable(Int64)') AS `worker_accepted`, JSONExtract(payload, 'cluster_accepted', 'Nullable(Int64)') AS `cluster_accepted`, JSONExtract(payload, 'scheme', 'Nullable(String)') AS `scheme`, JSONExtract(payload, 'subject', 'Nullable(String)') AS `subject`, JSONExtract(payload, 'score', 'Nullable(Float64)') AS `score`, JSONExtractRaw(payload, 'components') AS `components`, JSONExtract(payload, 'card', 'Nullable(String)') AS `card`, JSONExtract(payload, 'trial', 'Nullable(Int64)') AS `trial`, JSONExtract(payload, 'optimizer', 'Nullable(String)') AS `optimizer`, JSONExtract(payload, 'power_limit_w', 'Nullable(Float64)') AS `power_limit_w`, JSONExtract(payload, 'core_offset_mhz', 'Nullable(Int64)') AS `core_offset_mhz`, JSONExtract(payload, 'mem_offset_mhz', 'Nullable(Int64)') AS `mem_offset_mhz`, JSONExtract(payload, 'intensity', 'Nullable(Int64)') AS `intensity`, JSONExtract(payload, 'hashrate_mhs', 'Nullable(Float64)') AS `hashrate_mhs`, JSONExtract(payload, 'power_w', 'Nullable(Float64)') AS `power_w`, JSONExtract(payload, 'accepted', 'Nullable(Int64)') AS `accepted`, JSONExtract(payload, 'rejected', 'Nullable(Int64)') AS `rejected`, JSONExtract(payload, 'stale', 'Nullable(Int64)') AS `stale`, JSONExtract(payload, 'objective', 'Nullable(Float64)') AS `objective`, JSONExtract(payload, 'efficiency_mh_per_j', 'Nullable(Float64)') AS `efficiency_mh_per_j`, JSONExtract(payload, 'feasible', 'Nullable(Bool)') AS `feasible`, JSONExtract(payload, 'outcome', 'Nullable(String)') AS `outcome` FROM hashplane.events WHERE topic = 'metrics.rewards';
 CREATE TABLE IF NOT EXISTS hashplane.metrics_energy (
   `event_id` UUID,
   `kind` LowCardinality(String),

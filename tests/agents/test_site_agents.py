@@ -174,3 +174,29 @@ async def test_site_feed_forwards_validated_records_and_dead_letters_bad_ones(se
         await a.put(b"{oops", key=b"a1", headers={TOPIC_HEADER: b"asic.telemetry"})
     assert [(k, h[TOPIC_HEADER]) for k, _, h in sent] == [(b"site-1", b"asic.telemetry")]
     assert [type(m) for m in published] == [RecordDeadLettered]
+
+
+async def test_tuner_agent_commands_a_bounded_first_trial_for_gpus_in_tuning_mode(
+        settings: Settings) -> None:
+    s = settings.model_copy(update={"tuner_gpus": ["rig01-gpu0"], "tuner_optimizer": "random"})
+    agent, published = make(s, workers.register_tuner)
+    gpu = [GpuTelemetryObserved(
+        site="site-1", device_id=d, ts=at(1), source="t", rig_id="rig01", gpu_index=i,
+        card="NVIDIA GeForce RTX 3090", hashrate_mhs=110, power_w=300, power_limit_w=350,
+        temp_c=65, core_clock_mhz=1695, mem_clock_mhz=9751)
+        for i, d in enumerate(["rig01-gpu0", "rig01-gpu1"])]
+    await put_all(agent, gpu)
+    (cmd,) = published  # only the GPU in tuning mode
+    assert cmd.kind == "ApplyGpuProfile" and cmd.device_id == "rig01-gpu0"
+    assert cmd.issued_by == "agent:tuner" and cmd.reason == "tuning trial 1"
+    # a bounded step from the card's current settings (350 W, no offsets, intensity 22)
+    assert abs(cmd.power_limit_w - 350) <= 0.25 * 300 + 0.1
+    assert abs(cmd.mem_offset_mhz) <= 0.25 * 2200 + 1
+
+
+def test_the_worker_runs_the_tuner_only_when_gpus_are_in_tuning_mode(
+        settings: Settings) -> None:
+    names = {a.name for a in workers.build_app(settings).agents.values()}
+    assert not any("tuner" in n for n in names)
+    tuned = settings.model_copy(update={"tuner_gpus": ["rig01-gpu0"]})
+    assert any("tuner" in a.name for a in workers.build_app(tuned).agents.values())

@@ -18,7 +18,12 @@ from schemas.alerts import AlertFired, AlertResolved
 from schemas.commands import ApplyGpuProfile, CapSiteLoad, CommandAcknowledged, SleepAsic
 from schemas.envelope import Event
 from schemas.events import AsicTelemetryObserved, ComputeJobChanged, GpuTelemetryObserved
-from schemas.metrics import EnergyHeadroomComputed, RewardComputed, ShareRatioComputed
+from schemas.metrics import (
+    EnergyHeadroomComputed,
+    RewardComputed,
+    ShareRatioComputed,
+    TuningTrialEvaluated,
+)
 from streams.codec import decode
 from streams.history import HistoryStore
 from streams.httpserve import HttpService
@@ -30,7 +35,7 @@ from tests.conftest import until
 pytestmark = pytest.mark.integration
 
 OP, READ = {"Authorization": "Bearer op-key"}, {"X-API-Key": "read-key"}
-NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+NOW = datetime.now(UTC)  # set again by the fixture: the history ends ~1 minute before a test
 
 
 def at(s: float) -> datetime:
@@ -115,6 +120,13 @@ def history_events() -> list[Event]:
             rejected=10, stale=0, accepted_pct=100 * accepted / (accepted + 10),
             rejected_pct=100 * 10 / (accepted + 10), stale_pct=0.0, shares_per_s=1.0,
             events=rev))
+    out.append(TuningTrialEvaluated(
+        site="site-1", device_id="rig01-gpu0", ts=at(150), source="agent:tuner",
+        card="RTX 3090", trial=1, optimizer="botorch", power_limit_w=300.0,
+        core_offset_mhz=0, mem_offset_mhz=900, intensity=24, window_s=300.0,
+        hashrate_mhs=118.0, power_w=300.0, temp_max_c=72.0, accepted=140, rejected=0,
+        stale=0, reward=99.8, objective=117.5, efficiency_mh_per_j=0.39, feasible=True,
+        outcome="kept"))
     out.append(RewardComputed(site="site-1", device_id="w1", ts=at(3), source="agent:rewards",
                               worker="w1", window_s=60, window_start=start, reward=84.5,
                               accepted_pct=90.0, rejected_pct=10.0, temp_c=71.0,
@@ -127,6 +139,8 @@ async def served(settings: Settings, store: HistoryStore) -> AsyncIterator[
         tuple[httpx.AsyncClient, Settings, list[Event]]]:
     s = settings.model_copy(update={"api_key": "op-key", "api_keys": {"read-key": "read"},
                                     "sql_max_rows": 100})
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=6)
     events = history_events()
     async with Publisher(s.kafka_bootstrap) as pub:
         await pub.publish_many(events)
@@ -235,6 +249,10 @@ async def test_alerts_energy_shares_rewards_and_jobs(served: Any) -> None:
     jobs = (await client.get("/v1/compute/jobs", headers=READ, params={
         "since": at(-60).isoformat()})).json()["jobs"]
     assert [(j["job_id"], j["state"]) for j in jobs] == [("job-1", "accepted")]
+    trials = (await client.get("/v1/tuner/trials", headers=READ, params={
+        "device_id": "rig01-gpu0"})).json()["trials"]
+    assert [(t["trial"], t["mem_offset_mhz"], t["objective"], t["outcome"]) for t in trials] \
+        == [(1, 900, 117.5, "kept")]
 
 
 async def test_history_buckets_per_device_and_for_the_fleet(served: Any) -> None:

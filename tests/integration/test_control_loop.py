@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ from streams.codec import decode
 from streams.publish import Publisher
 from streams.settings import Settings
 from streams.topics import SITE_FEED, committed_total
-from tests.conftest import HASHPLANE, child_env, until
+from tests.conftest import until
 from tests.factories import T0
 
 pytestmark = pytest.mark.integration
@@ -84,23 +83,6 @@ async def consume(bootstrap: str, topics: list[str], n: int, settle_s: float = 3
     finally:
         await consumer.stop()
     return got
-
-
-@pytest.fixture
-def control_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={
-        "energy_emit_s": 0.0, "energy_margin_kw": 0.0, "sched_min_on_s": 0.0,
-        "sched_hysteresis_kw": 1.0, "uplink_down_after": 2, "command_ttl_s": 60.0})
-
-
-@pytest.fixture
-def worker(control_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
-    log = open(tmp_path / "worker.log", "wb")
-    proc = subprocess.Popen([*HASHPLANE, "worker"], env=child_env(control_settings),
-                            stdout=log, stderr=subprocess.STDOUT)
-    yield proc
-    proc.terminate()
-    assert proc.wait(30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
 
 async def publish_phase(pub: Publisher, bootstrap: str, events: list[Event],

@@ -1,0 +1,239 @@
+"""The GPU tuner: its space and scores, the gymnasium environment over the simulated physics,
+the optimisers, and the online tuning fold closed over a simulated GPU (no Kafka: the
+commands are applied to the simulated card and acked, telemetry and shares come from it)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from uuid import uuid4
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from agents import optimizers, tuning
+from agents.tuning import Measurement, Settings4, Space, TunerParams, bounded, score
+from schemas.commands import ApplyGpuProfile, CommandAcknowledged
+from schemas.events import GpuTelemetryObserved, ShareCountsObserved
+from schemas.metrics import TuningTrialEvaluated
+from sim.gpu import GpuSettings
+from sim.gpu_env import GpuTuningEnv
+from tests.factories import T0
+
+
+def test_space_round_trips_and_clamps() -> None:
+    sp = Space.for_card("NVIDIA GeForce RTX 3090")
+    assert sp.family == "RTX 3090" and sp.mem == (0.0, 2200.0)
+    s = Settings4(275.0, 50.0, 1100.0, 20)
+    assert sp.to_settings(sp.to_unit(s)) == s
+    assert sp.to_settings([2.0, -1.0, 0.5, 1.0]) == Settings4(400.0, -200.0, 1100.0, 25)
+    assert sp.default() == Settings4(350.0, 0.0, 0.0, 22)
+    with pytest.raises(KeyError, match="no tuning limits"):
+        Space.for_card("Radeon VII")
+
+
+def test_bounded_moves_at_most_max_step_per_knob() -> None:
+    assert bounded([0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 0.6, 0.5], 0.25) == [0.75, 0.25, 0.6, 0.5]
+
+
+def test_score_is_the_seed_reward_times_accepted_hashrate() -> None:
+    sc = score(Measurement(100.0, 300.0, 80.0, accepted=990, rejected=10, stale=0))
+    # reward = 100 - 1 - 0 - (100 - 99) x 1 = 98; J = 100 x 0.99 x 0.98
+    assert sc.reward == pytest.approx(98.0) and sc.objective == pytest.approx(97.02)
+    assert sc.feasible and sc.efficiency == pytest.approx(0.33)
+    hot = score(Measurement(100.0, 300.0, 93.0, accepted=1000, rejected=0, stale=0))
+    assert hot.reward == pytest.approx(97.0) and not hot.feasible  # 3 °C over T_max
+    assert not score(Measurement(100.0, 300.0, 70.0, 980, 20, 0)).feasible  # 2 % rejected
+    # the optimiser's composite equals the score for the same parts
+    assert tuning.objective_of(100.0, 1.0, 80.0, stale=0.0) == pytest.approx(97.02)
+
+
+def test_the_environment_follows_the_gymnasium_api_and_the_physics() -> None:
+    env = GpuTuningEnv("RTX 3090", seed=1, window_s=300)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+    obs, reward, terminated, truncated, info = env.step(np.array([0.0, 0.0, 1.0, 0.0]))
+    assert 0 <= reward <= 100 and not terminated and not truncated
+    assert info["settings"].mem_offset_mhz == round(0.25 * 2200)  # one bounded step
+    # past the card's stable memory offset rejects climb and the objective falls
+    lo, hi = env.true_score([0.8, 0.4, 0.3, 1.0]), env.true_score([0.8, 0.4, 0.9, 1.0])
+    assert lo.feasible and not hi.feasible and hi.objective < lo.objective
+
+
+def test_bayesopt_beats_the_default_settings_within_a_few_trials() -> None:
+    env = GpuTuningEnv("RTX 4090", seed=5, ambient_c=32.0, window_s=600)
+    default = env.true_score(env.space.to_unit(env.space.default())).objective
+    opt = optimizers.make("botorch", seed=3)
+    hist: list[tuning.Observation] = []
+    for i in range(10):
+        x = env.space.to_unit(env.space.default()) if i == 0 else opt.propose(hist)
+        m, sc = env.evaluate(x)
+        hist.append((x, sc.objective, m.temp_max_c, sc.reject_pct, m.hashrate_mhs))
+    best = optimizers.best_feasible(hist)
+    assert best is not None
+    assert env.true_score(best[0]).objective > 1.05 * default
+
+
+@pytest.mark.parametrize("name", ["bandit", "random"])
+def test_other_optimisers_propose_points_in_the_box(name: str) -> None:
+    opt = optimizers.make(name, seed=1)
+    hist: list[tuning.Observation] = []
+    for i in range(8):
+        x = opt.propose(hist)
+        assert len(x) == 4 and all(0.0 <= v <= 1.0 for v in x)
+        hist.append((x, 100.0 + i, 70.0, 0.3, 100.0))
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        optimizers.make("dqn")
+
+
+# -- the online fold, closed over a simulated GPU ---------------------------------------------
+
+class Loop:
+    """Telemetry and shares every 5 s from a simulated card; commands applied and acked."""
+
+    def __init__(self, propose: tuning.Proposer, p: TunerParams, ambient_c: float = 30.0):
+        self.env = GpuTuningEnv("RTX 3090", seed=2, ambient_c=ambient_c)
+        self.gpu, self.p, self.propose = self.env.gpu, p, propose
+        self.state = tuning.TunerState()
+        self.commands: list[ApplyGpuProfile] = []
+        self.trials: list[TuningTrialEvaluated] = []
+        self.t = 0.0
+
+    def run(self, seconds: float) -> None:
+        end = self.t + seconds
+        while self.t < end:
+            self.t += 5.0
+            before = (self.gpu.accepted, self.gpu.rejected, self.gpu.stale)
+            self.gpu.advance(self.t)
+            ts = T0 + timedelta(seconds=self.t)
+            d = [a - b for a, b in zip((self.gpu.accepted, self.gpu.rejected, self.gpu.stale),
+                                       before, strict=True)]
+            self.feed(ShareCountsObserved(
+                site="site-1", device_id="rig01-gpu0", ts=ts, source="sim",
+                worker="rig01-gpu0", pool="p", accepted=d[0], rejected=d[1], stale=d[2],
+                interval_s=5.0))
+            s = self.gpu.s
+            self.feed(GpuTelemetryObserved(
+                site="site-1", device_id="rig01-gpu0", ts=ts, source="sim", rig_id="rig01",
+                gpu_index=0, card=self.gpu.card.name, hashrate_mhs=self.gpu.hashrate_mhs(),
+                power_w=self.gpu.power_w(), power_limit_w=s.power_limit_w,
+                temp_c=self.gpu.temp_c, core_clock_mhz=self.gpu.core_clock_mhz(),
+                mem_clock_mhz=self.gpu.mem_clock_mhz()))
+
+    def feed(self, e: object) -> None:
+        _, out = tuning.step(self.state, e, frozenset({"rig01-gpu0"}),  # type: ignore[arg-type]
+                             self.propose, self.p)
+        for o in out:
+            if isinstance(o, TuningTrialEvaluated):
+                self.trials.append(o)
+                continue
+            self.commands.append(o)
+            self.gpu.apply(GpuSettings(o.power_limit_w or 0, o.core_offset_mhz or 0,
+                                       o.mem_offset_mhz or 0, o.intensity or 22))
+            self.feed(CommandAcknowledged(
+                site="site-1", device_id=o.device_id, ts=o.ts + timedelta(seconds=1),
+                source="actuator:gpu", command_id=o.command_id, command_kind=o.kind,
+                status="applied", detail="ok", latency_ms=1000.0, actuator="actuator:gpu"))
+
+
+P = TunerParams(trials=6, settle_s=60, window_s=300, max_step=0.25, optimizer="scripted")
+
+
+def scripted(points: list[list[float]]) -> tuning.Proposer:
+    it = iter(points)
+    return lambda family, history: next(it)
+
+
+def test_online_tuning_steps_measures_rolls_back_and_keeps_the_best() -> None:
+    sp = Space.for_card("RTX 3090")
+    start = sp.to_unit(Settings4(350.0, 0.0, 0.0, 22))
+    # toward more memory clock; the 4th jumps far past the card's stable offset
+    targets = [[start[0], 0.4, 0.25, 0.9], [start[0], 0.4, 0.5, 1.0],
+               [start[0], 0.4, 0.52, 1.0], [start[0], 0.4, 1.0, 1.0],
+               [start[0], 0.4, 0.45, 1.0], [start[0], 0.4, 0.5, 1.0]]
+    loop = Loop(scripted(targets), P)
+    loop.run(6 * (60 + 300 + 20) + 300)
+    assert [t.trial for t in loop.trials] == [1, 2, 3, 4, 5, 6]
+    assert {t.optimizer for t in loop.trials} == {"scripted"}
+    trial_cmds = [c for c in loop.commands if c.reason.startswith("tuning trial")]
+    assert len(trial_cmds) == 6
+    prev = start
+    for c in trial_cmds:  # every trial moved each knob by at most max_step
+        x = sp.to_unit(Settings4(c.power_limit_w or 0, c.core_offset_mhz or 0,
+                                 c.mem_offset_mhz or 0, c.intensity or 0))
+        assert all(abs(a - b) <= P.max_step + 0.01 for a, b in zip(x, prev, strict=True)), c
+        prev = x
+    # trial 4 (memory +0.25 past trial 3, over the stable offset) rejects: rolled back
+    outcomes = [t.outcome for t in loop.trials]
+    assert "rolled_back" in outcomes
+    bad = next(t for t in loop.trials if t.outcome == "rolled_back")
+    assert not bad.feasible and bad.rejected / max(1, bad.accepted + bad.rejected) > 0.01
+    rollback = next(c for c in loop.commands if c.reason.startswith("roll back"))
+    best_before = max((t for t in loop.trials if t.trial < bad.trial and t.feasible),
+                      key=lambda t: t.objective)
+    assert (rollback.mem_offset_mhz, rollback.intensity) == (best_before.mem_offset_mhz,
+                                                             best_before.intensity)
+    # done: the best feasible trial's settings are applied and kept
+    final = loop.commands[-1]
+    assert final.reason.startswith("tuning done")
+    best = max((t for t in loop.trials if t.feasible), key=lambda t: t.objective)
+    assert (final.power_limit_w, final.mem_offset_mhz, final.intensity) == (
+        best.power_limit_w, best.mem_offset_mhz, best.intensity)
+    n = len(loop.commands)
+    loop.run(600)
+    assert len(loop.commands) == n  # nothing more once done
+    default = loop.env.true_score(start).objective
+    assert loop.env.true_score(sp.to_unit(Settings4(
+        final.power_limit_w or 0, final.core_offset_mhz or 0, final.mem_offset_mhz or 0,
+        final.intensity or 0))).objective > 1.04 * default
+
+
+def test_a_trial_too_hot_is_stopped_at_once_and_rolled_back() -> None:
+    sp = Space.for_card("RTX 3090")
+    hot = [1.0, 1.0, 0.0, 1.0]  # full power, +300 MHz core: over 90 °C at 45 °C ambient
+    p = TunerParams(trials=2, settle_s=60, window_s=300, max_step=1.0, optimizer="scripted")
+    loop = Loop(scripted([hot, sp.to_unit(sp.default())]), p, ambient_c=45.0)
+    loop.run(2 * 400 + 200)
+    first = loop.trials[0]
+    assert first.outcome == "rolled_back" and first.temp_max_c > 90.0
+    assert first.window_s < p.window_s  # stopped when it crossed T_max
+    assert loop.commands[1].reason.startswith("roll back")
+
+
+def test_a_rejected_command_counts_as_a_failed_trial() -> None:
+    st = tuning.TunerState()
+    seen: list[list[tuning.Observation]] = []
+
+    def propose(family: str, history: list[tuning.Observation]) -> list[float]:
+        seen.append(list(history))
+        return [0.5, 0.5, 0.1, 0.8]
+
+    tele = GpuTelemetryObserved(site="site-1", device_id="g", ts=T0, source="t", rig_id="r",
+                                gpu_index=0, card="NVIDIA A100-PCIE-40GB", power_w=200,
+                                power_limit_w=250, temp_c=60, core_clock_mhz=1400,
+                                mem_clock_mhz=1215)
+    _, out = tuning.step(st, tele, frozenset({"g"}), propose, P)
+    (cmd,) = out
+    assert isinstance(cmd, ApplyGpuProfile) and cmd.rig_id == "r"
+    _, out = tuning.step(st, CommandAcknowledged(
+        site="site-1", device_id="g", ts=T0, source="a", command_id=cmd.command_id,
+        command_kind=cmd.kind, status="rejected", detail="unknown GPU", latency_ms=1,
+        actuator="a"), frozenset({"g"}), propose, P)
+    assert out == []
+    _, out = tuning.step(st, tele.model_copy(update={"ts": T0 + timedelta(seconds=5),
+                                                     "event_id": uuid4()}),
+                         frozenset({"g"}), propose, P)
+    assert len(seen) == 2 and seen[1][0][3] == 100.0  # the failed trial, as infeasible
+    # a GPU not in tuning mode is left alone
+    _, out = tuning.step(st, tele.model_copy(update={"device_id": "other"}), frozenset({"g"}),
+                         propose, P)
+    assert out == []
+
+
+def test_grid_best_is_inside_the_box() -> None:
+    env = GpuTuningEnv("A100", seed=3)
+    pts = [list(p) for p in itertools.product(*(np.linspace(0, 1, 5),) * 4)]
+    best = max((env.true_score(x).objective, x) for x in pts if env.true_score(x).feasible)
+    assert best[0] > env.true_score(env.space.to_unit(env.space.default())).objective

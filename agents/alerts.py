@@ -132,11 +132,14 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
         if isinstance(e, AsicTelemetryObserved):
             out += _effect(state, e, now, p)
         down = asic and e.state in ("offline", "error")  # type: ignore[union-attr]
-        out.append(Condition("miner_offline", f"miner_offline/{e.device_id}", down, "critical",
-                             lambda: f"{e.device_id} reports {getattr(e, 'state', '')}"))
+        key = f"miner_offline/{e.device_id}"
+        if down or key in state.firing:  # (an inactive, non-firing condition changes nothing)
+            out.append(Condition("miner_offline", key, down, "critical",
+                                 lambda: f"{e.device_id} reports {getattr(e, 'state', '')}"))
         temp = e.temp_chip_c if isinstance(e, AsicTelemetryObserved) else e.temp_c
         limit = p.asic_temp_c if asic else p.gpu_temp_c
-        if temp is not None:
+        if temp is not None and (temp > limit
+                                 or f"over_temperature/{e.device_id}" in state.firing):
             crit = not asic and temp > p.gpu_temp_crit_c
             out.append(Condition("over_temperature", f"over_temperature/{e.device_id}",
                                  temp > limit, "critical" if crit else "warning",

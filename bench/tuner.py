@@ -54,6 +54,7 @@ class Run:
     ratios: list[float] = field(default_factory=list)  # incumbent's true J / grid best
     final_j: float = 0.0
     final_eff: float = 0.0
+    final_reward: float = 0.0
     hot: list[int] = field(default_factory=list)  # trials measured above T_max
     rejecting: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -112,7 +113,8 @@ def run(method: str, card: str, seed: int, ambient: float, trials: int, best: fl
         true = env.true_score(inc) if inc is not None else None
         out.ratios.append(true.objective / best if true is not None and true.feasible else 0.0)
         if true is not None:
-            out.final_j, out.final_eff = true.objective, true.efficiency
+            out.final_j, out.final_eff, out.final_reward = (true.objective, true.efficiency,
+                                                            true.reward)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -130,7 +132,7 @@ def main() -> None:
     print(f"# GPU tuner ({platform.machine()}, python {platform.python_version()}), "
           f"{args.seeds} seeds x {args.trials} trials")
     runs: dict[str, list[Run]] = {m: [] for m in methods}
-    defaults: list[tuple[float, float]] = []
+    defaults: list[tuple[float, float, float]] = []
     bests: list[float] = []
     print(f"{'seed':>4} {'card':9} {'amb':>4} {'grid best J':>11} {'default J':>9}  "
           + "  ".join(f"{m + ' trials->2%':>18}" for m in methods))
@@ -141,7 +143,7 @@ def main() -> None:
         best = max(s.objective for s in scores if s.feasible)
         bests.append(best)
         d = env.true_score(env.space.to_unit(env.space.default()))
-        defaults.append((d.objective, d.efficiency))
+        defaults.append((d.objective, d.efficiency, d.reward))
         row = []
         for m in methods:
             r = run(m, card, seed, ambient, args.trials, best)
@@ -153,7 +155,7 @@ def main() -> None:
 
     print()
     print(f"{'method':8} {'trials to 2% (median)':>21} {'reached':>8} {'final J / best':>15} "
-          f"{'J vs default':>13} {'MH/J vs default':>16} {'>90°C trials':>13} "
+          f"{'J vs default':>13} {'MH/J vs default':>16} {'reward':>7} {'>90°C trials':>13} "
           f"{'after 5':>8} {'>1% rej':>8} {'s/run':>7}")
     for m in methods:
         rs = runs[m]
@@ -168,10 +170,11 @@ def main() -> None:
         reached = sum(1 for r in rs if r.trials_to() is not None)
         print(f"{m:8} {('>' if med > args.trials else '') + f'{min(med, args.trials):g}':>21} "
               f"{reached:>4}/{len(rs):<3} {final:>15.3f} {vs_def:>13.3f} {eff:>16.3f} "
+              f"{statistics.median(r.final_reward for r in rs):>7.2f} "
               f"{hot:>13} {hot5:>8} {rej:>8} {statistics.mean(r.seconds for r in rs):>7.1f}")
     print(f"{'default':8} {'-':>21} {'':>8} "
           f"{statistics.median(d[0] / b for d, b in zip(defaults, bests, strict=True)):>15.3f} "
-          f"{1.0:>13.3f} {1.0:>16.3f}")
+          f"{1.0:>13.3f} {1.0:>16.3f} {statistics.median(d[2] for d in defaults):>7.2f}")
     if "botorch" in runs:
         bo = statistics.median(r.trials_to() or args.trials + 1 for r in runs["botorch"])
         others = {m: statistics.median(r.trials_to() or args.trials + 1 for r in runs[m])

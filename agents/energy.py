@@ -208,9 +208,11 @@ def headroom(state: EnergyState, at: GridMeasured | FeedPowerMeasured,
     if cap_kw is not None:
         target = min(target, cap_kw)
     key = f"{at.site}/{at.event_id}" + (f"/cap/{when.command_id}" if when is not None else "")
+    # a metric re-issued for a cap is as of the cap (the newest word on the target)
+    ts = max(at.ts, when.ts) if when is not None else at.ts
     return EnergyHeadroomComputed(
         event_id=uuid5(_NS, key), site=at.site, device_id=at.site,
-        ts=at.ts, source=SOURCE, cap_kw=cap_kw, supply_kw=round(supply, 6), margin_kw=p.margin_kw,
+        ts=ts, source=SOURCE, cap_kw=cap_kw, supply_kw=round(supply, 6), margin_kw=p.margin_kw,
         available_kw=round(available, 6), load_kw=round(load, 6), asic_load_kw=round(asic, 6),
         gpu_load_kw=round(gpu, 6), headroom_kw=round(available - load, 6),
         frequency_hz=state.frequency_hz, band=band_name(bands, state.band),

@@ -3,8 +3,9 @@
 **Objective.** Seed 000 asks for "accepted shares at 100 %, rejected at 0 %, GPUs kept
 cool", scored by its reward (agents/rewards.py).  That reward is a percentage of the
 worker's own shares, so it is flat in hashrate: every setting below a card's stable memory
-offset scores 99.4-99.7, and a tuner maximising it alone would learn nothing about
-hashrate.  The seed's goal is more accepted shares, so the tuner maximises
+offset scores about 99.2 (the simulated cards' base reject and stale ratios), and a tuner
+maximising it alone would learn nothing about hashrate.  The seed's goal is more accepted
+shares, so the tuner maximises
 
     J = hashrate (MH/s) x accepted % / 100 x reward / 100   (reward-weighted accepted hashrate)
 

@@ -110,8 +110,17 @@ def test_dashboard_renders_live_data_offline_and_a_curtailment_reaches_the_miner
         assert len(sleeping) >= 30, sleeping[:3]
         assert {c["issued_by"] for c in sleeping} == {"agent:scheduler"}
         assert {c["ack"]["actuator"] for c in sleeping} == {"actuator:asic"}
-        energy = httpx.get(f"{demo}/v1/energy", headers=h, timeout=10).json()["latest"]
-        assert energy["cap_kw"] == 30 and energy["target_load_kw"] <= 30
+        energy: dict[str, Any] = {}
+        deadline = time.monotonic() + 20  # the history is behind Kafka by the sink's batch
+        while time.monotonic() < deadline:
+            body = httpx.get(f"{demo}/v1/energy", headers=h, params={"bucket_s": 1},
+                             timeout=10).json()
+            energy = body["latest"]
+            if energy["cap_kw"] == 30:
+                break
+            time.sleep(1)
+        assert energy["cap_kw"] == 30 and energy["target_load_kw"] <= 30, (
+            energy, [(p["ts"], p["cap_kw"], p["target_load_kw"]) for p in body["history"][-15:]])
         page.wait_for_function("window.hashplane.commands.size >= 30", timeout=30_000)
         page.wait_for_timeout(1500)  # the commands chart redraws every second
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

@@ -101,12 +101,7 @@ class BayesOpt:
 
         torch.manual_seed(self.seed * 1000 + n)
         x = torch.tensor([d[0] for d in data], dtype=torch.double)
-        # J has a cliff where rejects start; its smooth parts are modelled instead: hashrate,
-        # peak temperature, and the log of the reject ratio (flat near 0.3 %, then steep)
-        ys = [torch.tensor([[d[4]] for d in data], dtype=torch.double),
-              torch.tensor([[d[2]] for d in data], dtype=torch.double),
-              torch.tensor([[math.log(d[3] + REJECT_FLOOR)] for d in data],
-                           dtype=torch.double)]
+        ys = targets(data)
         models = [SingleTaskGP(x, y, outcome_transform=Standardize(m=1)) for y in ys]
         model = ModelListGP(*models)
         with warnings.catch_warnings():
@@ -146,6 +141,15 @@ class BayesOpt:
             if upper <= self.temp_max_c:
                 return [float(v) for v in x]
         return [float(v) for v in anchor]
+
+
+def targets(data: Sequence[Observation]) -> list[torch.Tensor]:
+    """The outcomes the models fit, one column each.  J has a cliff where rejects start, so
+    its smooth parts are modelled instead: hashrate, peak temperature, and the log of the
+    reject ratio (flat near 0.3 %, then steep)."""
+    return [torch.tensor([[d[4]] for d in data], dtype=torch.double),
+            torch.tensor([[d[2]] for d in data], dtype=torch.double),
+            torch.tensor([[math.log(d[3] + REJECT_FLOOR)] for d in data], dtype=torch.double)]
 
 
 def _composite(z: torch.Tensor, temp_max_c: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.optimizers import REJECT_FLOOR, _composite
+from agents.optimizers import REJECT_FLOOR, _composite, targets
 from agents.rewards import reward as seed_reward
 from agents.tuning import Observation, Settings4, Space
 from streams.history import HistoryStore
@@ -74,7 +74,7 @@ def _fit(obs: list[Observation]) -> tuple[Any, list[Any]]:
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     x = torch.tensor([o[0] for o in obs], dtype=torch.double)
-    ys = _targets(obs)
+    ys = targets(obs)
     models = []
     for y in ys:
         m = SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
@@ -83,12 +83,6 @@ def _fit(obs: list[Observation]) -> tuple[Any, list[Any]]:
             fit_gpytorch_mll(ExactMarginalLogLikelihood(m.likelihood, m))
         models.append(m)
     return x, models
-
-
-def _targets(obs: list[Observation]) -> list[torch.Tensor]:
-    return [torch.tensor([[o[4]] for o in obs], dtype=torch.double),
-            torch.tensor([[o[2]] for o in obs], dtype=torch.double),
-            torch.tensor([[math.log(o[3] + REJECT_FLOOR)] for o in obs], dtype=torch.double)]
 
 
 def next_path(out_dir: Path) -> tuple[int, Path]:
@@ -250,7 +244,7 @@ def _load_models(ck: Checkpoint, family: str) -> list[Any]:
     obs = ck.observations[family]
     x = torch.tensor([o[0] for o in obs], dtype=torch.double)
     models = []
-    for name, y in zip(OUTCOMES, _targets(obs), strict=True):
+    for name, y in zip(OUTCOMES, targets(obs), strict=True):
         m = SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
         m.load_state_dict(ck.models[family][name])
         m.eval()

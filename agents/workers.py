@@ -38,9 +38,7 @@ from schemas.events import (
     AsicTelemetryObserved,
     ComputeJobChanged,
     EndpointHealthObserved,
-    FeedPowerMeasured,
     GpuTelemetryObserved,
-    GridMeasured,
     ShareCountsObserved,
     UplinkStatusObserved,
 )
@@ -230,8 +228,7 @@ def register_energy(app: faust.App, settings: Settings,
                name="energy")
     async def energy_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, None, publish, settings.site, energy.SOURCE):
-            if not isinstance(event, GridMeasured | FeedPowerMeasured | AsicTelemetryObserved
-                              | GpuTelemetryObserved | CapSiteLoad):
+            if not isinstance(event, energy.EnergyInput):
                 continue
             s = states.setdefault(event.site, energy.EnergyState())
             _restore_once(loaded, event.site, table, partial(load, s))
@@ -420,8 +417,11 @@ def register_tuner(app: faust.App, settings: Settings,
     @app.agent(site_channel(app), name="tuner")
     async def tuner_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, None, publish, settings.site, tuning.SOURCE):
-            if not devices or not isinstance(
-                    event, GpuTelemetryObserved | ShareCountsObserved | CommandAcknowledged):
+            # only what concerns a GPU in tuning mode reaches the fold (and its thread hop)
+            if not ((isinstance(event, GpuTelemetryObserved | CommandAcknowledged)
+                    and event.device_id in devices)
+                    or (isinstance(event, ShareCountsObserved)
+                        and (event.worker in devices or event.device_id in devices))):
                 continue
             s = states.setdefault(event.site, tuning.TunerState())
             # a proposal fits a GP (~1 s): off the event loop, the fold itself unchanged

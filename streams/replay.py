@@ -30,18 +30,8 @@ from pydantic import BaseModel
 
 from agents import alerts, compute, energy, failover, scheduler
 from agents.workers import alert_params, energy_params, scheduler_params
-from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.envelope import Event
-from schemas.events import (
-    AsicTelemetryObserved,
-    ComputeJobChanged,
-    FeedPowerMeasured,
-    GpuTelemetryObserved,
-    GridMeasured,
-    UplinkStatusObserved,
-)
-from schemas.metrics import EnergyHeadroomComputed
-from schemas.registry import BY_NAME, TOPICS
+from schemas.registry import BY_NAME, TOPICS, kind_of
 from streams.codec import decode
 from streams.history import HistoryStore
 from streams.settings import Settings
@@ -84,6 +74,7 @@ def read_log(store: HistoryStore, since: datetime, until: datetime,
 @dataclass(frozen=True)
 class _Plan:
     model: type[BaseModel]
+    topic: str
     version: int
     times: tuple[str, ...]
     uuids: tuple[str, ...]
@@ -97,8 +88,8 @@ def _plans() -> dict[str, _Plan]:
         for model in spec.models:
             fields = model.model_fields
             hints = {n: str(f.annotation) for n, f in fields.items()}
-            plans[fields["kind"].default] = _Plan(
-                model, int(fields["schema_version"].default),
+            plans[kind_of(model)] = _Plan(
+                model, spec.name, int(fields["schema_version"].default),
                 tuple(n for n, h in hints.items() if "atetime" in h),
                 tuple(n for n, h in hints.items() if "UUID" in h),
                 {n: f.get_default(call_default_factory=True) for n, f in fields.items()
@@ -120,7 +111,7 @@ def fast_decode(payload: bytes, topic: str = "") -> Event:
     d = orjson.loads(payload)
     plan = _PLANS.get(d.get("kind", ""))
     if plan is None or d.get("schema_version") != plan.version or not plan.required <= d.keys():
-        return decode(topic or _topic_of_kind(d.get("kind", "")), payload)
+        return decode(plan.topic if plan is not None else topic, payload)
     for name in plan.times:
         v = d.get(name)
         if isinstance(v, str):
@@ -137,13 +128,6 @@ def fast_decode(payload: bytes, topic: str = "") -> Event:
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj  # type: ignore[return-value]
-
-
-def _topic_of_kind(kind: str) -> str:
-    for spec in TOPICS:
-        if any(m.model_fields["kind"].default == kind for m in spec.models):
-            return spec.name
-    return ""
 
 
 # -- the site fold ----------------------------------------------------------------------------
@@ -183,20 +167,18 @@ class SiteFold:
         routes = self._route_cache.get(cls)
         if routes is not None:
             return routes
-        routes = []
-        if issubclass(cls, GridMeasured | FeedPowerMeasured | AsicTelemetryObserved
-                      | GpuTelemetryObserved | CapSiteLoad):
+        routes = []  # each agent's own input union (agents/*.py) decides, as in the worker
+        if issubclass(cls, energy.EnergyInput):
             routes.append(lambda e: energy.step(
                 self.energy.setdefault(e.site, energy.EnergyState()), e, self._energy_p))
-        if issubclass(cls, EnergyHeadroomComputed | AsicTelemetryObserved
-                      | CommandAcknowledged):
+        if issubclass(cls, scheduler.SchedulerInput):
             routes.append(lambda e: scheduler.step(
                 self.scheduler.setdefault(e.site, scheduler.SchedulerState()), e,
                 self._sched_p))
-        if issubclass(cls, UplinkStatusObserved | AsicTelemetryObserved | CommandAcknowledged):
+        if issubclass(cls, failover.FailoverInput):
             routes.append(lambda e: failover.step(
                 self.failover.setdefault(e.site, failover.FailoverState()), e, self._fail_p))
-        if issubclass(cls, EnergyHeadroomComputed | GpuTelemetryObserved | ComputeJobChanged):
+        if issubclass(cls, compute.ComputeInput):
             routes.append(lambda e: compute.step(
                 self.compute.setdefault(e.site, compute.ComputeState()), e, self._gate_p))
         if issubclass(cls, alerts.AlertInput):

@@ -4,7 +4,12 @@ Supply is the sum of the feeds' capacity (their measured power when a sensor giv
 capacity) minus a safety margin; a feed silent for ``feed_stale_s`` leaves the sum, so a
 dead sensor shrinks the headroom instead of hiding a supply loss.  With no fresh feed at all
 the supply is unknown, not zero: nothing is emitted, so the scheduler keeps its last plan
-instead of shedding the farm on a sensor outage (``feed_silent`` alerts say why).  Load is
+instead of shedding the farm on a sensor outage (``feed_silent`` alerts say why).  At start
+(and after a restart) the supply is also unknown until every configured feed has reported,
+or, for feeds not configured or never heard of, until ``feed_stale_s`` of event time has
+passed since the first one did (the staleness rule: by then a silent feed counts as gone):
+one feed's reading is never taken for the whole site's supply.  The same holds when the
+feeds come back after they all went silent.  Load is
 the latest draw of every ASIC and GPU from their telemetry (a device silent for
 ``device_stale_s`` leaves it).  Headroom = available - load.
 
@@ -57,6 +62,7 @@ class EnergyParams:
     feed_stale_s: float = 10.0
     device_stale_s: float = 600.0
     emit_s: float = 1.0
+    feeds: tuple[str, ...] = ()  # the site's configured supply feeds (ids)
 
     def bands(self, nominal_hz: float) -> list[tuple[float, float]]:
         """Bands of a grid, shallowest edge first."""
@@ -81,6 +87,7 @@ class EnergyState:
     cap_until: float = float("inf")
     cap_commands: list[str] = field(default_factory=list)  # ids already acked (recent)
     last_reading: GridMeasured | FeedPowerMeasured | None = None
+    first_feed_ts: float | None = None  # event time of the first feed reading folded
 
     def cap(self, now: float) -> float | None:
         """The operator cap in force at ``now``."""
@@ -111,6 +118,16 @@ def next_band(state: EnergyState, freq: float, now: float, p: EnergyParams) -> i
     return state.band
 
 
+def supply_known(state: EnergyState, now: float, p: EnergyParams) -> bool:
+    """Whether the supply can be judged at ``now``: a fresh feed, and either every
+    configured feed has reported or the staleness period has passed since the first one."""
+    if not any(now - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
+        return False  # no feed yet, or all silent
+    if p.feeds and all(f in state.feeds for f in p.feeds):
+        return True
+    return state.first_feed_ts is not None and now - state.first_feed_ts >= p.feed_stale_s
+
+
 def _fresh(readings: dict[str, tuple[float, float]], now: float, max_age: float) -> float:
     # fsum: exactly rounded, so the total does not depend on the order devices reported in
     return math.fsum(kw for kw, ts in readings.values() if now - ts <= max_age)
@@ -138,14 +155,21 @@ def step(state: EnergyState, event: EnergyInput,
         supply = event.capacity_kw if event.capacity_kw is not None else event.power_kw
         if not _latest(state.feeds, event.feed_id, supply, t):
             return state, []
+        if state.first_feed_ts is None:
+            state.first_feed_ts = t
     state.last_reading = event
     cap_ended = state.cap_kw is not None and t >= state.cap_until
     if cap_ended:
         state.cap_kw, state.cap_until = None, float("inf")
     if not band_changed and not cap_ended and t - state.last_emit < p.emit_s:
         return state, []
-    if not any(t - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
-        return state, []  # supply unknown (no feed yet, or all silent): decide nothing
+    if state.feeds and not any(t - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
+        # every feed went silent: when they come back it is as at a start (the first
+        # one back is not the whole supply)
+        state.feeds.clear()
+        state.first_feed_ts = None
+    if not supply_known(state, t, p):
+        return state, []  # supply unknown (not every feed heard yet, or all silent)
     state.last_emit = t
     forget_stale(state, t, p)
     return state, [headroom(state, event, p)]
@@ -168,8 +192,7 @@ def cap(state: EnergyState, c: CapSiteLoad, p: EnergyParams) -> list[EnergyOutpu
               + (f" for {c.duration_s:g} s" if c.duration_s is not None else " until lifted"))
     out: list[EnergyOutput] = [_cap_ack(c, "applied", detail)]
     at = state.last_reading
-    if at is not None and any(at.ts.timestamp() - ts <= p.feed_stale_s
-                              for _, ts in state.feeds.values()):
+    if at is not None and supply_known(state, at.ts.timestamp(), p):
         state.last_emit = at.ts.timestamp()
         out.append(headroom(state, at, p, when=c))
     return out

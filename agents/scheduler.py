@@ -15,7 +15,9 @@ acks rebuilds them.  Each ``EnergyHeadroomComputed`` is a decision point:
   most ``wake_batch`` per ``wake_interval_s`` (staggered, so inrush stays small).
 
 The planned load therefore never exceeds available supply by the scheduler's own doing.
-An ASIC with a command in flight is not commanded again until its ack (or expiry).
+An ASIC with a command in flight is not commanded again until its ack (or expiry); the
+command in flight is durable with the cycles, so a restarted scheduler does not re-decide
+for an ASIC whose predecessor's command has not been acked yet.
 Commands carry a deterministic ``command_id`` (from the headroom event and device), so a
 redelivered headroom event yields the same command, which the actuator applies once.
 """
@@ -26,6 +28,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from schemas.commands import CommandAcknowledged, SleepAsic, WakeAsic
@@ -72,9 +75,14 @@ class Asic:
             return self.pending[1] == "WakeAsic"
         return self.state in ON_STATES
 
-    def durable(self) -> list[float | int | None]:
-        """What must survive a restart (the ack-derived history)."""
-        return [self.cycles, self.last_off, self.last_on]
+    def durable(self) -> list[Any] | None:
+        """What must survive a restart: the ack-derived history and the command in flight
+        (None when there is nothing to keep)."""
+        if not self.cycles and self.last_off is None and self.last_on is None \
+                and self.pending is None:
+            return None
+        return [self.cycles, self.last_off, self.last_on,
+                None if self.pending is None else list(self.pending)]
 
 
 @dataclass(slots=True)
@@ -126,6 +134,7 @@ def _ack(state: SchedulerState, ack: CommandAcknowledged) -> None:
         a = state.asics[ack.device_id] = Asic()
     if a.pending is not None and a.pending[0] == cid:
         a.pending = None
+        state.dirty.add(ack.device_id)
     if ack.status != "applied":
         return
     t = ack.ts.timestamp()
@@ -144,9 +153,10 @@ def decide(state: SchedulerState, e: EnergyHeadroomComputed,
            p: SchedulerParams) -> list[SleepAsic | WakeAsic]:
     """Sleep or wake ASICs so the planned load meets the budget of ``e``."""
     now = e.ts.timestamp()
-    for a in state.asics.values():
+    for d, a in state.asics.items():
         if a.pending is not None and a.pending[2] <= now:
             a.pending = None  # expired in flight: the actuator refused it, act again
+            state.dirty.add(d)
     other = max(0.0, e.load_kw - e.asic_load_kw)
     supply_budget = e.available_kw - other
     budget = min(e.target_load_kw, e.available_kw) - other
@@ -169,6 +179,7 @@ def decide(state: SchedulerState, e: EnergyHeadroomComputed,
                 out.append(_command(SleepAsic, e, d, p, f"{why}, planned {planned:.1f} kW"))
                 planned -= a.draw_kw
                 a.pending = (str(out[-1].command_id), "SleepAsic", now + p.ttl_s)
+                state.dirty.add(d)
         return out
 
     if budget - planned <= p.hysteresis_kw:
@@ -187,6 +198,7 @@ def decide(state: SchedulerState, e: EnergyHeadroomComputed,
         out.append(_command(WakeAsic, e, d, p, f"{why}, planned {planned:.1f} kW"))
         planned += a.draw_kw
         a.pending = (str(out[-1].command_id), "WakeAsic", now + p.ttl_s)
+        state.dirty.add(d)
         state.wave_woken += 1
     return out
 
@@ -199,13 +211,16 @@ def _command(kind: type[SleepAsic] | type[WakeAsic], e: EnergyHeadroomComputed, 
                 reason=reason[:1024], issued_by=SOURCE)
 
 
-def restore(state: SchedulerState, device: str, durable: list[float | int | None]) -> None:
+def restore(state: SchedulerState, device: str, durable: list[Any]) -> None:
     """Load one device's durable part (from the agent's table) into the state."""
-    cycles, last_off, last_on = durable
+    cycles, last_off, last_on = durable[:3]
+    pending = durable[3] if len(durable) > 3 else None  # entries written before it was kept
     a = state.asics.setdefault(device, Asic())
     a.cycles = int(cycles or 0)
     a.last_off = None if last_off is None else float(last_off)
     a.last_on = None if last_on is None else float(last_on)
+    if pending:
+        a.pending = (str(pending[0]), str(pending[1]), float(pending[2]))
 
 
 def fold(events: Iterable[SchedulerInput], p: SchedulerParams = SchedulerParams()) -> tuple[

@@ -208,7 +208,8 @@ def energy_params(s: Settings) -> energy.EnergyParams:
     return energy.EnergyParams(
         margin_kw=s.energy_margin_kw, bands_50hz=tuple(s.bands_50hz),
         bands_60hz=tuple(s.bands_60hz), hysteresis_hz=s.band_hysteresis_hz, hold_s=s.band_hold_s,
-        feed_stale_s=s.feed_stale_s, device_stale_s=s.device_stale_s, emit_s=s.energy_emit_s)
+        feed_stale_s=s.feed_stale_s, device_stale_s=s.device_stale_s, emit_s=s.energy_emit_s,
+        feeds=tuple(s.supply_feeds))
 
 
 def register_energy(app: faust.App, settings: Settings,
@@ -257,7 +258,12 @@ def scheduler_params(s: Settings) -> scheduler.SchedulerParams:
 
 def register_scheduler(app: faust.App, settings: Settings,
                        publish: Publish | None = None) -> faust.types.AgentT[Any]:
-    """Sleep and wake ASICs to the target load -> commands.asic."""
+    """Sleep and wake ASICs to the target load -> commands.asic.
+
+    The commands in flight are written to the table before the commands go out (the
+    producer is flushed in between): a worker killed right after a decision restarts
+    knowing what it had sent, and does not send it again."""
+    flush = app.producer.flush if publish is None else None
     publish = publish or topic_publisher(app)
     p = scheduler_params(settings)
     table = app.Table("scheduler_asics", default=lambda: None, partitions=1)
@@ -276,6 +282,8 @@ def register_scheduler(app: faust.App, settings: Settings,
             for d in s.dirty:
                 table[f"{event.site}/{d}"] = s.asics[d].durable()
             s.dirty.clear()
+            if out and flush is not None:
+                await flush()  # the intent is durable before the action
             await publish_all(publish, out)
 
     return scheduler_agent
@@ -445,11 +453,20 @@ AGENTS = (register_share_ratio, register_endpoint_scores, register_site_feed,
           register_compute, register_alerts)
 
 
-def build_app(settings: Settings) -> faust.App:
-    """The worker app with every agent registered."""
+def build_app(settings: Settings, watchdog_s: float = 2.0) -> faust.App:
+    """The worker app with every agent registered, and the changelog watchdog (the broker
+    may lose the tables' changelogs under a running worker: streams/restore.py)."""
+    from streams.restore import ChangelogWatchdog
+
     app = create_app(settings)
     for register in AGENTS:
         register(app, settings)
     if settings.tuner_gpus:  # a stream costs every site-feed event: only when tuning
         register_tuner(app, settings)
+    if watchdog_s > 0:
+        watchdog = ChangelogWatchdog(app, settings)
+
+        @app.timer(watchdog_s, on_leader=False)  # type: ignore[untyped-decorator]
+        async def changelog_watchdog() -> None:
+            await watchdog.check()
     return app

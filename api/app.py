@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -17,9 +18,10 @@ from api.auth import KeyRing, require
 from api.context import ApiContext
 from api.live import LiveFeed
 from api.metrics import HashplaneCollector, exposition
-from api.models import ErrorBody, Health
+from api.models import ErrorBody, Health, RestoredState
 from streams.history import HistoryStore
 from streams.publish import Publisher
+from streams.replay import restore
 from streams.settings import Settings
 
 try:
@@ -51,19 +53,20 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
             return
         stop = asyncio.Event()
         task = asyncio.create_task(feed.run(stop), name="api-live-feed")
+        # Connects in the background (retrying while the broker is away): reads work at
+        # once, commands answer 503 until the broker is there.
         ctx.publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-api")
-        try:
-            await ctx.publisher.start()
-        except Exception:  # noqa: BLE001 - broker away: reads work, commands answer 503
-            ctx.publisher = None
+        connecting = asyncio.create_task(ctx.publisher.start(), name="api-publisher")
         try:
             yield
         finally:
             stop.set()
+            connecting.cancel()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
-            if ctx.publisher is not None:
-                await ctx.publisher.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            await ctx.publisher.stop()
 
     app = FastAPI(
         title="hashplane", version=VERSION, lifespan=lifespan,
@@ -82,6 +85,17 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
         following = ctx.live is not None and ctx.live.ready.is_set() and not ctx.live.error
         return Health(status="ok" if ok else "degraded", history_store=ok,
                       live_feed=following, version=VERSION)
+
+    @app.get("/v1/state", response_model=RestoredState, tags=["ops"], dependencies=[reader])
+    async def state() -> RestoredState:
+        """The site agents' durable state rebuilt from the history now: ASIC cycles,
+        last-off/on and commands in flight, home pools, firing alerts, caps, the compute
+        gate.  A worker that finds its changelogs gone (the embedded broker restarted)
+        loads this (``HASHPLANE_STATE_URL``)."""
+        now = datetime.now(UTC)
+        fold = await asyncio.to_thread(restore, store, settings, now)
+        return RestoredState(as_of=now, window_s=settings.restore_window_s, events=fold.events,
+                             tables=fold.tables())
 
     collector = HashplaneCollector(feed, settings.site, connector_stats, sink_stats)
 

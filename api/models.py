@@ -405,6 +405,17 @@ class Health(BaseModel):
     version: str
 
 
+class RestoredState(BaseModel):
+    """The site agents' durable state rebuilt from the history (``streams.replay.restore``):
+    what a worker loads into its tables when the broker lost their changelogs."""
+
+    as_of: datetime = Field(description="The state as of this time (UTC)")
+    window_s: float = Field(description="History folded through every site agent, s")
+    events: int = Field(description="Events folded")
+    tables: dict[str, dict[str, Any]] = Field(
+        description="Faust table name -> key (site/...) -> value, as the tables hold them")
+
+
 class ErrorBody(BaseModel):
     """Error body of every non-2xx answer."""
 

@@ -26,10 +26,12 @@ from typing import Any, Protocol
 
 import httpx
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from connectors.base import Emitter
 from schemas.alerts import AlertFired, AlertResolved
 from streams.codec import DecodeError, decode, encode
+from streams.topics import BrokerUnavailable, start_client
 
 log = logging.getLogger(__name__)
 SOURCE = "sink:alerts"
@@ -169,9 +171,11 @@ class AlertDispatcher:
     """Consume ``alerts``; every alert to every sink, retried, or to dlq with the reason."""
 
     def __init__(self, bootstrap: str, group: str, sinks: list[Any], emitter: Emitter,
-                 retry: Retry | None = None) -> None:
+                 retry: Retry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bootstrap, self.group, self.sinks = bootstrap, group, sinks
         self.emitter, self.retry = emitter, retry or Retry()
+        self.clock = clock  # rate limits are measured on it (injected in tests)
         self.dead = 0
 
     async def dispatch(self, raw: bytes | None, key: bytes | None) -> None:
@@ -191,7 +195,7 @@ class AlertDispatcher:
         """Flush every sink (digests that came due too); what still fails after the retries
         goes to dlq with the provider's error."""
         for sink in self.sinks:
-            error = await self.retry.run(partial(sink.flush, time.monotonic()))
+            error = await self.retry.run(partial(sink.flush, self.clock()))
             if error is None:
                 continue
             for alert in sink.drop():
@@ -201,10 +205,12 @@ class AlertDispatcher:
                     f"{self.retry.attempts} attempts: {error}", key=alert.device_id)
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer("alerts", bootstrap_servers=self.bootstrap,
-                                    group_id=self.group, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
-        await consumer.start()
+        try:
+            consumer = await start_client(lambda: AIOKafkaConsumer(
+                "alerts", bootstrap_servers=self.bootstrap, group_id=self.group,
+                enable_auto_commit=False, auto_offset_reset="earliest"), "alert sinks", stop)
+        except BrokerUnavailable:
+            return
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500)
@@ -213,7 +219,10 @@ class AlertDispatcher:
                         await self.dispatch(r.value, r.key)
                 await self.tick()
                 if batch:
-                    await consumer.commit()
+                    try:
+                        await consumer.commit()
+                    except KafkaError as exc:  # rebalance, broker restart: redelivered
+                        log.warning("alert offsets not committed: %s", exc)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()

@@ -34,10 +34,16 @@ class ConnectorError(RuntimeError):
 
 
 class EventSink(Protocol):
-    """Where a connector's events go (a Kafka publisher in production, a list in tests)."""
+    """Where a connector's events go (``streams.publish.Publisher`` in production, a list
+    in tests)."""
 
-    async def publish_many(self, events: list[Event]) -> None:
-        """Publish events, returning when they are acknowledged."""
+    async def offer(self, events: list[Event]) -> None:
+        """Queue readings and return at once (sent in the background, retried through
+        outages; the oldest are dropped, and counted, past a bound)."""
+
+    async def deliver(self, events: list[Event]) -> None:
+        """Publish events and return once the broker acknowledged every one, retrying
+        through outages (what must never be dropped: commands' acks)."""
 
 
 @dataclass
@@ -61,9 +67,20 @@ class Emitter:
         self.stats = ConnectorStats()
 
     async def emit(self, events: list[Event]) -> None:
+        """Hand readings to the sink's outbox (never waits on the broker)."""
         if not events:
             return
-        await self.sink.publish_many(events)
+        await self.sink.offer(events)
+        self._count(events)
+
+    async def deliver(self, events: list[Event]) -> None:
+        """Publish events that must not be lost (acks) and wait until the broker has them."""
+        if not events:
+            return
+        await self.sink.deliver(events)
+        self._count(events)
+
+    def _count(self, events: list[Event]) -> None:
         self.stats.events += len(events)
         self.stats.last_ok_monotonic = time.monotonic()
         for e in events:
@@ -72,7 +89,7 @@ class Emitter:
     async def dead(self, input_name: str, raw: bytes | None, reason: str, key: str = "") -> None:
         letter = dead_letter(source_topic=input_name, raw=raw, reason=reason, site=self.site,
                              source=self.source, ts=self.clock(), key=key.encode() or None)
-        await self.sink.publish_many([letter])
+        await self.sink.offer([letter])
         self.stats.dlq += 1
         log.warning("%s: dead-lettered input from %s: %s", self.source, input_name, reason)
 
@@ -122,5 +139,8 @@ class ListSink:
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    async def publish_many(self, events: list[Event]) -> None:
+    async def offer(self, events: list[Event]) -> None:
+        self.events.extend(events)
+
+    async def deliver(self, events: list[Event]) -> None:
         self.events.extend(events)

@@ -4,6 +4,16 @@ The handler decides (``applied``/``rejected``/``failed``) given the command and 
 expired commands are acked ``expired`` without acting; a redelivered command (same
 ``command_id``) is neither acted on nor acked again.  Offsets are committed after the ack
 is published, so a crash re-delivers rather than loses a command.
+
+Exactly one ack across a crash: the ack goes out before the offset commit, so a consumer
+killed between the two sees its last commands again.  Before it consumes, it therefore
+reads ``commands.acks`` from the time of its first uncommitted command onwards and
+remembers every command id acked there (``acked_since``): a redelivered command that was
+already acked is neither applied nor acked again.  (One that was applied but whose ack never
+went out is applied again, which the commands are made safe for, and acked once.)  Acks are
+delivered through broker outages (``Emitter.deliver``); after a rebalance or when the
+broker restarted (offsets start again at 0), offsets of records handled before are not
+committed, so nothing is committed past a command whose ack is not out.
 """
 
 from __future__ import annotations
@@ -16,17 +26,104 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from connectors.base import Emitter
 from schemas.commands import AckStatus, CommandAcknowledged
 from schemas.envelope import Command
 from streams.codec import DecodeError, decode
-from streams.topics import FETCH_MAX_WAIT_MS
+from streams.topics import FETCH_MAX_WAIT_MS, BrokerUnavailable, start_client
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Command], Awaitable[tuple[AckStatus, str]]]
+
+#: Clocks of the command's producer and of the ack's may differ by this much.
+CLOCK_SKEW_MS = 5 * 60_000
+
+
+async def acked_since(bootstrap: str, topic: str, group: str, idle_ms: int = 1000) -> set[str]:
+    """Command ids acked on ``commands.acks`` since the first command of ``topic`` that
+    ``group`` has not committed (empty when it has committed everything).
+
+    End offsets are not asked for: Tansu answers ListOffsets(latest) with the last batch's
+    base offset + 1, which hides the rest of that batch.  Reads go on until the fetch high
+    watermark (which is exact) or until nothing arrives for ``idle_ms``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.topics()  # every topic's metadata (an assignment narrows it)
+        cmds = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
+                                                          or ())]
+        acks = [TopicPartition("commands.acks", p)
+                for p in sorted(consumer.partitions_for_topic("commands.acks") or ())]
+        if not cmds or not acks:
+            return set()
+        consumer.assign(cmds)
+        for tp in cmds:
+            consumer.seek(tp, await consumer.committed(tp) or 0)
+        first_ts: int | None = None
+        pending = set(cmds)
+        while pending:  # the first uncommitted record of each partition, if any
+            got = await consumer.getmany(*pending, timeout_ms=idle_ms, max_records=len(cmds))
+            if not got:
+                break
+            for tp, records in got.items():
+                if records:
+                    first_ts = records[0].timestamp if first_ts is None else min(
+                        first_ts, records[0].timestamp)
+                    pending.discard(tp)
+                    consumer.pause(tp)
+        if first_ts is None:
+            return set()
+        consumer.assign(acks)
+        starts = await consumer.offsets_for_times({tp: max(0, first_ts - CLOCK_SKEW_MS)
+                                                    for tp in acks})
+        todo = set()
+        for tp in acks:
+            at = starts.get(tp)
+            if at is not None:  # None: nothing that recent on this partition
+                consumer.seek(tp, at.offset)
+                todo.add(tp)
+            else:
+                consumer.pause(tp)
+        seen: set[str] = set()
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=idle_ms)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                for rec in records:
+                    try:
+                        a = decode("commands.acks", rec.value)
+                    except DecodeError:
+                        continue
+                    assert isinstance(a, CommandAcknowledged)
+                    seen.add(str(a.command_id))
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    todo.discard(tp)
+                    consumer.pause(tp)
+        return seen
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forget the commit bookkeeping of partitions that moved (see ``CommandConsumer``)."""
+
+    def __init__(self, inflight: dict[TopicPartition, list[tuple[int, asyncio.Task[Any]]]]):
+        self.inflight = inflight
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self.inflight.pop(tp, None)  # handled, acked; redelivered ones are recognised
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
 
 
 def ack(cmd: Command, status: AckStatus, detail: str, *, actuator: str, site: str,
@@ -50,7 +147,8 @@ class CommandConsumer:
 
     def __init__(self, bootstrap: str, topic: str, group: str, targets: set[str],
                  handler: Handler, emitter: Emitter, *, actuator: str, remember: int = 10_000,
-                 concurrency: int = 1, timeout_s: float | None = None, own_all: bool = False):
+                 concurrency: int = 1, timeout_s: float | None = None, own_all: bool = False,
+                 session_timeout_s: float = 9.0):
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
         self.targets, self.handler = targets, handler
         self.emitter, self.actuator = emitter, actuator
@@ -59,6 +157,27 @@ class CommandConsumer:
         self.slots = asyncio.Semaphore(concurrency)
         self.timeout_s, self.own_all = timeout_s, own_all
         self.locks: dict[str, asyncio.Lock] = {}
+        # a killed predecessor's partitions come back after its session times out
+        self.session_timeout_ms = int(session_timeout_s * 1000)
+
+    async def recall(self) -> None:
+        """Remember the commands already acked that this group may be given again."""
+        while True:
+            try:
+                acked = await acked_since(self.bootstrap, self.topic, self.group)
+                break
+            except Exception as exc:  # noqa: BLE001 - broker trouble: acting without the
+                # memory could ack twice, so wait for it
+                log.warning("%s: reading commands.acks failed (%s); retrying", self.actuator,
+                            exc)
+                await asyncio.sleep(1.0)
+        for cid in acked:
+            self.seen[cid] = None
+        while len(self.seen) > max(self.remember, len(acked)):
+            self.seen.popitem(last=False)
+        if acked:
+            log.info("%s: %d commands acked before this start will not be acted on again",
+                     self.actuator, len(acked))
 
     async def handle(self, raw: bytes | None, key: bytes | None) -> CommandAcknowledged | None:
         """One record: its ack, or None when it is not for us, a duplicate, or undecodable."""
@@ -95,7 +214,7 @@ class CommandConsumer:
         a = ack(cmd, status, detail, actuator=self.actuator, site=self.emitter.site,
                 now=self.emitter.clock())
         try:
-            await self.emitter.emit([a])
+            await self.emitter.deliver([a])
         except BaseException:
             self.seen.pop(cid, None)  # no ack went out: the redelivery must act and ack
             raise
@@ -105,19 +224,36 @@ class CommandConsumer:
         """Fetch continuously; each record is handled as soon as it arrives (bounded by
         ``concurrency``), and a partition's offset is committed up to the last record whose
         ack is out and before which every record's ack is out too."""
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
-                                    group_id=self.group, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", session_timeout_ms=9000,
-                                    heartbeat_interval_ms=500,
-                                    # a multi-partition fetch may wait this long on Tansu
-                                    # before new commands are seen (streams/kafka_transport.py)
-                                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
-        await consumer.start()
         inflight: dict[TopicPartition, list[tuple[int, asyncio.Task[Any]]]] = {}
+        last_seen: dict[TopicPartition, int] = {}
+
+        def make() -> AIOKafkaConsumer:
+            c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                 group_id=self.group, enable_auto_commit=False,
+                                 auto_offset_reset="earliest",
+                                 session_timeout_ms=self.session_timeout_ms,
+                                 heartbeat_interval_ms=500,
+                                 # a multi-partition fetch may wait this long on Tansu
+                                 # before new commands are seen (streams/kafka_transport.py)
+                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+            c.subscribe([self.topic], listener=_Positions(inflight))
+            return c
+
+        try:
+            consumer = await start_client(make, f"{self.actuator} on {self.topic}", stop)
+            await self.recall()
+        except BrokerUnavailable:
+            return
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=50)
                 for tp, records in batch.items():
+                    if records and records[0].offset <= last_seen.get(tp, -1):
+                        # offsets went back (broker restarted, position reset): what was
+                        # handled before must not be committed against the new ones
+                        inflight.pop(tp, None)
+                    if records:
+                        last_seen[tp] = records[-1].offset
                     inflight.setdefault(tp, []).extend(
                         (r.offset, asyncio.create_task(self.handle(r.value, r.key)))
                         for r in records)
@@ -146,4 +282,7 @@ class CommandConsumer:
                 commit[tp] = tasks[done - 1][0] + 1
                 del tasks[:done]
         if commit:
-            await consumer.commit(commit)
+            try:
+                await consumer.commit(commit)
+            except KafkaError as exc:  # rebalance or broker restart: redelivered, recognised
+                log.warning("commit of handled commands failed: %s", exc)

@@ -70,10 +70,7 @@ async def run_synthetic(publisher: Publisher, stop: asyncio.Event, *, site: str,
     """Publish a tick of share counts every ``interval_s`` until ``stop``."""
     ws, rng = default_workers(workers, seed), random.Random(seed)
     while not stop.is_set():
-        try:
-            await publisher.publish_many(tick(ws, rng, clock(), interval_s, site))
-        except Exception as exc:  # noqa: BLE001 - broker hiccup: keep the source alive
-            log.warning("synthetic source publish failed: %s", exc)
+        await publisher.offer(tick(ws, rng, clock(), interval_s, site))
         try:
             await asyncio.wait_for(stop.wait(), interval_s)
         except TimeoutError:

@@ -68,6 +68,12 @@ def record_topic(ev: faust.types.EventT[Any], default: str | None = None) -> str
     return default or ev.message.topic
 
 
+def _timestamp_ms(msg: Any) -> int | None:
+    """A Faust message's Kafka timestamp in ms (Faust gives float seconds)."""
+    ts = getattr(msg, "timestamp", None)
+    return None if ts is None else round(float(ts) * 1000)
+
+
 async def decoded(
     stream: faust.StreamT[Any], topic_name: str | None, publish: Callable[[Event], Awaitable[None]],
     site: str, source: str,
@@ -85,7 +91,8 @@ async def decoded(
             letter = dead_letter(
                 source_topic=name, raw=ev.value, reason=exc.reason, site=site,
                 source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,
-                offset=msg.offset, event_id=dlq_id(name, msg.partition, msg.offset))
+                offset=msg.offset,
+                event_id=dlq_id(name, msg.partition, msg.offset, _timestamp_ms(msg), ev.value))
             log.warning("dead-lettered %s@%s:%s: %s", name, msg.partition, msg.offset,
                         exc.reason)
             await publish(letter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -82,12 +83,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from agents.workers import build_app
-    from streams.topics import ensure_topics
+    from streams.restore import RecoveryGuard, prepare_changelogs
+    from streams.topics import ensure_topics_retrying
 
     s = _settings(args)
-    # The site agents' internal feed (and the contract topics) exist before Faust subscribes.
-    asyncio.run(ensure_topics(s.kafka_bootstrap, replication=s.topic_replication))
+    _logging(s.log_level)
+
+    async def prepare() -> str:
+        # Started during a broker outage, it waits for the broker; the site agents' internal
+        # feed (and the contract topics) exist before Faust subscribes; empty changelogs
+        # (the broker lost them) are filled from the history first.
+        await ensure_topics_retrying(s.kafka_bootstrap, s.topic_replication)
+        return await prepare_changelogs(s)
+
+    logging.getLogger("hashplane.worker").warning("%s", asyncio.run(prepare()))
     app = build_app(s)
+    RecoveryGuard(app, s, s.restore_timeout_s).start()
     level = "warning" if s.log_level.upper() == "INFO" else s.log_level.lower()
     worker = faust.Worker(app, loglevel=level, quiet=True,
                           logfile=None, redirect_stdouts=False)
@@ -96,7 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from streams.history import HistoryStore
+    from streams.history import HistoryStore, open_retrying
     from streams.sink import HistorySink
 
     s = _settings(args)
@@ -109,8 +120,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
-        await asyncio.to_thread(store.migrate)
+        store = HistoryStore(s.history_dsn, s.clickhouse_database)
+        if not await open_retrying(store, stop):
+            return
         try:
             await HistorySink(s, store).run(stop)
         finally:
@@ -242,24 +254,54 @@ def cmd_tuner(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import EmbeddedBroker
+    from streams.broker import BrokerError, EmbeddedBroker
     from streams.topics import ensure_topics
 
-    async def main() -> None:
-        broker = EmbeddedBroker(args.port)
-        await broker.start()
-        await ensure_topics(broker.bootstrap)
-        print(f"tansu broker ready: HASHPLANE_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+    s = _settings(args)
+    _logging(s.log_level)
+    log = logging.getLogger("hashplane.broker")
+
+    async def main() -> int:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        broker = EmbeddedBroker(args.port, host=args.host, log_file=s.data_dir / "broker.log")
         try:
-            await asyncio.Event().wait()
+            await broker.start()
+            await ensure_topics(broker.bootstrap)
+        except BrokerError as exc:
+            print(f"hashplane broker: {exc}", file=sys.stderr)
+            await broker.stop()
+            return 1
+        print(f"tansu broker ready: HASHPLANE_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+        delay = 0.5
+        try:
+            # The supervisor of the broker process: it comes back, empty, on the same port
+            # (producers retry meanwhile; the sink and the worker recover from ClickHouse).
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                if stop.is_set() or broker.running():
+                    continue
+                log.error("tansu broker exited; restarting it on %s (memory storage: it "
+                          "comes back empty)", broker.bootstrap)
+                try:
+                    await broker.restart()
+                    await ensure_topics(broker.bootstrap)
+                    delay = 0.5
+                    print(f"tansu broker restarted: {broker.bootstrap}", flush=True)
+                except (BrokerError, OSError) as exc:
+                    log.error("restart failed: %s; retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(30.0, delay * 2)
         finally:
             await broker.stop()
+        return 0
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return asyncio.run(main())
 
 
 CONNECTORS = ("asic", "asic-actuator", "local-pool", "meter", "power", "rigs", "gpu",
@@ -297,6 +339,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
                                     interval_s=args.interval)
             else:
                 from streams.runtime import site_connectors
+                from streams.supervise import Supervisor
 
                 conns = site_connectors(s, pub, devices, frozenset({args.name}))
                 if args.name not in conns:
@@ -305,7 +348,14 @@ def cmd_connect(args: argparse.Namespace) -> int:
                         ", TWILIO_AUTH_TOKEN, HASHPLANE_SMS_FROM) or HASHPLANE_ALERT_WEBHOOKS"
                         if args.name == "alerts" else
                         f"{args.endpoints_file} describes no {args.name} devices")
-                await conns[args.name].run(stop)
+                # a failure the connector did not ride out restarts it, not the process
+                sup = Supervisor(stop)
+                sup.task(args.name, lambda: conns[args.name].run(stop))
+                while not stop.is_set():
+                    await sup.check()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                await sup.shutdown()
 
     try:
         asyncio.run(main())
@@ -502,8 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--database", default="hashplane")
     dd.set_defaults(func=cmd_ddl)
 
-    b = sub.add_parser("broker", help="run the embedded Tansu broker with the contract topics")
-    b.add_argument("--port", type=int, default=9092)
+    b = common(sub.add_parser(
+        "broker", help="run the embedded Tansu broker with the contract topics, restarting it "
+                       "if it dies"))
+    b.add_argument("--port", type=int, default=9092, help="listen port (default 9092)")
+    b.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     b.set_defaults(func=cmd_broker)
 
     t = sub.add_parser("topics", help="print the topic registry")
@@ -557,8 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_while_starting(signum: int, _frame: Any) -> None:
+    # SIGTERM before a command has set up its own shutdown (it is still importing or
+    # opening the store): nothing is running yet, so leave at once, cleanly.
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hashplane`` console script."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_while_starting)
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir_default", None) and not getattr(args, "data_dir", None) \
             and "HASHPLANE_DATA_DIR" not in os.environ:

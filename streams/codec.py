@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -129,7 +130,12 @@ def dead_letter(
     return letter if event_id is None else letter.model_copy(update={"event_id": event_id})
 
 
-def dlq_id(topic_name: str, partition: int, offset: int) -> UUID:
+def dlq_id(topic_name: str, partition: int, offset: int, timestamp_ms: int | None,
+           raw: bytes | None) -> UUID:
     """Id of the dead letter of one Kafka record: whoever refuses the record (the sink, an
-    agent, a redelivery), the history store keeps one letter for it."""
-    return uuid5(_DLQ_NS, f"{topic_name}/{partition}/{offset}")
+    agent, a redelivery), the history store keeps one letter for it.
+
+    The position alone is not the record: after a restart of the embedded broker offsets
+    start again at 0, so the record's timestamp and a digest of its bytes are part of it."""
+    digest = hashlib.sha256(raw or b"").hexdigest()[:32]
+    return uuid5(_DLQ_NS, f"{topic_name}/{partition}/{offset}/{timestamp_ms}/{digest}")

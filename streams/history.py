@@ -1,26 +1,32 @@
-"""The ClickHouse history store: connection, versioned migrations, inserts, stored offsets.
+"""The ClickHouse history store: connection, versioned migrations, inserts, stored events.
 
 Deduplication (choice and why): every table is a ReplacingMergeTree whose sorting key ends
 in ``event_id``, so an event sent twice by a producer collapses on merge, and exact read
 paths use ``LIMIT 1 BY event_id`` or ``uniqExact(event_id)`` instead of ``FINAL``.  On top of
-that the sink keeps redelivered records from being written at all: every row carries its
-Kafka (topic, partition, offset), a minmax skip index on the offset makes "which offsets past
-the committed one are already stored?" a query that touches only the newest parts, and after
-a restart or a rebalance the sink skips exactly those records.  It asks the raw log itself,
-not a side table, because an insert killed between the table and its materialized views
-leaves the log ahead of any view.  Insert deduplication tokens were not chosen: they only
-match a redelivered batch cut at exactly the same offsets, which a time-bounded batcher does
-not guarantee.
+that the sink keeps redelivered records from being written at all: after a restart, a
+rebalance or a partition whose offsets went back, it asks the raw log which of the fetched
+events it already holds, by event id (``stored_ids``: the sorting key's prefix and the
+batch's time range find them), and skips exactly those.  A Kafka offset alone never
+identifies a stored record: the embedded broker keeps topics in memory, so after its
+restart offsets start again at 0 and the same (topic, partition, offset) names a new
+record (the offset is still stored, for operators).  The sink asks the raw log itself, not a
+side table, because an insert killed between the log and its materialized views leaves the
+log ahead of any view.  Insert deduplication tokens were not chosen: they only match a
+redelivered batch cut at exactly the same offsets, which a time-bounded batcher does not
+guarantee.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -34,22 +40,6 @@ EVENT_COLUMNS = (
     "event_id", "topic", "kind", "schema_version", "site", "device_id", "ts", "ingested_at",
     "source", "payload", "kafka_partition", "kafka_offset",
 )
-
-
-@dataclass(frozen=True)
-class StoredOffsets:
-    """Offsets of one partition already in the log: a contiguous range and/or a set."""
-
-    lo: int = 0
-    hi: int = -1
-    scattered: frozenset[int] = frozenset()
-
-    def __contains__(self, offset: object) -> bool:
-        return isinstance(offset, int) and (self.lo <= offset <= self.hi
-                                             or offset in self.scattered)
-
-    def __bool__(self) -> bool:
-        return self.hi >= self.lo or bool(self.scattered)
 
 
 @dataclass(frozen=True)
@@ -213,50 +203,38 @@ class HistoryStore:
         with self._lock:
             self.client.insert(f"{self.database}.events", rows, column_names=EVENT_COLUMNS)
 
-    def stored_offsets(self, topic: str, partition: int, from_offset: int) -> StoredOffsets:
-        """Kafka offsets of ``topic``/``partition`` at or past ``from_offset`` already in the
-        log (the skip index keeps this to the newest parts)."""
-        where = (f"FROM {self.database}.events WHERE topic = {{t:String}} AND "
-                 f"kafka_partition = {{p:UInt32}} AND kafka_offset >= {{o:UInt64}}")
-        params = {"t": topic, "p": partition, "o": max(0, from_offset)}
+    def stored_ids(self, topic: str, keys: Sequence[StoredKey]) -> set[UUID]:
+        """Which of these events (site, device, ts, event id) of ``topic`` the log already
+        holds.  The sorting key's prefix (topic, site, device_id) and the time range keep
+        the lookup to the granules those devices wrote in that range."""
+        if not keys:
+            return set()
         with self._lock:
-            lo, hi, n = self.client.query(
-                f"SELECT min(kafka_offset), max(kafka_offset), uniqExact(kafka_offset) {where}",
-                parameters=params).result_rows[0]
-            if not n:
-                return StoredOffsets()
-            if hi - lo + 1 == n:
-                return StoredOffsets(lo=int(lo), hi=int(hi))
-            rows = self.client.query(f"SELECT DISTINCT kafka_offset {where}",
-                                     parameters=params).result_rows
-        return StoredOffsets(scattered=frozenset(int(r[0]) for r in rows))
+            rows = self.client.query(
+                f"SELECT DISTINCT event_id FROM {self.database}.events WHERE "
+                f"{_KEYS_IN}", parameters=_keys_params(topic, keys)).result_rows
+        return {r[0] for r in rows}
 
-    def repair_typed(self, topic: str, partition: int, stored: StoredOffsets) -> int:
-        """Fill the typed table with stored log rows its view missed (an insert killed between
-        the log and its views); return how many rows were added."""
+    def repair_typed(self, topic: str, keys: Sequence[StoredKey]) -> int:
+        """Fill the typed table with stored log rows of these events that its view missed
+        (an insert killed between the log and its views); return how many were added."""
         from schemas.registry import topic as spec_of
         from streams.ddl import typed_select
 
+        if not keys:
+            return 0
         spec = spec_of(topic)
-        lo = min([stored.lo, *stored.scattered]) if stored.hi >= stored.lo else min(
-            stored.scattered)
-        hi = max([stored.hi, *stored.scattered])
-        db, params = self.database, {"t": topic, "p": partition, "lo": lo, "hi": hi}
-        rng = ("topic = {t:String} AND kafka_partition = {p:UInt32} AND kafka_offset "
-               "BETWEEN {lo:UInt64} AND {hi:UInt64}")
+        db, params = self.database, _keys_params(topic, keys)
+        missing = (f"FROM {db}.events WHERE {_KEYS_IN} AND event_id NOT IN (SELECT event_id "
+                   f"FROM {db}.{spec.table} WHERE ts >= {{lo:DateTime64(3, 'UTC')}} AND "
+                   f"ts <= {{hi:DateTime64(3, 'UTC')}} AND event_id IN {{ids:Array(UUID)}})")
         with self._lock:
-            t0, t1 = self.client.query(f"SELECT min(ts), max(ts) FROM {db}.events WHERE {rng}",
-                                       parameters=params).result_rows[0]
-            params.update(t0=t0, t1=t1)
-            missing = (f"FROM {db}.events WHERE {rng} AND event_id NOT IN (SELECT event_id "
-                       f"FROM {db}.{spec.table} WHERE ts BETWEEN {{t0:DateTime64(3, 'UTC')}} "
-                       f"AND {{t1:DateTime64(3, 'UTC')}})")
-            n = int(self.client.query(f"SELECT count() {missing}",
+            n = int(self.client.query(f"SELECT uniqExact(event_id) {missing}",
                                       parameters=params).result_rows[0][0])
             if n:
                 self.client.command(
-                    f"INSERT INTO {db}.{spec.table} SELECT {typed_select(spec)} {missing}",
-                    parameters=params)
+                    f"INSERT INTO {db}.{spec.table} SELECT {typed_select(spec)} {missing} "
+                    f"LIMIT 1 BY event_id", parameters=params)
         return n
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
@@ -289,6 +267,43 @@ class HistoryStore:
                 return bool(self.client.query("SELECT 1").result_rows)
         except Exception:  # noqa: BLE001 - health check: any failure means down
             return False
+
+
+async def open_retrying(store: HistoryStore, stop: asyncio.Event, retry_max_s: float = 30.0,
+                        ) -> bool:
+    """Open and migrate the store, retrying with capped backoff while it fails (a server
+    down, a disk full); False when ``stop`` was set first.  An embedded directory locked by
+    another process is not retried: that is a configuration error, raised at once."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(lambda: store.open().migrate())
+            return True
+        except Exception as exc:
+            if "Cannot lock file" in str(exc):
+                raise
+            store.close()
+            log.warning("history store %s unavailable (%s); retrying in %.1fs", store.dsn, exc,
+                        delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(retry_max_s, delay * 2)
+    return False
+
+
+#: (site, device_id, ts, event_id) of one event: enough to find it by the sorting key.
+StoredKey = tuple[str, str, datetime, UUID]
+
+_KEYS_IN = ("topic = {t:String} AND ts >= {lo:DateTime64(3, 'UTC')} AND ts <= "
+            "{hi:DateTime64(3, 'UTC')} AND (site, device_id) IN {devices:Array(Tuple(String, "
+            "String))} AND event_id IN {ids:Array(UUID)}")
+
+
+def _keys_params(topic: str, keys: Sequence[StoredKey]) -> dict[str, Any]:
+    # stored times have millisecond precision: widen the range by a millisecond each way
+    ms = timedelta(milliseconds=1)
+    return {"t": topic, "lo": min(k[2] for k in keys) - ms, "hi": max(k[2] for k in keys) + ms,
+            "devices": sorted({(k[0], k[1]) for k in keys}), "ids": [k[3] for k in keys]}
 
 
 def _aware(value: Any) -> Any:

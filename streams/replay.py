@@ -21,7 +21,7 @@ import gc
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -30,7 +30,9 @@ from pydantic import BaseModel
 
 from agents import alerts, compute, energy, failover, scheduler
 from agents.workers import alert_params, energy_params, scheduler_params
+from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.envelope import Event
+from schemas.events import AsicTelemetryObserved
 from schemas.registry import BY_NAME, TOPICS, kind_of
 from streams.codec import decode
 from streams.history import HistoryStore
@@ -163,6 +165,21 @@ class SiteFold:
         for fold in self._routes(type(e)):
             fold(e)
 
+    def feed_ledger(self, e: Event) -> None:
+        """Fold an old event into the long-lived state only: an ack into the scheduler's
+        cycles and last-off/on, an operator's cap into the energy fold, a miner's last
+        telemetry on its own pool into its home pool (``restore``)."""
+        self.events += 1
+        site = e.site
+        if isinstance(e, CommandAcknowledged):
+            scheduler.step(self.scheduler.setdefault(site, scheduler.SchedulerState()), e,
+                           self._sched_p)
+        elif isinstance(e, CapSiteLoad):
+            energy.step(self.energy.setdefault(site, energy.EnergyState()), e, self._energy_p)
+        elif isinstance(e, AsicTelemetryObserved):
+            failover.step(self.failover.setdefault(site, failover.FailoverState()), e,
+                          self._fail_p)
+
     def _routes(self, cls: type[Event]) -> list[Any]:
         routes = self._route_cache.get(cls)
         if routes is not None:
@@ -194,8 +211,8 @@ class SiteFold:
                                           "compute_gate": {}}
         for site, s in self.scheduler.items():
             for d, a in s.asics.items():
-                if a.durable() != [0, None, None]:
-                    out["scheduler_asics"][f"{site}/{d}"] = a.durable()
+                if (kept := a.durable()) is not None:
+                    out["scheduler_asics"][f"{site}/{d}"] = kept
         for site, f in self.failover.items():
             for d, m in f.miners.items():
                 if m.home:
@@ -225,6 +242,45 @@ def rebuild(store: HistoryStore, settings: Settings, since: datetime, until: dat
     try:
         for topic, _, payload in read_log(store, since, until, SITE_TOPICS, devices):
             fold.feed(decode(topic, payload) if strict else fast_decode(payload, topic))
+    finally:
+        if was:
+            gc.enable()
+    return fold
+
+
+def restore(store: HistoryStore, settings: Settings, until: datetime | None = None) -> SiteFold:
+    """The durable site state as of ``until`` (default now), rebuilt from the log cheaply
+    enough to run at a worker's start: everything of the last ``restore_window_s`` through
+    every site agent (``rebuild``'s fold), preceded by what outlives that window, folded
+    into the long-lived state only: every ack and operator cap before it (cycles,
+    last-off/on, caps) and each miner's last telemetry on a pool of its own (home pools).
+    Over a range the window covers, this is exactly ``rebuild``."""
+    until = until or datetime.now(UTC)
+    start = until - timedelta(seconds=settings.restore_window_s)
+    fold = SiteFold(settings)
+    db = store.database
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        first = store.query(f"SELECT min(ts) FROM {db}.events WHERE topic IN "
+                            f"('commands.acks', 'commands.site') AND ts < {{s:DateTime64(3, "
+                            f"'UTC')}}", {"s": start})[0][0]
+        if first is not None and first.year > 1970:
+            for topic, _, payload in read_log(store, first, start,
+                                              ("commands.acks", "commands.site"),
+                                              chunk=timedelta(days=31)):
+                fold.feed_ledger(fast_decode(payload, topic))
+        homes = store.query(
+            f"SELECT payload FROM {db}.events WHERE topic = 'asic.telemetry' AND ts < "
+            f"{{s:DateTime64(3, 'UTC')}} AND (device_id, ts) IN (SELECT device_id, max(ts) "
+            f"FROM {db}.asic_telemetry WHERE ts < {{s:DateTime64(3, 'UTC')}} AND pool_url "
+            f"NOT IN ('', {{local:String}}) GROUP BY device_id) LIMIT 1 BY device_id",
+            {"s": start, "local": settings.local_pool_url})
+        for (payload,) in homes:
+            fold.feed_ledger(fast_decode(payload.encode() if isinstance(payload, str)
+                                         else payload, "asic.telemetry"))
+        for topic, _, payload in read_log(store, start, until, SITE_TOPICS):
+            fold.feed(fast_decode(payload, topic))
     finally:
         if was:
             gc.enable()

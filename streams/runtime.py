@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,13 @@ import uvicorn
 from api.app import create_api
 from api.auth import generate_key
 from connectors.synthetic import run_synthetic
-from streams.broker import BrokerError, EmbeddedBroker, free_port, wait_ready
+from streams.broker import BrokerError, EmbeddedBroker, free_port, port_in_use, wait_ready
 from streams.history import HistoryStore
 from streams.httpserve import QuietServer
 from streams.publish import Publisher
 from streams.settings import Settings
 from streams.sink import HistorySink
+from streams.supervise import Supervisor, terminate
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,6 @@ class StackOptions:
     farm: Any = None  # sim.farm.FarmConfig: start the simulated farm too
     endpoints_file: Path | None = None
     devices: dict[str, Any] | None = None  # `up`: the site's devices (an endpoints map)
-    extra_tasks: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Stack:
     farm: Any = None
     endpoints_file: Path | None = None
     connectors: dict[str, Any] = field(default_factory=dict)
-    worker_proc: subprocess.Popen[bytes] | None = None
+    supervisor: Supervisor | None = None
     generated_key: bool = False
 
 
@@ -135,7 +136,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             settings.kafka_bootstrap, "commands.asic", f"{settings.app_id}-asic-actuator",
             actuator.targets, actuator, emitter(ASIC_ACT), actuator=ASIC_ACT,
             concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s + 1.0,
-            own_all=settings.actuators_own_site)
+            own_all=settings.actuators_own_site,
+            session_timeout_s=settings.worker_session_timeout_s * 3)
     if m := endpoints.get("modbus"):
         out["meter"] = grid_meter.GridMeter(
             str(m["host"]), int(m["port"]), emitter(grid_meter.SOURCE),
@@ -169,7 +171,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
         out["gpu-actuator"] = CommandConsumer(
             settings.kafka_bootstrap, "commands.gpu", f"{settings.app_id}-gpu-actuator", gpus,
             act, emitter(gpu_actuator.SOURCE), actuator=gpu_actuator.SOURCE, concurrency=16,
-            timeout_s=15.0, own_all=settings.actuators_own_site)
+            timeout_s=15.0, own_all=settings.actuators_own_site,
+            session_timeout_s=settings.worker_session_timeout_s * 3)
     if models := [(str(m["name"]), str(m["url"])) for m in endpoints.get("model_endpoints", [])]:
         out["models"] = model_probe.ModelProbe(models, emitter(model_probe.SOURCE),
                                                period_s=settings.model_probe_s)
@@ -184,7 +187,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
         cmds = CommandConsumer(settings.kafka_bootstrap, "commands.compute",
                                f"{settings.app_id}-compute-{settings.compute_miner_id}",
                                {settings.compute_miner_id, settings.site}, miner.obey, em,
-                               actuator=coordinator.SOURCE)
+                               actuator=coordinator.SOURCE,
+                               session_timeout_s=settings.worker_session_timeout_s * 3)
         out["coordinator"] = coordinator.ComputeMinerService(miner, cmds)
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
@@ -204,31 +208,36 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
 
 
 def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[bytes]:
-    """Start ``hashplane worker`` (the Faust agents) as a child process."""
+    """Start ``hashplane worker`` (the Faust agents) as a child process that dies with us."""
+    from streams.broker import die_with_parent
+
     out: Any = subprocess.DEVNULL
     if log_path is not None:
         out = open(log_path, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker"],
-        env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT)
+        env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
     """SIGTERM a child, SIGKILL it if it has not exited after ``timeout_s``."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, timeout_s)
+
+
+def supply_feeds(devices: dict[str, Any]) -> list[str]:
+    """The supply feed ids an endpoints map configures (energy waits for each of them)."""
+    return [str(f["id"]) for f in (devices.get("mqtt") or {}).get("feeds", []) if f.get("id")]
 
 
 async def run_stack(settings: Settings, opts: StackOptions,
                     stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
                     stack: Stack | None = None) -> Stack:
-    """Start everything ``opts`` asks for, run until ``stop`` or the duration, stop cleanly."""
+    """Start everything ``opts`` asks for, run until ``stop`` or the duration, stop cleanly.
+
+    Every part is supervised (streams/supervise.py): a connector, the sink or the API that
+    fails is restarted, so is the worker process when it exits and the embedded broker when
+    it dies (it comes back empty on the same port; the sink and the worker recover)."""
     stop = stop or asyncio.Event()
     stack = stack or Stack(settings=settings)
     loop = asyncio.get_running_loop()
@@ -236,11 +245,28 @@ async def run_stack(settings: Settings, opts: StackOptions,
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    tasks: list[asyncio.Task[Any]] = []
+    sup = Supervisor(stop)
+    stack.supervisor = sup
     publisher: Publisher | None = None
     server: QuietServer | None = None
     emitters: dict[str, Any] = {}  # connector source -> its counters, for /metrics
     try:
+        port = 0
+        if opts.api:
+            port = settings.api_port or free_port(settings.api_host)
+            if port_in_use(settings.api_host, port):
+                raise RuntimeError(f"API port {settings.api_host}:{port} is already in use "
+                                   f"(another hashplane?); pick one with --api-port")
+            update: dict[str, Any] = {}
+            if not settings.api_key and not settings.api_keys:
+                # no key configured: one is generated for this run and shown in the banner
+                update["api_key"] = generate_key()
+                stack.generated_key = True
+            if settings.embedded_history and not settings.state_url:
+                # the worker restores the site state through the store's owner: this process
+                update["state_url"] = f"http://{settings.api_host}:{port}"
+            settings = settings.model_copy(update=update)
+            stack.settings = settings
         if opts.embedded_broker:
             stack.broker = EmbeddedBroker(opts.kafka_port,
                                           log_file=settings.data_dir / "broker.log")
@@ -259,65 +285,72 @@ async def run_stack(settings: Settings, opts: StackOptions,
             if opts.endpoints_file is not None:
                 stack.farm.write_endpoints(opts.endpoints_file)
                 stack.endpoints_file = opts.endpoints_file
+        devices = stack.farm.endpoints() if stack.farm is not None else opts.devices
+        if devices and not settings.supply_feeds:
+            settings = settings.model_copy(update={"supply_feeds": supply_feeds(devices)})
+            stack.settings = settings
         if opts.sink or opts.api:
             stack.store = HistoryStore(settings.history_dsn, settings.clickhouse_database)
             await asyncio.to_thread(_open_store, stack.store)
         if opts.worker:
-            stack.worker_proc = spawn_worker(settings, settings.data_dir / "worker.log")
+            worker_log = settings.data_dir / "worker.log"
+            s_worker = settings
+            sup.process("worker", lambda: spawn_worker(s_worker, worker_log))
         if opts.sink:
             assert stack.store is not None
-            stack.sink = HistorySink(settings, stack.store)
-            tasks.append(asyncio.create_task(stack.sink.run(stop), name="history-sink"))
-        if opts.synthetic_workers or stack.farm is not None or opts.devices:
+            store = stack.store
+
+            def new_sink() -> Any:
+                stack.sink = HistorySink(settings, store)
+                return stack.sink.run(stop)
+
+            sup.task("history-sink", new_sink)
+        if opts.synthetic_workers or devices:
             publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-connectors")
             await publisher.start()
         if opts.synthetic_workers:
             assert publisher is not None
-            tasks.append(asyncio.create_task(run_synthetic(
-                publisher, stop, site=settings.site, workers=opts.synthetic_workers,
-                interval_s=opts.synthetic_interval_s), name="synthetic-source"))
-        if stack.farm is not None:
+            pub = publisher
+            sup.task("synthetic-source", lambda: run_synthetic(
+                pub, stop, site=settings.site, workers=opts.synthetic_workers,
+                interval_s=opts.synthetic_interval_s))
+        if devices:
             assert publisher is not None
             # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
-            stack.connectors = site_connectors(settings, publisher, stack.farm.endpoints(),
-                                               DEMO_CONNECTORS, emitters)
-        elif opts.devices:
-            assert publisher is not None
-            stack.connectors = site_connectors(settings, publisher, opts.devices,
-                                               DEMO_CONNECTORS, emitters)
+            stack.connectors = site_connectors(settings, publisher, devices, DEMO_CONNECTORS,
+                                               emitters)
         for name, conn in stack.connectors.items():
-            tasks.append(asyncio.create_task(conn.run(stop), name=f"connector-{name}"))
+            sup.task(f"connector-{name}", partial(conn.run, stop))
         if opts.api:
             assert stack.store is not None
-            if not settings.api_key and not settings.api_keys:
-                # no key configured: one is generated for this run and shown in the banner
-                settings = settings.model_copy(update={"api_key": generate_key()})
-                stack.settings, stack.generated_key = settings, True
-            port = settings.api_port or free_port(settings.api_host)
-            sink = stack.sink
-            server = QuietServer(uvicorn.Config(
-                create_api(settings, stack.store, connector_stats=lambda: emitters,
-                           sink_stats=lambda: sink.stats if sink is not None else None),
-                host=settings.api_host, port=port, log_level="warning", lifespan="on"))
-            tasks.append(asyncio.create_task(server.serve(), name="api"))
+            api_store = stack.store
+
+            def new_api() -> Any:
+                nonlocal server
+                sink = stack.sink
+                server = QuietServer(uvicorn.Config(
+                    create_api(settings, api_store, connector_stats=lambda: emitters,
+                               sink_stats=lambda: sink.stats if sink is not None else None),
+                    host=settings.api_host, port=port, log_level="warning", lifespan="on"))
+                return server.serve()
+
+            api = sup.task("api", new_api)
             stack.api_url = f"http://{settings.api_host}:{port}"
-        tasks += [asyncio.create_task(t) for t in opts.extra_tasks]
-        if server is not None:
-            while not server.started and not stop.is_set():
-                if tasks[-1].done() and tasks[-1].exception():
-                    raise tasks[-1].exception()  # type: ignore[misc]
+        if opts.api:
+            while server is None or not server.started:
+                if stop.is_set():
+                    break
+                if api.running.done() and api.running.exception():
+                    raise api.running.exception()
                 await asyncio.sleep(0.05)
         if ready is not None:
             ready.set()
-        await _wait(stop, tasks, opts.duration_s, stack)
+        await _wait(stop, sup, opts.duration_s, stack)
     finally:
         stop.set()
         if server is not None:
             server.should_exit = True
-        await asyncio.to_thread(stop_process, stack.worker_proc)
-        for t in tasks:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(t), 15)
+        await sup.shutdown()
         if publisher is not None:
             await publisher.stop()
         if stack.farm is not None:
@@ -342,21 +375,22 @@ def _open_store(store: HistoryStore) -> None:
             f"--data-dir.") from exc
 
 
-async def _wait(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], duration_s: float | None,
+async def _wait(stop: asyncio.Event, sup: Supervisor, duration_s: float | None,
                 stack: Stack) -> None:
     deadline = None if duration_s is None else time.monotonic() + duration_s
     while not stop.is_set():
         if deadline is not None and time.monotonic() >= deadline:
             return
-        for t in tasks:
-            if t.done():
-                exc = t.exception()
-                if exc is not None:
-                    raise RuntimeError(f"service {t.get_name()} failed: {exc!r}") from exc
-        if stack.worker_proc is not None and stack.worker_proc.poll() is not None:
-            raise RuntimeError(f"Faust worker exited with code {stack.worker_proc.returncode}; "
-                               f"see {stack.settings.data_dir / 'worker.log'}")
-        if stack.broker is not None and not stack.broker.running():
-            raise BrokerError("embedded broker exited")
+        await sup.check()
+        if stack.broker is not None and not stack.broker.running() and not stop.is_set():
+            log.error("the embedded broker exited; restarting it on %s (memory storage: it "
+                      "comes back empty; producers retry, the sink and the worker recover)",
+                      stack.broker.bootstrap)
+            try:
+                await stack.broker.restart()
+                await ensure_topics(stack.broker.bootstrap,
+                                    replication=stack.settings.topic_replication)
+            except (BrokerError, OSError) as exc:
+                log.error("broker restart failed: %s", exc)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)

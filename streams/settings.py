@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field(default="hashplane", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+    # Worker start after the broker lost its state (streams/restore.py)
+    state_url: str = Field(
+        default="", description="API base URL the worker restores the site state from "
+        "when the history is the embedded ClickHouse of another process (the demo sets it)")
+    restore_window_s: float = Field(
+        default=3600.0, gt=0, description="History folded through every site agent on "
+        "restore; acks, caps and home pools from before it are folded too")
+    restore_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest a starting worker waits for the restored "
+        "state before it starts without it (loudly)")
+
     # History sink
     sink_group: str = Field(default="hashplane-history-sink", description="Sink consumer group")
     sink_batch_max: int = Field(default=20_000, ge=1, description="Rows per insert, at most")
@@ -62,6 +73,10 @@ class Settings(BaseSettings):
     band_hold_s: float = Field(
         default=30.0, ge=0, description="Frequency must stay released this long to relax a band")
     feed_stale_s: float = Field(default=10.0, gt=0, description="A silent feed leaves the supply")
+    supply_feeds: list[str] = Field(
+        default_factory=list,
+        description="The site's supply feeds (JSON list of feed ids): the supply is unknown "
+        "until each has reported, or feed_stale_s after the first did (the demo sets it)")
     device_stale_s: float = Field(
         default=600.0, gt=0, description="A device silent this long leaves the measured load")
 

@@ -1,11 +1,17 @@
 """The history sink: every contract topic into ClickHouse, at least once, without duplicates.
 
-Offsets are committed only after the insert that holds them succeeded.  Rows carry their
-Kafka position; after a restart or rebalance the sink asks the log which offsets past the
-committed one it already holds (``HistoryStore.stored_offsets``) and skips exactly those, so
-a batch redelivered after a crash mid-insert is not stored twice.  A ClickHouse outage pauses
-consumption and retries with capped exponential backoff; nothing is committed meanwhile, so
-nothing is lost.
+Offsets are committed only after the insert that holds them succeeded.  After a restart, a
+rebalance, or when a partition's offsets go back (the embedded broker restarted: offsets
+start again at 0; or the group's position was reset), the sink asks the log which of the
+fetched events it already holds, by event id (``HistoryStore.stored_ids``), and skips
+exactly those; it goes on asking until a fetch brings nothing stored past what this process
+itself stored.  So a batch redelivered after a crash mid-insert is not stored twice, and a
+new record at an offset an old one had is never mistaken for it.  The check errs only
+towards storing: a record it cannot prove stored is inserted (a duplicate row would collapse
+in the ReplacingMergeTree; a skipped one would be lost).
+
+A ClickHouse outage (at the check, the repair or the insert) pauses consumption and retries
+with capped exponential backoff; nothing is committed meanwhile, so nothing is lost.
 Undecodable records are published to ``dlq`` with the reason and their offsets committed.
 """
 
@@ -14,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
@@ -26,13 +34,15 @@ from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
 from schemas.registry import TOPICS
 from streams.codec import DecodeError, dead_letter, decode_record, dlq_id, encode
-from streams.history import HistoryStore, StoredOffsets
-from streams.publish import Publisher
+from streams.history import HistoryStore, StoredKey
+from streams.publish import Publisher, PublishError
 from streams.settings import Settings
+from streams.topics import BrokerUnavailable, start_client
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -60,12 +70,14 @@ class Batch:
     rows: dict[TopicPartition, list[tuple[Any, ...]]] = field(default_factory=dict)
     dead: dict[TopicPartition, list[RecordDeadLettered]] = field(default_factory=dict)
     last_offset: dict[TopicPartition, int] = field(default_factory=dict)
+    ids: set[UUID] = field(default_factory=set)  # event ids of the rows (a re-fetch skips them)
     size: int = 0
 
-    def drop(self, tps: set[TopicPartition]) -> None:
-        """Forget partitions this sink no longer owns (their new owner re-reads them)."""
+    def forget_positions(self, tps: set[TopicPartition]) -> None:
+        """Commit nothing for these partitions: their rows are still stored, but their
+        offsets may belong to another broker incarnation or another owner's group
+        generation (the next owner re-reads them and finds them stored)."""
         for tp in tps:
-            self.size -= len(self.rows.pop(tp, ())) + len(self.dead.pop(tp, ()))
             self.last_offset.pop(tp, None)
 
     def all_rows(self) -> list[tuple[Any, ...]]:
@@ -92,13 +104,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.sink.batch.drop(set(revoked))
-        self.sink.unchecked -= set(revoked)
+        # The gathered rows are kept and stored (after a broker restart they exist nowhere
+        # else); only their offsets are not committed.
+        self.sink.forget_positions(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.sink.settle()  # what is stored must include the insert in flight
-        # Checked at the first fetched record of each partition (that offset is where the
-        # group's committed position put us; asking the broker here would deadlock).
+        # Fetched records of these partitions are checked against the log before storing.
         self.sink.unchecked |= set(assigned)
         log.info("sink assigned %d partitions", len(assigned))
 
@@ -108,7 +120,7 @@ class HistorySink:
 
     def __init__(self, settings: Settings, store: HistoryStore, *,
                  topics: list[str] | None = None, clock: Clock = utc_now,
-                 bootstrap: str | None = None):
+                 bootstrap: str | None = None, recent_max: int = 200_000):
         self.settings = settings
         self.store = store
         self.topics = topics or [t.name for t in TOPICS]
@@ -116,56 +128,100 @@ class HistorySink:
         self.bootstrap = bootstrap or settings.kafka_bootstrap
         self.stats = SinkStats()
         self.batch = Batch()
-        self.stored: dict[TopicPartition, StoredOffsets] = {}
         self.unchecked: set[TopicPartition] = set()
+        self.last_seen: dict[TopicPartition, int] = {}  # last offset fetched
+        self.stored_upto: dict[TopicPartition, int] = {}  # highest offset this process stored
+        # Event ids this process stored lately: a record sent again (a producer re-sending
+        # to a broker that restarted empty, a producer retry) is skipped without a lookup.
+        self.recent_ids: set[UUID] = set()
+        self._recent_order: deque[UUID] = deque()
+        self.recent_max = recent_max
         self._dlq: Publisher | None = None
         self._inflight: tuple[Batch, asyncio.Task[None], float] | None = None
+        self._stop: asyncio.Event | None = None
+        self.consumer: AIOKafkaConsumer | None = None
 
-    async def load_stored(self, tp: TopicPartition, from_offset: int) -> None:
-        """Which offsets of a newly assigned partition, from where consumption resumes, the
-        log already holds."""
+    async def _store_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A store call retried with capped backoff until it succeeds (never guess)."""
+        attempt = 0
         while True:
             try:
-                found = await asyncio.to_thread(self.store.stored_offsets, tp.topic,
-                                                tp.partition, from_offset)
-                break
+                return await asyncio.to_thread(fn, *args)
             except Exception as exc:  # noqa: BLE001 - store down: wait, never guess
+                attempt += 1
                 self._record_failure(exc)
-                await asyncio.sleep(1.0)
-        if found:
-            self.stored[tp] = found
-            repaired = await asyncio.to_thread(self.store.repair_typed, tp.topic,
-                                               tp.partition, found)
-            log.info("sink: %s has records from offset %d already stored; skipping them "
-                     "(%d typed rows its view had missed were added)", tp, from_offset,
-                     repaired)
-        else:
-            self.stored.pop(tp, None)
+                delay = min(self.settings.sink_retry_max_s, 0.25 * 2 ** min(attempt, 10))
+                log.warning("history store %s failed (attempt %d, retry in %.1fs): %s", what,
+                            attempt, delay, exc)
+                await asyncio.sleep(delay)
 
-    def add(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes],
-            ingested: datetime) -> None:
-        """Decode one record into the batch (row, dead letter, or skipped duplicate)."""
-        self.batch.last_offset[tp] = rec.offset
-        stored = self.stored.get(tp)
-        if stored is not None and rec.offset in stored:
-            self.stats.duplicates_skipped += 1
+    def forget_positions(self, tps: set[TopicPartition]) -> None:
+        """Offsets of these partitions must not be committed (revoked, or went back)."""
+        self.batch.forget_positions(tps)
+        if self._inflight is not None:
+            self._inflight[0].forget_positions(tps)
+
+    async def add_records(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]],
+                          ingested: datetime) -> None:
+        """Decode fetched records into the batch: rows, dead letters, skipped duplicates."""
+        if not records:
             return
-        try:
-            event, upcast = decode_record(tp.topic, rec.value)
-        except DecodeError as exc:
-            if tp.topic == "dlq":
-                log.error("undecodable record on dlq itself at %s@%d: %s", tp, rec.offset,
-                          exc.reason)
-                return
-            self.batch.dead.setdefault(tp, []).append(dead_letter(
-                source_topic=tp.topic, raw=rec.value, reason=exc.reason,
-                site=self.settings.site, source="history-sink", ts=ingested, key=rec.key,
-                partition=rec.partition, offset=rec.offset,
-                # Same record, same letter: a redelivery does not dead-letter it twice.
-                event_id=dlq_id(tp.topic, tp.partition, rec.offset)))
+        last = self.last_seen.get(tp)
+        if last is not None and records[0].offset <= last:
+            # Offsets went back: the broker restarted (they start again at 0) or the
+            # position was reset.  Store what is in flight, then check against the log.
+            log.warning("sink: %s went back from offset %d to %d; checking fetched records "
+                        "against the log", tp, last, records[0].offset)
+            self.forget_positions({tp})
+            await self.settle()
+            self.stored_upto.pop(tp, None)
+            self.unchecked.add(tp)
+        self.last_seen[tp] = records[-1].offset
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Event | None, bool, str]] = []
+        for rec in records:
+            try:
+                event, upcast = decode_record(tp.topic, rec.value)
+                decoded.append((rec, event, upcast, ""))
+            except DecodeError as exc:
+                decoded.append((rec, None, False, exc.reason))
+        found: set[UUID] = set()
+        if tp in self.unchecked:
+            keys: list[StoredKey] = [(e.site, e.device_id, e.ts, e.event_id)
+                                     for _, e, _, _ in decoded if e is not None]
+            found = await self._store_call("lookup", self.store.stored_ids, tp.topic, keys)
+            if found:
+                repaired = await self._store_call(
+                    "repair", self.store.repair_typed, tp.topic,
+                    [k for k in keys if k[3] in found])
+                log.info("sink: %s: %d fetched records from offset %d were already stored; "
+                         "skipped (%d typed rows their view had missed were added)", tp,
+                         len(found), records[0].offset, repaired)
+            elif records[-1].offset >= self.stored_upto.get(tp, -1):
+                self.unchecked.discard(tp)  # past anything stored: no more lookups
+        for rec, ev, upcast, reason in decoded:
+            self.batch.last_offset[tp] = rec.offset
+            if ev is None:
+                self._dead(tp, rec, reason, ingested)
+                continue
+            if ev.event_id in found or ev.event_id in self.batch.ids \
+                    or ev.event_id in self.recent_ids:
+                self.stats.duplicates_skipped += 1
+                continue
+            self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, ev, upcast, ingested))
+            self.batch.ids.add(ev.event_id)
             self.batch.size += 1
+
+    def _dead(self, tp: TopicPartition, rec: ConsumerRecord[bytes, bytes], reason: str,
+              ingested: datetime) -> None:
+        if tp.topic == "dlq":
+            log.error("undecodable record on dlq itself at %s@%d: %s", tp, rec.offset, reason)
             return
-        self.batch.rows.setdefault(tp, []).append(to_row(tp.topic, rec, event, upcast, ingested))
+        self.batch.dead.setdefault(tp, []).append(dead_letter(
+            source_topic=tp.topic, raw=rec.value, reason=reason,
+            site=self.settings.site, source="history-sink", ts=ingested, key=rec.key,
+            partition=rec.partition, offset=rec.offset,
+            # Same record, same letter: a redelivery does not dead-letter it twice.
+            event_id=dlq_id(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.value)))
         self.batch.size += 1
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -175,23 +231,31 @@ class HistorySink:
         thread); a batch's offsets are committed only after its own insert succeeded.
         """
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=s.sink_group,
-            client_id="hashplane-history-sink",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            session_timeout_ms=int(s.worker_session_timeout_s * 1000) * 3,
-            heartbeat_interval_ms=int(s.worker_heartbeat_interval_s * 1000),
-            rebalance_timeout_ms=int(s.worker_rebalance_timeout_s * 1000) * 3,
-            max_poll_interval_ms=3_600_000,
-        )
+        def make() -> AIOKafkaConsumer:
+            c = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=s.sink_group,
+                client_id="hashplane-history-sink",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_max_bytes=32 * 1024 * 1024,
+                session_timeout_ms=int(s.worker_session_timeout_s * 1000) * 3,
+                heartbeat_interval_ms=int(s.worker_heartbeat_interval_s * 1000),
+                rebalance_timeout_ms=int(s.worker_rebalance_timeout_s * 1000) * 3,
+                max_poll_interval_ms=3_600_000,
+            )
+            c.subscribe(self.topics, listener=_Rebalance(self))
+            return c
+
+        self._stop = stop
         self._dlq = Publisher(self.bootstrap, client_id="hashplane-history-sink-dlq")
-        await self._dlq.start()
-        consumer.subscribe(self.topics, listener=_Rebalance(self))
-        await consumer.start()
+        try:
+            consumer = await start_client(make, "history sink", stop)
+            self.consumer = consumer
+            await self._dlq.start()
+        except BrokerUnavailable:
+            return
         try:
             while not stop.is_set():
                 await self._gather(consumer, stop)
@@ -220,11 +284,7 @@ class HistorySink:
                 max_records=s.sink_batch_max - self.batch.size)
             ingested = self.clock()
             for tp, records in fetched.items():
-                if tp in self.unchecked and records:
-                    await self.load_stored(tp, records[0].offset)
-                    self.unchecked.discard(tp)
-                for rec in records:
-                    self.add(tp, rec, ingested)
+                await self.add_records(tp, records, ingested)
 
     def _launch(self) -> None:
         """Start inserting the gathered batch in a worker thread."""
@@ -251,9 +311,8 @@ class HistorySink:
                 if attempt == 0:
                     await task
                 else:
-                    owned = consumer.assignment()
-                    rows = [r for tp, rs in batch.rows.items() if tp in owned for r in rs]
-                    await asyncio.to_thread(self.store.insert_events, rows)
+                    # every row, owned or not: after a broker restart they exist only here
+                    await asyncio.to_thread(self.store.insert_events, batch.all_rows())
                 break
             except Exception as exc:  # noqa: BLE001 - any store failure: back off, keep the rows
                 attempt += 1
@@ -277,19 +336,36 @@ class HistorySink:
         self.stats.last_insert_s = time.perf_counter() - t0
         dead = batch.all_dead()
         if dead and self._dlq is not None:
-            await self._dlq.publish_many(dead)
+            try:  # retried through broker outages, until the sink is told to stop
+                await self._dlq.deliver(dead, self._stop)
+            except PublishError as exc:
+                log.warning("stopping with dead letters not published (%s); offsets not "
+                            "committed", exc)
+                return
         owned = consumer.assignment()
         offsets = {tp: OffsetAndMetadata(off + 1, "") for tp, off in batch.last_offset.items()
                    if tp in owned}
+        self._remember(batch.ids)
+        for tp, rows in batch.rows.items():
+            if rows and tp in batch.last_offset:  # positions forgotten: another incarnation
+                self.stored_upto[tp] = max(self.stored_upto.get(tp, -1), int(rows[-1][-1]))
         self.stats.inserted += sum(len(r) for r in batch.rows.values())
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
         if offsets:
+            log.debug("sink commits %s", {f"{tp.topic}/{tp.partition}": o.offset
+                                          for tp, o in offsets.items()})
             try:
                 await consumer.commit(offsets)
             except Exception as exc:  # noqa: BLE001 - a rebalance mid-commit: the data is
                 # stored and the next owner finds it stored and skips it.
                 log.warning("offset commit failed after insert: %s", exc)
+
+    def _remember(self, ids: set[UUID]) -> None:
+        self.recent_ids |= ids
+        self._recent_order.extend(ids)
+        while len(self._recent_order) > self.recent_max:
+            self.recent_ids.discard(self._recent_order.popleft())
 
     def _record_failure(self, exc: BaseException) -> None:
         self.stats.insert_failures += 1

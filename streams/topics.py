@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.registry import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
+
+
+class _Client(Protocol):
+    async def start(self) -> Any: ...
+    async def stop(self) -> Any: ...
+
+
+C = TypeVar("C", bound=_Client)
 
 #: Longest a consumer on the control path lets the broker hold a fetch.  Tansu answers a
 #: waiting multi-partition fetch only when the wait ends, not when data arrives, so this is
@@ -69,3 +81,49 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
         return total
     finally:
         await consumer.stop()
+
+
+async def start_client(make: Callable[[], C], what: str, stop: asyncio.Event | None = None,
+                       retry_max_s: float = 5.0) -> C:
+    """Build and start an aiokafka client, retrying (new client each time) while the broker
+    cannot be reached; a process started during an outage comes up when the broker does.
+    Raises ``BrokerUnavailable`` only when ``stop`` is set first."""
+    delay = 0.25
+    while True:
+        client = make()
+        try:
+            await client.start()
+            return client
+        except (KafkaError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await client.stop()
+            if stop is not None and stop.is_set():
+                raise BrokerUnavailable(f"{what}: stopped before the broker answered") from exc
+            log.warning("%s: broker unreachable (%s); retrying in %.1fs", what, exc, delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            delay = min(retry_max_s, delay * 2)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached before the process was told to stop."""
+
+
+async def ensure_topics_retrying(bootstrap: str, replication: int = 1,
+                                 stop: asyncio.Event | None = None,
+                                 retry_max_s: float = 5.0) -> list[str]:
+    """``ensure_topics``, retried while the broker cannot be reached."""
+    delay = 0.25
+    while True:
+        try:
+            return await ensure_topics(bootstrap, replication=replication)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if stop is not None and stop.is_set():
+                raise BrokerUnavailable("stopped before the broker answered") from exc
+            log.warning("creating topics on %s failed (%s); retrying in %.1fs", bootstrap, exc,
+                        delay)
+            await asyncio.sleep(delay)
+            delay = min(retry_max_s, delay * 2)

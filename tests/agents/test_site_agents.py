@@ -88,6 +88,7 @@ def feed(sec: float, cap: float) -> FeedPowerMeasured:
 
 
 async def test_energy_agent_publishes_what_the_step_function_computes(settings) -> None:  # type: ignore[no-untyped-def]
+    settings = settings.model_copy(update={"supply_feeds": ["f1"]})
     events: list[Any] = [feed(0, 20), tele(0, "a0"), tele(0, "a1"), grid(1, 50.0), grid(2, 49.7)]
     agent, published = make(settings, workers.register_energy)
     await put_all(agent, events)
@@ -106,10 +107,14 @@ async def test_scheduler_agent_commands_and_persists_cycles_from_acks(settings) 
                               command_id=cmd.command_id, command_kind="SleepAsic",
                               status="applied", latency_ms=3, actuator="t")
     agent, published = make(settings, workers.register_scheduler)
-    await put_all(agent, [*events, ack])
-    assert published == [cmd] and isinstance(cmd, SleepAsic)
+    await put_all(agent, events)
     table = agent.app.tables["scheduler_asics"]
-    assert table[f"site-1/{cmd.device_id}"] == [1, at(2).timestamp(), None]
+    # the command in flight is kept too: a restarted scheduler waits for its ack
+    assert table[f"site-1/{cmd.device_id}"] == [
+        0, None, None, [str(cmd.command_id), "SleepAsic", cmd.expires_at.timestamp()]]
+    await put_all(agent, [ack])
+    assert published == [cmd] and isinstance(cmd, SleepAsic)
+    assert table[f"site-1/{cmd.device_id}"] == [1, at(2).timestamp(), None, None]
 
 
 async def test_failover_agent_switches_to_the_local_pool(settings) -> None:  # type: ignore[no-untyped-def]

@@ -99,12 +99,16 @@ async def test_sms_goes_through_twilio_to_every_recipient_with_credentials(
 
 async def test_rate_limit_gathers_a_digest_per_recipient(provider: FakeProvider) -> None:
     s = sms(provider, min_interval_s=3600)
+    now = [5.0]  # the dispatcher's clock: a machine booted seconds ago is fine
     d = AlertDispatcher("unused:9092", "g", [s], Emitter(ListSink(), source="t", site="site-1"),
-                        Retry(sleep=no_wait))
+                        Retry(sleep=no_wait), clock=lambda: now[0])
     for a in (alert(), alert("uplink_down"), alert("uplink_down", resolved=True)):
         await d.dispatch(encode(a), b"k")
     assert len(provider.messages()) == 2  # the first alert, once per recipient
-    s.last_sent = {r: 0.0 for r in s.recipients}  # the interval has passed
+    now[0] += 3599.0
+    await d.tick()
+    assert len(provider.messages()) == 2  # still inside the interval: gathered
+    now[0] += 1.0  # the interval has passed
     await d.tick()
     digest = provider.messages()[2:]
     assert len(digest) == 2 and digest[0]["Body"].startswith("hashplane site-1: 2 alerts")

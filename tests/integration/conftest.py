@@ -16,7 +16,8 @@ from tests.conftest import HASHPLANE, child_env
 def control_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={
         "energy_emit_s": 0.0, "energy_margin_kw": 0.0, "sched_min_on_s": 0.0,
-        "sched_hysteresis_kw": 1.0, "uplink_down_after": 2, "command_ttl_s": 60.0})
+        "sched_hysteresis_kw": 1.0, "uplink_down_after": 2, "command_ttl_s": 60.0,
+        "supply_feeds": ["feed-a"]})
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -12,8 +13,11 @@ from schemas.events import AsicTelemetryObserved, FeedPowerMeasured, GridMeasure
 from schemas.metrics import EnergyHeadroomComputed
 from tests.factories import T0
 
-P = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=10, emit_s=0)
-LONG = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=1000, emit_s=0)
+P = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=10, emit_s=0,
+                 feeds=("a",))
+P2 = replace(P, feeds=("a", "b"))
+LONG = EnergyParams(margin_kw=10, hysteresis_hz=0.05, hold_s=30, feed_stale_s=1000, emit_s=0,
+                    feeds=("a",))
 
 
 def grid(sec: float, hz: float, nominal: float = 50.0) -> GridMeasured:
@@ -37,7 +41,7 @@ def asic(sec: float, name: str, watts: float) -> AsicTelemetryObserved:
 
 def test_headroom_is_supply_minus_margin_minus_load() -> None:
     _, out = fold([feed(0, "a", 300), feed(0, "b", None, kw=150), asic(0, "x", 3000),
-                   asic(0, "y", 3500), grid(1, 50.0)], P)
+                   asic(0, "y", 3500), grid(1, 50.0)], P2)
     m = out[-1]
     assert (m.supply_kw, m.available_kw, m.load_kw, m.asic_load_kw) == (450, 440, 6.5, 6.5)
     assert m.headroom_kw == pytest.approx(433.5) and m.band == "normal"
@@ -75,7 +79,7 @@ def test_band_relaxes_only_after_hold_above_edge_plus_hysteresis() -> None:
 
 def test_a_silent_feed_leaves_the_supply() -> None:
     _, out = fold([feed(0, "a", 100), feed(0, "b", 100), grid(1, 50), feed(8, "a", 100),
-                   grid(9, 50), grid(12, 50)], P)
+                   grid(9, 50), grid(12, 50)], P2)
     assert [m.supply_kw for m in out if m.device_id == "site-1"][-1] == 100  # b silent 12 s
 
 
@@ -85,7 +89,7 @@ def test_out_of_order_reading_does_not_replace_a_newer_one() -> None:
 
 
 def test_emission_is_throttled_but_band_changes_are_immediate() -> None:
-    p = EnergyParams(emit_s=1.0, margin_kw=0)
+    p = EnergyParams(emit_s=1.0, margin_kw=0, feeds=("a",))
     events = [feed(0, "a", 100)] + [grid(0.2 * i, 50.0) for i in range(1, 10)] + [grid(2.0, 49.7)]
     _, out = fold(events, p)
     assert [round((m.ts - T0).total_seconds(), 1) for m in out] == [0.0, 1.0, 2.0]
@@ -97,6 +101,42 @@ def test_no_headroom_while_supply_is_unknown() -> None:
                    grid(20, 49.4)], P)
     assert [round((m.ts - T0).total_seconds()) for m in out] == [2, 3]  # none before a feed,
     # none after every feed went silent (12 s > feed_stale_s): unknown is not zero
+
+
+def test_supply_is_unknown_until_every_configured_feed_has_reported() -> None:
+    # A site of three 56-kW feeds: the first one alone (100.8 kW measured would have been
+    # read as the whole supply and shed the fleet) decides nothing.
+    p = replace(P, feeds=("a", "b", "c"), margin_kw=0)
+    _, out = fold([asic(0, "x", 3000), feed(0, "a", 56), grid(0.2, 50.0), feed(0.4, "b", 56),
+                   grid(0.6, 50.0), feed(0.8, "c", 56), grid(1.0, 50.0)], p)
+    assert [(round((m.ts - T0).total_seconds(), 1), m.supply_kw) for m in out] == [
+        (0.8, 168), (1.0, 168)]
+
+
+def test_unconfigured_or_missing_feeds_count_as_gone_after_the_staleness_period() -> None:
+    for p in (replace(P, feeds=()), replace(P, feeds=("a", "never-reports"))):
+        _, out = fold([feed(0, "a", 110), grid(1, 50.0), grid(9.9, 50.0), grid(10, 50.0)], p)
+        assert [round((m.ts - T0).total_seconds(), 1) for m in out] == [10.0]
+        assert out[0].supply_kw == 110
+
+
+def test_after_every_feed_went_silent_the_first_one_back_is_not_the_supply() -> None:
+    p = replace(P, feeds=("a", "b", "c"), margin_kw=0)
+    site = [feed(0, f, 56) for f in "abc"] + [grid(1, 50.0)]
+    silent = [grid(5 + i, 50.0) for i in range(15)]  # 20 s: all three stale
+    back = [feed(20, "a", 56), grid(20.5, 50.0), feed(21, "b", 56), feed(21.5, "c", 56),
+            grid(22, 50.0)]
+    _, out = fold([*site, *silent, *back], p)
+    assert [(round((m.ts - T0).total_seconds(), 1), m.supply_kw) for m in out] == [
+        (0, 168), (1, 168), (5, 168), (6, 168), (7, 168), (8, 168), (9, 168), (10, 168),
+        (21.5, 168), (22, 168)]
+
+
+def test_a_restarted_fold_waits_for_the_feeds_again() -> None:
+    # what a worker restart looks like: the same readings, a fresh state
+    _, before = fold([feed(0, "a", 110), feed(0, "b", 60), grid(1, 50.0)], P2)
+    _, after = fold([feed(20, "a", 110), grid(21, 50.0), feed(22, "b", 60), grid(23, 50.0)], P2)
+    assert before[-1].supply_kw == 170 and [m.supply_kw for m in after] == [170, 170]
 
 
 def cap(sec: float, limit: float | None, duration: float | None = None,

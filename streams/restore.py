@@ -1,0 +1,317 @@
+"""The site agents' durable state across a broker that forgets (the embedded Tansu broker
+keeps topics in memory: its restart loses every Faust changelog).
+
+Two paths, both in the worker process:
+
+* **At start** (``prepare_changelogs``, before Faust starts): when every site table's
+  changelog topic is empty or missing, the state is rebuilt from ClickHouse with the
+  replay fold (``streams.replay.restore``) and written into the changelog topics, so Faust's
+  own recovery loads it and the agents act on it at their first event.  The fold runs where
+  the history is: straight on a ClickHouse server (``HASHPLANE_CLICKHOUSE_DSN``), or, with
+  the embedded engine, which one process owns, through that process's API
+  (``HASHPLANE_STATE_URL``, ``GET /v1/state``).  If no state arrives within
+  ``restore_timeout_s`` the worker says so loudly and starts on what it has.
+* **While running** (``ChangelogWatchdog``, a Faust timer): when the broker lost its state
+  under a running worker (its cluster id changed, or a changelog topic vanished), the
+  worker's tables are still right in memory; it recreates the changelog topics and writes
+  every key again, so a later restart recovers the whole state from the new broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.alerts import AlertFired, AlertResolved
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The site agents' Faust tables that hold durable state (agents/workers.py), all with one
+#: partition.  Persistent names (STYLE.md 12).
+SITE_TABLES = ("scheduler_asics", "failover_home_pools", "alerts_firing", "energy_caps",
+               "compute_gate")
+
+Tables = dict[str, dict[str, Any]]
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """Faust's changelog topic of a table."""
+    return f"{app_id}-{table}-changelog"
+
+
+async def changelog_ends(bootstrap: str, app_id: str) -> dict[str, int]:
+    """End offset of each site table's changelog topic (absent: the topic does not exist)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topics = await consumer.topics()
+        tps = [TopicPartition(changelog_topic(app_id, t), 0) for t in SITE_TABLES
+               if changelog_topic(app_id, t) in topics]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {tp.topic.removeprefix(f"{app_id}-").removesuffix("-changelog"): int(off)
+                for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def create_changelogs(bootstrap: str, app_id: str, replication: int = 1) -> list[str]:
+    """Create the site tables' changelog topics that are missing (compacted, 1 partition,
+    as Faust creates them); return those created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        have = set(await admin.list_topics())
+        new = [NewTopic(name=changelog_topic(app_id, t), num_partitions=1,
+                        replication_factor=replication,
+                        topic_configs={"cleanup.policy": "compact"})
+               for t in SITE_TABLES if changelog_topic(app_id, t) not in have]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+async def seed_changelogs(bootstrap: str, app_id: str, tables: Tables,
+                          replication: int = 1) -> int:
+    """Write ``tables`` into the changelog topics the way Faust does (JSON key and value),
+    creating the topics first; return the number of entries written."""
+    await create_changelogs(bootstrap, app_id, replication)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(changelog_topic(app_id, table), json.dumps(v).encode(),
+                                       key=json.dumps(k).encode(), partition=0)
+                   for table, entries in tables.items() if table in SITE_TABLES
+                   for k, v in entries.items()]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+#: Key of the record ``seal_changelogs`` appends (no agent reads it).
+SEAL_KEY = "__seal__"
+
+
+async def seal_changelogs(bootstrap: str, app_id: str) -> int:
+    """Append one record, alone in its produce request, to every non-empty partition of the
+    app's changelog topics; return how many were sealed.
+
+    Tansu answers ListOffsets(latest) with the last batch's base offset + 1, not the high
+    watermark, and Faust's table recovery reads a changelog up to that answer: the rest of
+    a last batch of several writes (a grid dip writes 160 keys at once) would not be
+    recovered.  A last batch of one record makes the answer exact; the seal's key is one
+    no agent reads."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        names = [t for t in await consumer.topics()
+                 if t.startswith(f"{app_id}-") and t.endswith("-changelog")]
+        tps = [TopicPartition(t, p) for t in names
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = await consumer.end_offsets(tps) if tps else {}
+    finally:
+        await consumer.stop()
+    todo = [tp for tp in tps if ends.get(tp, 0) > 0]
+    if not todo:
+        return 0
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        for tp in todo:  # one request each: each seal is a batch of its own
+            await producer.send_and_wait(tp.topic, b"0", key=json.dumps(SEAL_KEY).encode(),
+                                         partition=tp.partition)
+    finally:
+        await producer.stop()
+    return len(todo)
+
+
+def _restore_from_store(settings: Settings) -> Tables:
+    from streams.history import HistoryStore
+    from streams.replay import restore
+
+    store = HistoryStore(settings.history_dsn, settings.clickhouse_database).open()
+    try:
+        return restore(store, settings).tables()
+    finally:
+        store.close()
+
+
+async def fetch_restored(settings: Settings) -> Tables | None:
+    """The durable state rebuilt from the history, or None when no source answered within
+    ``restore_timeout_s``.  Tries the API (``state_url``) when set, else a ClickHouse
+    server directly; the embedded engine's directory belongs to another process."""
+    deadline = time.monotonic() + settings.restore_timeout_s
+    delay = 0.5
+    while True:
+        try:
+            if settings.state_url:
+                key = settings.api_key or next(
+                    (k for k, scope in settings.api_keys.items()), "")
+                async with httpx.AsyncClient(timeout=settings.restore_timeout_s) as client:
+                    r = await client.get(settings.state_url.rstrip("/") + "/v1/state",
+                                         headers={"Authorization": f"Bearer {key}"})
+                r.raise_for_status()
+                return dict(r.json()["tables"])
+            if not settings.embedded_history:
+                return await asyncio.to_thread(_restore_from_store, settings)
+            log.error("no source to restore the site state from: the history is the embedded "
+                      "ClickHouse of another process; set HASHPLANE_STATE_URL to its API")
+            return None
+        except Exception as exc:  # noqa: BLE001 - API not up yet, store down: retry
+            if time.monotonic() + delay > deadline:
+                log.critical("could not restore the site state from the history within "
+                             "%.0f s (%s): starting with what the broker holds",
+                             settings.restore_timeout_s, exc)
+                return None
+            log.warning("restoring the site state: %s; retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
+async def prepare_changelogs(settings: Settings) -> str:
+    """Before Faust starts: restore the durable state into empty changelogs (see module
+    docstring); return what was done, for the log."""
+    ends = await changelog_ends(settings.kafka_bootstrap, settings.app_id)
+    if any(ends.get(t, 0) > 0 for t in SITE_TABLES):
+        sealed = await seal_changelogs(settings.kafka_bootstrap, settings.app_id)
+        return (f"changelog topics hold the site state: Faust recovers it from them "
+                f"({sealed} partitions sealed)")
+    tables = await fetch_restored(settings)
+    if tables is None:
+        return "site state NOT restored (no history source): starting from empty tables"
+    n = await seed_changelogs(settings.kafka_bootstrap, settings.app_id, tables,
+                              settings.topic_replication)
+    await seal_changelogs(settings.kafka_bootstrap, settings.app_id)
+    sizes = ", ".join(f"{t} {len(tables.get(t, {}))}" for t in SITE_TABLES)
+    return f"site state restored from the history into the changelogs ({n} entries: {sizes})"
+
+
+class ChangelogWatchdog:
+    """Notices that the broker lost its state under a running worker and writes the
+    tables' content into fresh changelog topics (``check`` runs on a Faust timer)."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.cluster_id: str | None = None
+        self.reseeds = 0
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def check(self) -> bool:
+        """One look; True when the changelogs were rewritten."""
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=5000)
+                await self._admin.start()
+            cluster = (await self._admin.describe_cluster()).get("cluster_id")
+            topics = set(await self._admin.list_topics())
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("changelog watchdog: broker not answering (%s)", exc)
+            return False
+        missing = [t for t in SITE_TABLES
+                   if changelog_topic(self.settings.app_id, t) not in topics]
+        changed = self.cluster_id is not None and cluster != self.cluster_id
+        self.cluster_id = cluster
+        if not (missing or changed):
+            return False
+        log.error("the broker lost its state (%s): rewriting the site tables into new "
+                  "changelog topics", "new cluster id" if changed else f"missing {missing}")
+        try:
+            await create_changelogs(self.settings.kafka_bootstrap, self.settings.app_id,
+                                    self.settings.topic_replication)
+            n = 0
+            for name in SITE_TABLES:
+                table = self.app.tables.get(name)
+                if table is None:
+                    continue
+                for k, v in list(table.items()):
+                    if v is not None:
+                        table.send_changelog(0, k, v)  # queued on the app's producer
+                        n += 1
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("changelog watchdog: rewrite failed (%s); retrying", exc)
+            self.cluster_id = None  # look again next time
+            return False
+        self.reseeds += 1
+        log.warning("site tables rewritten into the changelogs (%d entries)", n)
+        return True
+
+
+class RecoveryGuard(threading.Thread):
+    """Says loudly when Faust's table recovery holds the agents for longer than
+    ``bound_s`` (nothing is decided meanwhile): a CRITICAL log line and a critical
+    ``worker_recovery_stalled`` alert on the alerts topic (SMS, webhooks), resolved when the
+    recovery ends.  A thread, so it speaks even when recovery holds the event loop busy."""
+
+    def __init__(self, app: Any, settings: Settings, bound_s: float) -> None:
+        super().__init__(name="recovery-guard", daemon=True)
+        self.app, self.settings, self.bound_s = app, settings, bound_s
+        self.fired: AlertFired | None = None
+
+    def run(self) -> None:
+        since: float | None = None
+        while True:
+            time.sleep(1.0)
+            if getattr(self.app, "in_recovery", False):
+                since = since or time.monotonic()
+                held = time.monotonic() - since
+                if self.fired is None and held > self.bound_s:
+                    log.critical("table recovery has held the agents for %.0f s: no decision "
+                                 "is made until it ends", held)
+                    self.fired = self._alert(held)
+            else:
+                since = None
+                if self.fired is not None:
+                    self._resolve(self.fired)
+                    self.fired = None
+
+    def _alert(self, held: float) -> AlertFired:
+        now = datetime.now(UTC)
+        alert = AlertFired(
+            site=self.settings.site, device_id="worker", ts=now, source="worker:recovery",
+            rule="worker_recovery_stalled", severity="critical",
+            dedup_key=f"{self.settings.site}/worker_recovery_stalled",
+            message=f"the agents' table recovery has taken {held:.0f} s: the control plane "
+                    f"makes no decision until it ends", value=held, threshold=self.bound_s)
+        self._send(alert)
+        return alert
+
+    def _resolve(self, fired: AlertFired) -> None:
+        self._send(AlertResolved(
+            site=fired.site, device_id=fired.device_id, ts=datetime.now(UTC),
+            source=fired.source, rule=fired.rule, severity=fired.severity,
+            dedup_key=fired.dedup_key, message="the agents' table recovery ended"))
+
+    def _send(self, event: Any) -> None:
+        from streams.publish import Publisher
+
+        async def send() -> None:
+            pub = Publisher(self.settings.kafka_bootstrap, client_id="hashplane-recovery-guard",
+                            resend_s=0)
+            await pub.start(timeout_s=10)
+            try:
+                await pub.publish(event)
+            finally:
+                await pub.stop()
+
+        try:
+            asyncio.run(send())
+        except Exception as exc:  # noqa: BLE001 - the log line has said it already
+            log.error("could not publish the recovery alert: %s", exc)

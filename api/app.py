@@ -38,7 +38,8 @@ def pipeline_groups(s: Settings) -> list[str]:
 
 def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
                connector_stats: Callable[[], dict[str, Any]] | None = None,
-               sink_stats: Callable[[], Any] | None = None) -> FastAPI:
+               sink_stats: Callable[[], Any] | None = None,
+               outbox_stats: Callable[[], Any] | None = None) -> FastAPI:
     """The API app reading ``store``; with ``live``, following Kafka (SSE, commands' acks,
     /metrics) and publishing operators' commands."""
     ring = KeyRing.from_settings(settings.api_key, settings.api_keys)
@@ -97,7 +98,8 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
         return RestoredState(as_of=now, window_s=settings.restore_window_s, events=fold.events,
                              tables=fold.tables())
 
-    collector = HashplaneCollector(feed, settings.site, connector_stats, sink_stats)
+    collector = HashplaneCollector(feed, settings.site, connector_stats, sink_stats,
+                                   outbox_stats)
 
     @app.get("/metrics", tags=["ops"], dependencies=[reader],
              response_class=Response, responses={200: {"content": {"text/plain": {}}}})

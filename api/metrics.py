@@ -30,9 +30,10 @@ class HashplaneCollector(Collector):
     """Collects from a LiveFeed and optional in-process counters at scrape time."""
 
     def __init__(self, live: LiveFeed, site: str, connectors: StatsSource | None = None,
-                 sink: Callable[[], Any] | None = None):
+                 sink: Callable[[], Any] | None = None,
+                 outbox: Callable[[], Any] | None = None):
         self.live, self.site = live, site
-        self.connectors, self.sink = connectors, sink
+        self.connectors, self.sink, self.outbox = connectors, sink, outbox
 
     def collect(self) -> Iterator[Metric]:
         yield from self._pipeline()
@@ -137,6 +138,17 @@ class HashplaneCollector(Collector):
                 err.add_metric([name], s.errors)
                 dl.add_metric([name], s.dlq)
             yield from (ev, err, dl)
+        if self.outbox is not None and (o := self.outbox()) is not None:
+            dropped = CounterMetricFamily(
+                "hashplane_outbox_dropped", "Readings dropped because the connectors' outbox "
+                "was full during a broker outage", labels=["kind"])
+            for kind, n in sorted(o.dropped_by_kind.items()):
+                dropped.add_metric([kind], n)
+            yield dropped
+            yield GaugeMetricFamily("hashplane_outbox_buffered",
+                                    "Readings waiting for the broker", value=o.buffered)
+            yield CounterMetricFamily("hashplane_outbox_resent", "Records sent again to a "
+                                      "broker that restarted empty", value=o.resent)
         if self.sink is not None and (s := self.sink()) is not None:
             yield CounterMetricFamily("hashplane_sink_rows", "Rows written to ClickHouse",
                                       value=s.inserted)

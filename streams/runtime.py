@@ -330,7 +330,8 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 sink = stack.sink
                 server = QuietServer(uvicorn.Config(
                     create_api(settings, api_store, connector_stats=lambda: emitters,
-                               sink_stats=lambda: sink.stats if sink is not None else None),
+                               sink_stats=lambda: sink.stats if sink is not None else None,
+                               outbox_stats=lambda: publisher.stats if publisher else None),
                     host=settings.api_host, port=port, log_level="warning", lifespan="on"))
                 return server.serve()
 

@@ -12,8 +12,11 @@ load near or over available supply, over-temperature (ASIC chip, GPU), reject ra
 worker's closed 1-minute window, miner offline (no telemetry for N poll intervals, or the
 miner says offline/error), supply feed silent, uplink down (N failed probes in a row),
 compute job failures (N within a window), a command without effect (an applied sleep or
-wake that the miner's telemetry does not show within ``confirm_s``).  Silence is judged on
-the site clock (meter, feed and headroom events), once a second.
+wake that the miner's telemetry does not show within ``confirm_s``), a silent meter and
+an unknown supply (critical: the control plane decides nothing then), and a device fault
+(a device whose input a connector dead-lettered: garbage or implausible readings; it clears
+after ``fault_clear_s`` without another).  Silence is judged on the site clock (meter, feed
+and headroom events), once a second.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from schemas.events import (
     FeedPowerMeasured,
     GpuTelemetryObserved,
     GridMeasured,
+    RecordDeadLettered,
     UplinkStatusObserved,
 )
 from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
@@ -40,7 +44,7 @@ _NS = uuid5(NAMESPACE_URL, "hashplane:alerts")
 
 AlertInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
               | ShareRatioComputed | UplinkStatusObserved | ComputeJobChanged
-              | EnergyHeadroomComputed | CommandAcknowledged)
+              | EnergyHeadroomComputed | CommandAcknowledged | RecordDeadLettered)
 Alert = AlertFired | AlertResolved
 
 
@@ -67,6 +71,8 @@ class AlertParams:
     sweep_s: float = 1.0
     confirm_s: float = 30.0
     asleep_w: float = 200.0
+    meter_stale_s: float = 5.0  # 0: the site has no meter
+    fault_clear_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,8 @@ class AlertState:
     resolved_at: dict[str, float] = field(default_factory=dict)
     seen: dict[str, tuple[float, float]] = field(default_factory=dict)  # device -> (ts, poll)
     feeds: dict[str, float] = field(default_factory=dict)  # feed -> last reading
+    meter: float | None = None  # last grid reading
+    faults: dict[str, float] = field(default_factory=dict)  # device -> last dead letter
     uplink_fails: int = 0
     job_failures: dict[str, list[float]] = field(default_factory=dict)
     last_sweep: float = float("-inf")
@@ -104,7 +112,15 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
     """The rules: which conditions an event establishes or clears."""
     now = e.ts.timestamp()
     out: list[Condition] = []
+    if isinstance(e, RecordDeadLettered):  # whoever refused it: the device sent garbage
+        state.faults[e.device_id] = max(now, state.faults.get(e.device_id, now))
+        out.append(Condition("device_fault", f"device_fault/{e.device_id}", True, "warning",
+                             lambda: f"{e.device_id} sent input that was refused: "
+                                     f"{e.reason[:300]}"))
+        return out
     if isinstance(e, GridMeasured):
+        state.meter = now if state.meter is None else max(state.meter, now)
+        out.append(Condition("meter_silent", "meter_silent/meter", False))
         low = e.nominal_hz - e.frequency_hz
         sev: Severity = "critical" if low >= p.freq_crit_hz else "warning"
         out.append(Condition(
@@ -124,6 +140,7 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
     elif isinstance(e, FeedPowerMeasured):
         state.feeds[e.feed_id] = max(now, state.feeds.get(e.feed_id, now))
         out.append(Condition("feed_silent", f"feed_silent/{e.feed_id}", False))
+        out.append(Condition("supply_unknown", "supply_unknown/supply", False))
     elif isinstance(e, AsicTelemetryObserved | GpuTelemetryObserved):
         asic = isinstance(e, AsicTelemetryObserved)
         poll = p.asic_poll_s if asic else p.gpu_poll_s
@@ -221,6 +238,23 @@ def silence(state: AlertState, now: float, p: AlertParams) -> list[Condition]:
             out.append(Condition("feed_silent", f"feed_silent/{feed}", True, "warning",
                                  f"no reading from feed {feed} for {now - ts:.0f} s: "
                                  "it no longer counts as supply", now - ts, p.feed_stale_s))
+    if state.feeds:
+        gone = not any(now - ts <= p.feed_stale_s for ts in state.feeds.values())
+        if gone or "supply_unknown/supply" in state.firing:
+            out.append(Condition("supply_unknown", "supply_unknown/supply", gone, "critical",
+                                 "every supply feed is silent: supply unknown, no new "
+                                 "decisions until they report again"))
+    if p.meter_stale_s > 0 and state.meter is not None and now - state.meter > p.meter_stale_s:
+        out.append(Condition("meter_silent", "meter_silent/meter", True, "critical",
+                             f"no grid meter reading for {now - state.meter:.0f} s: no new "
+                             "decisions until it reports again", now - state.meter,
+                             p.meter_stale_s))
+    for device, ts in list(state.faults.items()):
+        if now - ts > p.fault_clear_s:
+            del state.faults[device]
+            out.append(Condition("device_fault", f"device_fault/{device}", False,
+                                 message=f"no refused input from {device} for "
+                                         f"{p.fault_clear_s:g} s"))
     return out
 
 

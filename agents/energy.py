@@ -9,7 +9,8 @@ instead of shedding the farm on a sensor outage (``feed_silent`` alerts say why)
 or, for feeds not configured or never heard of, until ``feed_stale_s`` of event time has
 passed since the first one did (the staleness rule: by then a silent feed counts as gone):
 one feed's reading is never taken for the whole site's supply.  The same holds when the
-feeds come back after they all went silent.  Load is
+feeds come back after they all went silent.  With ``meter_stale_s`` set, a silent grid meter
+means the same: no headroom, so no decision, until it reports again.  Load is
 the latest draw of every ASIC and GPU from their telemetry (a device silent for
 ``device_stale_s`` leaves it).  Headroom = available - load.
 
@@ -63,6 +64,7 @@ class EnergyParams:
     device_stale_s: float = 600.0
     emit_s: float = 1.0
     feeds: tuple[str, ...] = ()  # the site's configured supply feeds (ids)
+    meter_stale_s: float = 0.0  # > 0: no decision without a meter reading this recent
 
     def bands(self, nominal_hz: float) -> list[tuple[float, float]]:
         """Bands of a grid, shallowest edge first."""
@@ -88,6 +90,7 @@ class EnergyState:
     cap_commands: list[str] = field(default_factory=list)  # ids already acked (recent)
     last_reading: GridMeasured | FeedPowerMeasured | None = None
     first_feed_ts: float | None = None  # event time of the first feed reading folded
+    meter_ts: float | None = None  # event time of the last grid reading
 
     def cap(self, now: float) -> float | None:
         """The operator cap in force at ``now``."""
@@ -123,6 +126,8 @@ def supply_known(state: EnergyState, now: float, p: EnergyParams) -> bool:
     configured feed has reported or the staleness period has passed since the first one."""
     if not any(now - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
         return False  # no feed yet, or all silent
+    if p.meter_stale_s > 0 and (state.meter_ts is None or now - state.meter_ts > p.meter_stale_s):
+        return False  # the meter is silent: the band (and the grid) unknown
     if p.feeds and all(f in state.feeds for f in p.feeds):
         return True
     return state.first_feed_ts is not None and now - state.first_feed_ts >= p.feed_stale_s
@@ -147,6 +152,7 @@ def step(state: EnergyState, event: EnergyInput,
         return state, []
     band_changed = False
     if isinstance(event, GridMeasured):
+        state.meter_ts = t if state.meter_ts is None else max(state.meter_ts, t)
         state.nominal_hz = event.nominal_hz
         state.frequency_hz = event.frequency_hz
         new = next_band(state, event.frequency_hz, t, p)

@@ -53,7 +53,7 @@ Publish = Callable[[Event], Awaitable[None]]
 
 #: contract topics the site agents need from the partitioned side, forwarded by site_feed
 FEED_SOURCES = ("asic.telemetry", "gpu.telemetry", "shares", "commands.acks", "compute.jobs",
-                "metrics.shares")
+                "metrics.shares", "dlq")
 
 
 def topic_publisher(app: faust.App) -> Publish:
@@ -209,7 +209,7 @@ def energy_params(s: Settings) -> energy.EnergyParams:
         margin_kw=s.energy_margin_kw, bands_50hz=tuple(s.bands_50hz),
         bands_60hz=tuple(s.bands_60hz), hysteresis_hz=s.band_hysteresis_hz, hold_s=s.band_hold_s,
         feed_stale_s=s.feed_stale_s, device_stale_s=s.device_stale_s, emit_s=s.energy_emit_s,
-        feeds=tuple(s.supply_feeds))
+        feeds=tuple(s.supply_feeds), meter_stale_s=s.meter_stale_s)
 
 
 def register_energy(app: faust.App, settings: Settings,
@@ -225,12 +225,30 @@ def register_energy(app: faust.App, settings: Settings,
     def load(s: energy.EnergyState, _: str, v: Any) -> None:
         s.cap_kw, s.cap_until = v[0], float(v[1])
 
+    started: list[float] = []
+
+    def held(o: EnergyHeadroomComputed, now: datetime) -> bool:
+        """Whether a headroom is withheld: the live agent's guard, not the fold's rule.
+
+        After a (re)start the agent folds a backlog whose partitions arrive out of event-time
+        step (one feed's partition read to the present while another's is still seconds
+        behind): supply and load folded that way are short, and a scheduler acting on them
+        would shed or wake ASICs for nothing.  Nothing is published for ``energy_warmup_s``
+        after the first event, nor from a reading older than ``energy_max_age_s``; the
+        scheduler keeps its plan meanwhile, as when the supply is unknown."""
+        if asyncio.get_running_loop().time() - started[0] < settings.energy_warmup_s:
+            return True
+        age = (now - o.ts).total_seconds()
+        return settings.energy_max_age_s > 0 and age > settings.energy_max_age_s
+
     @app.agent(site_channel(app, "grid.readings", "power.readings", "commands.site"),
                name="energy")
     async def energy_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, None, publish, settings.site, energy.SOURCE):
             if not isinstance(event, energy.EnergyInput):
                 continue
+            if not started:
+                started.append(asyncio.get_running_loop().time())
             s = states.setdefault(event.site, energy.EnergyState())
             _restore_once(loaded, event.site, table, partial(load, s))
             before = (s.cap_kw, s.cap_until)
@@ -242,7 +260,7 @@ def register_energy(app: faust.App, settings: Settings,
                 o.model_copy(update={"latency_ms": max(
                     0.0, (now - event.issued_at).total_seconds() * 1000.0)})
                 if isinstance(o, CommandAcknowledged) and isinstance(event, CapSiteLoad) else o
-                for o in out])
+                for o in out if not (isinstance(o, EnergyHeadroomComputed) and held(o, now))])
 
     return energy_agent
 
@@ -360,7 +378,8 @@ def alert_params(s: Settings) -> alerts.AlertParams:
         gpu_poll_s=s.rig_poll_s, feed_stale_s=s.feed_stale_s,
         uplink_down_after=s.uplink_down_after, job_failures=s.alert_job_failures,
         job_window_s=s.alert_job_window_s, cooldown_s=s.alert_cooldown_s,
-        confirm_s=s.alert_confirm_s)
+        confirm_s=s.alert_confirm_s, meter_stale_s=s.meter_stale_s,
+        fault_clear_s=s.alert_fault_clear_s)
 
 
 def register_alerts(app: faust.App, settings: Settings,

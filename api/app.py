@@ -11,7 +11,11 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import dashboard, operate, read
 from api.auth import KeyRing, require
@@ -68,6 +72,7 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
             await ctx.publisher.stop()
+            ctx.close()
 
     app = FastAPI(
         title="hashplane", version=VERSION, lifespan=lifespan,
@@ -78,11 +83,28 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
         responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody},
                    404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     app.state.ctx = ctx
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with where and why, never the input echoed back (it may be NaN, which JSON
+        cannot carry, or megabytes)."""
+        return JSONResponse(status_code=422, content={"detail": [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", ""))} for e in exc.errors()]})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> Response:
+        """Every 422 has one shape, the validation error's (a list of where and why)."""
+        if exc.status_code == 422 and isinstance(exc.detail, str):
+            return JSONResponse(status_code=422, content={"detail": [
+                {"loc": [], "msg": exc.detail, "type": "value_error"}]})
+        return await http_exception_handler(request, exc)
+
     reader, operator = Depends(require(ring, "read")), Depends(require(ring, "operator"))
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
-        ok = await asyncio.to_thread(store.ping)
+        ok = await asyncio.to_thread(store.writable)  # the sink can store, not only read
         following = ctx.live is not None and ctx.live.ready.is_set() and not ctx.live.error
         return Health(status="ok" if ok else "degraded", history_store=ok,
                       live_feed=following, version=VERSION)

@@ -7,8 +7,17 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
+from schemas.commands import check_no_separators, check_pool_url
 from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
 
 _WINDOW_FIELDS = (
@@ -329,36 +338,51 @@ class History(BaseModel):
     series: list[Series]
 
 
-class AsicPool(BaseModel):
+class RequestBody(BaseModel):
+    """Base of request bodies: strict types (``false`` is not 0, ``"5"`` is not 5), no NaN or
+    infinity, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class AsicPool(RequestBody):
     """Body of a pool switch."""
 
-    model_config = ConfigDict(extra="forbid")
-    pool_url: str = Field(min_length=1, max_length=512, pattern=r"^stratum\+(tcp|ssl)://[^\s]+$")
+    pool_url: str = Field(min_length=1, max_length=512,
+                          description="stratum+tcp://host:port (or stratum+ssl, stratum2+tcp)")
     worker: str = Field(default="", max_length=256)
     password: str = Field(default="x", max_length=256)
     reason: str = Field(default="", max_length=512)
 
+    # the same rules as the command's (schemas/commands.py): refused here with a 422
+    @field_validator("pool_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_pool_url(v)
 
-class AsicPowerTarget(BaseModel):
+    @field_validator("worker", "password")
+    @classmethod
+    def _fields(cls, v: str, info: ValidationInfo) -> str:
+        return check_no_separators(str(info.field_name), v)
+
+
+class AsicPowerTarget(RequestBody):
     """Body of a power-target change."""
 
-    model_config = ConfigDict(extra="forbid")
-    power_target_w: float = Field(gt=0)
+    power_target_w: float = Field(gt=0, le=100_000)
     reason: str = Field(default="", max_length=512)
 
 
-class Reason(BaseModel):
+class Reason(RequestBody):
     """Optional body of sleep and wake."""
 
-    model_config = ConfigDict(extra="forbid")
     reason: str = Field(default="", max_length=512)
 
 
-class SiteCap(BaseModel):
+class SiteCap(RequestBody):
     """Body of a site curtailment: cap the load at ``limit_kw`` (null lifts the cap)."""
 
-    model_config = ConfigDict(extra="forbid")
-    limit_kw: float | None = Field(ge=0, description="Load cap, kW; null lifts it")
+    limit_kw: float | None = Field(ge=0, le=1_000_000, description="Load cap, kW; null lifts it")
     duration_s: float | None = Field(default=None, gt=0, le=7 * 86_400,
                                      description="How long; null: until lifted")
     reason: str = Field(default="", max_length=512)
@@ -376,10 +400,9 @@ class Issued(BaseModel):
     ack: Ack | None = Field(description="Null: no ack within wait_s; see GET /v1/commands/{id}")
 
 
-class SqlQuery(BaseModel):
+class SqlQuery(RequestBody):
     """A read-only query over the history."""
 
-    model_config = ConfigDict(extra="forbid")
     sql: str = Field(min_length=1, max_length=20_000, description="One SELECT/WITH/SHOW/"
                      "DESCRIBE/EXPLAIN statement; {db} is the history database")
     max_rows: int | None = Field(default=None, ge=1, description="At most the server's limit")
@@ -400,7 +423,7 @@ class Health(BaseModel):
     """Liveness of the API and its dependencies."""
 
     status: str = Field(description="ok or degraded")
-    history_store: bool = Field(description="ClickHouse answers")
+    history_store: bool = Field(description="ClickHouse answers and the history can be written")
     live_feed: bool = Field(default=False, description="Following Kafka")
     version: str
 

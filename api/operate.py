@@ -5,8 +5,11 @@ A manual command is an ordinary command on the contract topic, issued by
 ack exactly as they see their own (an applied sleep is one cycle).  The route waits up to
 ``wait_s`` for the ack and returns it; otherwise ``GET /v1/commands/{id}`` has it later.
 
-SQL runs with ``readonly=1`` (the query cannot write or change settings), one statement of
-SELECT/WITH/SHOW/DESCRIBE/EXPLAIN, at most ``sql_max_rows`` rows and ``sql_max_s`` seconds.
+SQL: one statement, parsed by the engine and checked (``api/sqlguard.py``: read-shaped, no
+INTO OUTFILE, no SETTINGS, no table function that reads files or the network, the history
+database and a few system tables only), then run on the endpoint's own connection (never the
+sink's) with ``readonly=1``, at most ``sql_max_rows`` rows, ``sql_max_bytes``,
+``sql_max_memory`` and ``sql_max_s``, and at most ``sql_concurrency`` queries at once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from api.models import (
     SqlQuery,
     SqlResult,
 )
+from api.sqlguard import RefusedSql, check_tree, parse_tree
 from schemas.commands import (
     CapSiteLoad,
     SetAsicPowerTarget,
@@ -41,6 +45,7 @@ from schemas.commands import (
 )
 from schemas.envelope import Command
 from schemas.registry import topic_of
+from streams.history import HistoryStore
 
 Device = Annotated[str, Path(min_length=1, max_length=256)]
 WaitS = Annotated[float, Query(ge=0, le=60, description="Wait this long for the ack, s")]
@@ -142,23 +147,31 @@ def router(ctx: ApiContext, ring: KeyRing) -> APIRouter:
                                        limit_kw=body.limit_kw, duration_s=body.duration_s),
                            wait_s)
 
+    running = asyncio.Semaphore(s.sql_concurrency)
+
     @r.post("/sql", response_model=SqlResult, tags=["operate"])
     async def sql(body: SqlQuery) -> SqlResult:
         """A read-only query over the history (``{db}`` stands for the history database)."""
         statement = check_sql(body.sql).replace("{db}", ctx.db)
         limit = min(body.max_rows or s.sql_max_rows, s.sql_max_rows)
         settings = {"readonly": 1, "max_result_rows": limit + 1, "result_overflow_mode": "break",
+                    "max_result_bytes": s.sql_max_bytes, "max_memory_usage": s.sql_max_memory,
                     "max_execution_time": s.sql_max_s}
+        if ctx.sql_reader is None:
+            ctx.sql_reader = ctx.store.sibling()
         t0 = time.perf_counter()
-        try:
-            result = await asyncio.wait_for(asyncio.to_thread(
-                _run, ctx, statement, settings), s.sql_max_s + 5.0)
-        except TimeoutError as exc:
-            raise HTTPException(504, f"query ran over {s.sql_max_s:g} s") from exc
-        except HTTPException:
-            raise
-        except Exception as exc:  # a bad query is the caller's error, with ClickHouse's words
-            raise HTTPException(400, f"query failed: {_first_line(exc)}") from exc
+        if running.locked():
+            raise HTTPException(429, f"{s.sql_concurrency} queries are running; try again")
+        async with running:
+            try:
+                result = await asyncio.wait_for(asyncio.to_thread(
+                    _run, ctx.sql_reader, ctx.db, statement, settings), s.sql_max_s + 5.0)
+            except TimeoutError as exc:
+                raise HTTPException(504, f"query ran over {s.sql_max_s:g} s") from exc
+            except RefusedSql as exc:
+                raise HTTPException(422, str(exc)) from exc
+            except Exception as exc:  # a bad query is the caller's error, with its reason
+                raise HTTPException(400, f"query failed: {_first_line(exc)}") from exc
         columns, types, rows = result
         return SqlResult(columns=columns, types=types, rows=rows[:limit],
                          row_count=min(len(rows), limit), truncated=len(rows) > limit,
@@ -167,9 +180,12 @@ def router(ctx: ApiContext, ring: KeyRing) -> APIRouter:
     return r
 
 
-def _run(ctx: ApiContext, statement: str, settings: dict[str, Any]) -> tuple[
-        list[str], list[str], list[list[Any]]]:
-    columns, types, rows = ctx.store.query_table(statement, settings)
+def _run(store: HistoryStore, database: str, statement: str, settings: dict[str, Any],
+         ) -> tuple[list[str], list[str], list[list[Any]]]:
+    """Parse (EXPLAIN AST runs nothing), check the tree, then run on the SQL connection."""
+    _, _, tree = store.query_table(f"EXPLAIN AST {statement}")  # parses, runs nothing
+    check_tree(parse_tree([str(r[0]) for r in tree]), database)
+    columns, types, rows = store.query_table(statement, settings)
     return columns, types, [[_json(v) for v in row] for row in rows]
 
 

@@ -48,6 +48,7 @@ from api.models import (
     WorkerShares,
     WorkerSummary,
 )
+from schemas.events import JobState
 from schemas.registry import BY_NAME, TOPICS
 from streams.ddl import typed_columns
 
@@ -74,11 +75,29 @@ NUMERIC: dict[str, list[str]] = {
 NUMERIC = {t: f for t, f in NUMERIC.items() if f}
 
 
+#: What the store's DateTime64 columns can hold (and a few years of margin inside it).
+MIN_TIME = datetime(1971, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2261, 1, 1, tzinfo=UTC)
+
+
+def utc(name: str, t: datetime) -> datetime:
+    """A query time in UTC (a time without a zone is UTC, as the API's times are); 422
+    outside the history's range (ClickHouse's DateTime64 cannot hold it)."""
+    try:
+        t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except (OverflowError, ValueError):
+        t = MIN_TIME - timedelta(days=1)
+    if not MIN_TIME <= t <= MAX_TIME:
+        raise HTTPException(422, f"{name} must be between {MIN_TIME.year} and "
+                                 f"{MAX_TIME.year} (the history's time range)")
+    return t
+
+
 def window(since: datetime | None, until: datetime | None,
            default: timedelta = timedelta(hours=1)) -> tuple[datetime, datetime]:
     """The [since, until) range in UTC, with defaults; 422 when reversed."""
-    u = (until or datetime.now(UTC)).astimezone(UTC)
-    s = (since.astimezone(UTC) if since is not None else u - default)
+    u = utc("until", until) if until is not None else datetime.now(UTC)
+    s = utc("since", since) if since is not None else u - default
     if s >= u:
         raise HTTPException(422, "since must be before until")
     return s, u
@@ -97,7 +116,11 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @r.get("/fleet", response_model=FleetSummary, tags=["fleet"])
     async def fleet() -> FleetSummary:
-        """ASICs by state, hashrate and draw, GPUs, energy, alerts and commands at a glance."""
+        """ASICs by state, hashrate and draw, GPUs, energy, alerts and commands at a glance
+        (recomputed at most once a second)."""
+        return await ctx.snapshots.get("fleet", fleet_now)  # type: ignore[no-any-return]
+
+    async def fleet_now() -> FleetSummary:
         stale = ctx.settings.device_stale_s
         asics, gpus, workers, energy, alerts, cmds = await asyncio.gather(
             ctx.q(f"SELECT state, count() AS n, sum(h) AS h, sum(p) AS p FROM ("
@@ -140,10 +163,15 @@ def router(ctx: ApiContext) -> APIRouter:
         seen_within_s: Annotated[int, Query(gt=0, description="Seen within, s")] = 86_400,
         limit: Limit = 500, offset: Offset = 0,
     ) -> Asics:
-        """ASICs: last telemetry, cycles and last-off (folded from applied acks)."""
-        rows = await _asics(ctx, seen_within_s, None, state, limit + 1, offset)
-        return Asics(page=page(limit, offset, len(rows)),
-                     asics=[Asic.model_validate(x) for x in rows[:limit]])
+        """ASICs: last telemetry, cycles and last-off (folded from applied acks; recomputed
+        at most once a second per query)."""
+        async def now() -> Asics:
+            rows = await _asics(ctx, seen_within_s, None, state, limit + 1, offset)
+            return Asics(page=page(limit, offset, len(rows)),
+                         asics=[Asic.model_validate(x) for x in rows[:limit]])
+
+        key = ("asics", state, seen_within_s, limit, offset)
+        return await ctx.snapshots.get(key, now)  # type: ignore[no-any-return]
 
     @r.get("/asics/{device_id}", response_model=Asic, tags=["fleet"])
     async def asic(device_id: Device) -> Asic:
@@ -236,10 +264,10 @@ def router(ctx: ApiContext) -> APIRouter:
         params: dict[str, Any] = {"w": worker, "ws": w, "n": limit}
         if since is not None:
             where.append("window_start >= {since:DateTime64(3, 'UTC')}")
-            params["since"] = since
+            params["since"] = utc("since", since)
         if until is not None:
             where.append("window_start < {until:DateTime64(3, 'UTC')}")
-            params["until"] = until
+            params["until"] = utc("until", until)
         rows = await ctx.q(
             f"SELECT window_start, any(window_end) AS window_end, max(final) AS final, "
             f"{_SHARE_COLS} FROM {db}.metrics_shares WHERE {' AND '.join(where)} "
@@ -342,18 +370,19 @@ def router(ctx: ApiContext) -> APIRouter:
     # -- compute --------------------------------------------------------------------------
 
     @r.get("/compute/jobs", response_model=Jobs, tags=["compute"])
-    async def jobs(state: Annotated[str | None, Query(max_length=32)] = None,
+    async def jobs(state: Annotated[JobState | None, Query()] = None,
                    since: Since = None, until: Until = None, limit: Limit = 200,
                    offset: Offset = 0) -> Jobs:
         """Compute jobs' latest state, most recently changed first."""
         s, u = window(since, until, timedelta(days=1))
         rows = await ctx.q(
-            f"SELECT job_id, argMax(workload, ts) AS workload, argMax(state, ts) AS state, "
-            f"argMax(detail, ts) AS detail, argMax(duration_s, ts) AS duration_s, "
-            f"argMax(credits, ts) AS credits, argMax(proof_sha256, ts) AS proof_sha256, "
-            f"max(ts) AS updated FROM {db}.compute_jobs WHERE ts >= {{s:DateTime64(3, 'UTC')}}"
-            f" AND ts < {{u:DateTime64(3, 'UTC')}} GROUP BY job_id "
-            f"HAVING {{st:String}} = '' OR state = {{st:String}} ORDER BY updated DESC, job_id "
+            f"SELECT * FROM (SELECT job_id, argMax(workload, ts) AS workload, "
+            f"argMax(state, ts) AS state, argMax(detail, ts) AS detail, "
+            f"argMax(duration_s, ts) AS duration_s, argMax(credits, ts) AS credits, "
+            f"argMax(proof_sha256, ts) AS proof_sha256, max(ts) AS updated "
+            f"FROM {db}.compute_jobs WHERE ts >= {{s:DateTime64(3, 'UTC')}}"
+            f" AND ts < {{u:DateTime64(3, 'UTC')}} GROUP BY job_id) "
+            f"WHERE {{st:String}} = '' OR state = {{st:String}} ORDER BY updated DESC, job_id "
             f"LIMIT {{n:UInt32}} OFFSET {{o:UInt32}}",
             {"s": s, "u": u, "st": state or "", "n": limit + 1, "o": offset})
         return Jobs(page=page(limit, offset, len(rows)),

@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+import httpx
+import orjson
 
 from schemas.envelope import Event
-from streams.codec import dead_letter
+from schemas.plausibility import implausible
+from streams.codec import dead_letter, encode
 
 log = logging.getLogger(__name__)
+
+_NUMBERS = re.compile(r"[-+]?\d[\d.eE+-]*")
 
 Clock = Callable[[], datetime]
 
@@ -31,6 +38,50 @@ def utc_now() -> datetime:
 
 class ConnectorError(RuntimeError):
     """The device or service could not be reached or answered with an error."""
+
+
+#: The most a device's reply may hold (HTTP bodies, MQTT payloads): real ones are a few KiB.
+MAX_REPLY_BYTES = 4 << 20
+
+
+class ReplyError(ValueError):
+    """A device reply refused before it is parsed: too large or not JSON."""
+
+
+def load_json(raw: bytes | str, *, max_bytes: int = MAX_REPLY_BYTES) -> Any:
+    """Parse a device's JSON reply, bounded: size first, then orjson (fast, and nesting
+    past 1,024 levels is an error rather than a RecursionError)."""
+    if len(raw) > max_bytes:
+        raise ReplyError(f"reply of {len(raw)} bytes over the {max_bytes}-byte limit")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ReplyError(f"not JSON: {exc}") from None
+
+
+async def fetch(client: httpx.AsyncClient, method: str, url: str, *,
+                max_bytes: int = MAX_REPLY_BYTES, **kw: Any) -> tuple[int, bytes]:
+    """One HTTP request to a device, its body read up to ``max_bytes`` (ReplyError past
+    that: a hostile endpoint cannot make us hold 100 MB) within the request's ``timeout``
+    as a whole (httpx's timeout is per read: a reply dripped a byte at a time would
+    otherwise hold the sweep for ever; past it, ``httpx.TimeoutException``)."""
+    timeout = kw.get("timeout")
+    total_s = float(timeout) if isinstance(timeout, int | float) else 30.0
+
+    async def read() -> tuple[int, bytes]:
+        async with client.stream(method, url, **kw) as r:
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ReplyError(f"reply over the {max_bytes}-byte limit from {url}")
+            return r.status_code, bytes(body)
+
+    try:
+        return await asyncio.wait_for(read(), total_s)
+    except TimeoutError:
+        raise httpx.TimeoutException(f"no whole reply from {url} within {total_s:g} s") \
+            from None
 
 
 class EventSink(Protocol):
@@ -53,6 +104,8 @@ class ConnectorStats:
     events: int = 0
     errors: int = 0
     dlq: int = 0
+    dlq_suppressed: int = 0  # like a letter sent within the interval: counted, not sent
+    implausible: int = 0
     reconnects: int = 0
     last_error: str = ""
     last_ok_monotonic: float = 0.0
@@ -60,18 +113,38 @@ class ConnectorStats:
 
 
 class Emitter:
-    """Publishes a connector's events and dead letters and keeps its counters."""
+    """Publishes a connector's events and dead letters and keeps its counters.
 
-    def __init__(self, sink: EventSink, *, source: str, site: str, clock: Clock = utc_now):
+    Readings pass the plausibility check first (``schemas.plausibility``): one that cannot be
+    real is dead-lettered, never published.  Dead letters are rate-limited: one per distinct
+    fault (the reason with its numbers masked) per device per ``dlq_interval_s``; the next
+    one says how many like it were held back (a stuck meter polled 5 times a second makes
+    one letter a minute, not 300)."""
+
+    def __init__(self, sink: EventSink, *, source: str, site: str, clock: Clock = utc_now,
+                 dlq_interval_s: float = 60.0):
         self.sink, self.source, self.site, self.clock = sink, source, site, clock
         self.stats = ConnectorStats()
+        self.dlq_interval_s = dlq_interval_s
+        self._letters: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     async def emit(self, events: list[Event]) -> None:
-        """Hand readings to the sink's outbox (never waits on the broker)."""
+        """Hand readings to the sink's outbox (never waits on the broker); implausible ones
+        become dead letters."""
         if not events:
             return
-        await self.sink.offer(events)
-        self._count(events)
+        now = self.clock()
+        good: list[Event] = []
+        for e in events:
+            why = implausible(e, now)
+            if why is None:
+                good.append(e)
+            else:
+                self.stats.implausible += 1
+                await self.dead(e.kind, encode(e), f"implausible: {why}", key=e.device_id)
+        if good:
+            await self.sink.offer(good)
+            self._count(good)
 
     async def deliver(self, events: list[Event]) -> None:
         """Publish events that must not be lost (acks) and wait until the broker has them."""
@@ -87,11 +160,26 @@ class Emitter:
             self.stats.by_kind[e.kind] = self.stats.by_kind.get(e.kind, 0) + 1
 
     async def dead(self, input_name: str, raw: bytes | None, reason: str, key: str = "") -> None:
+        """Dead-letter one bad input (rate-limited per device and kind of fault)."""
+        now = self.clock()
+        fault = (input_name, key, _NUMBERS.sub("#", reason)[:120])
+        last, held = self._letters.get(fault, (float("-inf"), 0))
+        t = now.timestamp()
+        if t - last < self.dlq_interval_s:
+            self._letters[fault] = (last, held + 1)
+            self.stats.dlq_suppressed += 1
+            return
+        if len(self._letters) > 10_000:  # a flood of distinct faults: forget the oldest
+            self._letters.pop(next(iter(self._letters)))
+        self._letters[fault] = (t, 0)
+        if held:
+            reason = f"{reason} ({held} more like it in the last {self.dlq_interval_s:g} s)"
         letter = dead_letter(source_topic=input_name, raw=raw, reason=reason, site=self.site,
-                             source=self.source, ts=self.clock(), key=key.encode() or None)
+                             source=self.source, ts=now, key=key.encode() or None)
         await self.sink.offer([letter])
         self.stats.dlq += 1
-        log.warning("%s: dead-lettered input from %s: %s", self.source, input_name, reason)
+        log.warning("%s: dead-lettered input from %s: %s", self.source, input_name,
+                    reason[:300])
 
     def error(self, exc: BaseException | str) -> None:
         self.stats.errors += 1

@@ -6,18 +6,26 @@ identification plus six to eight requests per miner, which matters at 10,000 min
 stays the independent reference in the tests.  Vendor JSON quirks are repaired the way
 field tools do: NUL terminators, ``}{`` between objects, trailing commas, bare
 ``inf``/``nan``, and truncated replies closed at the last complete value.
+
+Hostile replies are bounded: at most ``max_bytes`` are read (1 MiB by default, a real
+multi-command reply is under 64 KiB), nesting past JSON's usual depth is refused by the
+parser (orjson's limit of 1,024 levels, an error, not a crash), a large reply is parsed off
+the event loop, and one miner's failure never fails a sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from connectors.base import Emitter, every
 from connectors.shares import Counters, share_delta
@@ -26,6 +34,11 @@ from schemas.events import AsicState, AsicTelemetryObserved
 
 SOURCE = "connector:asic"
 READ = "summary+pools+stats+power+config+version"
+MAX_REPLY_BYTES = 1 << 20
+#: Replies larger than this are parsed in a worker thread (the repairs scan in Python).
+THREAD_PARSE_BYTES = 64 << 10
+
+log = logging.getLogger(__name__)
 
 
 class CgminerDecodeError(ValueError):
@@ -59,8 +72,10 @@ def parse_reply(raw: bytes) -> dict[str, Any]:
         raise CgminerDecodeError("empty reply")
     for candidate in _repairs(text):
         try:
-            obj = json.loads(candidate)
-        except ValueError:
+            obj = orjson.loads(candidate)
+        except orjson.JSONDecodeError as exc:
+            if "recursion" in str(exc).lower() or "depth limit" in str(exc).lower():
+                raise CgminerDecodeError("reply nested too deep") from None
             continue
         if isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
             merged: dict[str, Any] = {}
@@ -195,6 +210,8 @@ def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: d
     chip = _temps(stats, "temp_chip")
     pcb = _temps(stats, "temp_pcb")
     watts = _num(power[0].get("Watts")) if power else _num(stats.get("Power"))
+    if power and "Watts" in power[0] and watts is None:  # a NaN/inf/null the repairs nulled
+        raise ValueError(f"Watts {power[0]['Watts']!r} is not a finite number")
     return AsicTelemetryObserved(
         site=site, device_id=ep.device_id, ts=ts, source=SOURCE, model=model, state=state,
         hashrate_ths=round(h5, 4), hashrate_avg_ths=round(hav, 4),
@@ -227,14 +244,16 @@ def counters(reply: dict[str, Any], ts: datetime) -> Counters:
 # -- transport ----------------------------------------------------------------------------
 
 async def rpc(host: str, port: int, command: str, parameter: str | None = None,
-              timeout_s: float = 3.0) -> bytes:
-    """One CGMiner request: connect, send, read to EOF (or the NUL), close."""
+              timeout_s: float = 3.0, max_bytes: int = MAX_REPLY_BYTES) -> bytes:
+    """One CGMiner request: connect, send, read to EOF (or the NUL), close; a reply over
+    ``max_bytes`` is refused (CgminerDecodeError), one slower than ``timeout_s`` times out."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     try:
         body = {"command": command, **({"parameter": parameter} if parameter else {})}
         writer.write(json.dumps(body).encode())
         await writer.drain()
         chunks: list[bytes] = []
+        size = 0
         deadline = time.monotonic() + timeout_s
         while True:
             chunk = await asyncio.wait_for(reader.read(65536),
@@ -242,6 +261,9 @@ async def rpc(host: str, port: int, command: str, parameter: str | None = None,
             if not chunk:
                 break
             chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise CgminerDecodeError(f"reply over {max_bytes} bytes")
             if chunk.endswith(b"\x00"):
                 break
         return b"".join(chunks)
@@ -256,13 +278,14 @@ class AsicTelemetry:
 
     def __init__(self, endpoints: Sequence[AsicEndpoint], emitter: Emitter, *,
                  period_s: float = 10.0, concurrency: int = 512, timeout_s: float = 3.0,
-                 local_pool_url: str = ""):
+                 local_pool_url: str = "", max_reply_bytes: int = MAX_REPLY_BYTES):
         self.endpoints = list(endpoints)
         # shares a miner sends to hashplane's own local pool are counted by the pool
         # (connectors/stratum_pool.py), not again from the miner's counters
         self.local_pool_url = local_pool_url
         self.emitter = emitter
         self.period_s, self.concurrency, self.timeout_s = period_s, concurrency, timeout_s
+        self.max_reply_bytes = max_reply_bytes
         self.prev: dict[str, Counters] = {}
         self.models: dict[str, str] = {}
         self.unreachable: dict[str, int] = {}
@@ -273,7 +296,12 @@ class AsicTelemetry:
         """Read one miner; its events (or a dead letter when the reply is unusable)."""
         t0 = time.perf_counter()
         try:
-            raw = await rpc(ep.host, ep.port, READ, timeout_s=self.timeout_s)
+            raw = await rpc(ep.host, ep.port, READ, timeout_s=self.timeout_s,
+                            max_bytes=self.max_reply_bytes)
+        except CgminerDecodeError as exc:
+            await self.emitter.dead(f"cgminer://{ep.host}:{ep.port}", None, str(exc),
+                                    key=ep.device_id)
+            return []
         except (OSError, TimeoutError) as exc:
             self.unreachable[ep.device_id] = self.unreachable.get(ep.device_id, 0) + 1
             self.emitter.error(f"{ep.device_id} {ep.host}:{ep.port}: {exc!r}")
@@ -284,13 +312,14 @@ class AsicTelemetry:
             self.emitter.error(f"{ep.device_id}: closed without a reply")
             return []
         try:
-            reply = parse_reply(raw)
+            reply = (await asyncio.to_thread(parse_reply, raw) if len(raw) > THREAD_PARSE_BYTES
+                     else parse_reply(raw))
             tel = parse_telemetry(reply, ep, site=self.emitter.site, ts=ts,
                                   model=self.models.get(ep.device_id, ""))
             cur = counters(reply, ts)
-        except (CgminerDecodeError, ValueError, KeyError, IndexError) as exc:
-            await self.emitter.dead(f"cgminer://{ep.host}:{ep.port}", raw, str(exc),
-                                    key=ep.device_id)
+        except Exception as exc:  # noqa: BLE001 - whatever a device sends is its fault
+            await self.emitter.dead(f"cgminer://{ep.host}:{ep.port}", raw,
+                                    f"{type(exc).__name__}: {exc}"[:2000], key=ep.device_id)
             return []
         self.unreachable.pop(ep.device_id, None)
         self.models.setdefault(ep.device_id, tel.model)
@@ -310,7 +339,12 @@ class AsicTelemetry:
 
         async def one(ep: AsicEndpoint) -> list[Event]:
             async with sem:
-                return await self.read_one(ep)
+                try:
+                    return await self.read_one(ep)
+                except Exception as exc:
+                    self.emitter.error(f"{ep.device_id}: {type(exc).__name__}: {exc}")
+                    log.exception("reading %s failed", ep.device_id)
+                    return []
 
         results = await asyncio.gather(*(one(ep) for ep in self.endpoints))
         events = [e for r in results for e in r]

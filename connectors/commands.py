@@ -10,7 +10,11 @@ killed between the two sees its last commands again.  Before it consumes, it the
 reads ``commands.acks`` from the time of its first uncommitted command onwards and
 remembers every command id acked there (``acked_since``): a redelivered command that was
 already acked is neither applied nor acked again.  (One that was applied but whose ack never
-went out is applied again, which the commands are made safe for, and acked once.)  Acks are
+went out is applied again, which the commands are made safe for, and acked once.)  The
+broker may have lost those acks (the embedded one keeps topics in memory) while producers
+send their recent commands again to its new incarnation: so the consumer also keeps a small
+journal of the command ids it acked (``AckJournal``, a file under the data directory),
+appended once each ack is out, and remembers those too.  Acks are
 delivered through broker outages (``Emitter.deliver``); after a rebalance or when the
 broker restarted (offsets start again at 0), offsets of records handled before are not
 committed, so nothing is committed past a command whose ack is not out.
@@ -24,6 +28,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -43,8 +48,10 @@ Handler = Callable[[Command], Awaitable[tuple[AckStatus, str]]]
 CLOCK_SKEW_MS = 5 * 60_000
 
 
-async def acked_since(bootstrap: str, topic: str, group: str, idle_ms: int = 1000) -> set[str]:
-    """Command ids acked on ``commands.acks`` since the first command of ``topic`` that
+async def acked_since(bootstrap: str, topic: str, group: str, idle_ms: int = 1000,
+                      actuator: str | None = None) -> set[str]:
+    """Command ids acked on ``commands.acks`` (by ``actuator`` when given: the others' acks
+    are not this consumer's to remember) since the first command of ``topic`` that
     ``group`` has not committed (empty when it has committed everything).
 
     End offsets are not asked for: Tansu answers ListOffsets(latest) with the last batch's
@@ -101,7 +108,8 @@ async def acked_since(bootstrap: str, topic: str, group: str, idle_ms: int = 100
                     except DecodeError:
                         continue
                     assert isinstance(a, CommandAcknowledged)
-                    seen.add(str(a.command_id))
+                    if actuator is None or a.actuator == actuator:
+                        seen.add(str(a.command_id))
                 hw = consumer.highwater(tp)
                 if hw is not None and await consumer.position(tp) >= hw:
                     todo.discard(tp)
@@ -110,6 +118,46 @@ async def acked_since(bootstrap: str, topic: str, group: str, idle_ms: int = 100
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
+
+
+class AckJournal:
+    """The command ids this consumer acked, on local disk: what a restart remembers even
+    when the broker forgot its acks.  Appended (and flushed) after each ack went out; kept
+    to the last ``keep`` ids (rewritten when it holds twice that)."""
+
+    def __init__(self, path: Path, keep: int = 10_000) -> None:
+        self.path, self.keep = path, keep
+        self._lines = 0
+        self._file: Any = None
+
+    def load(self) -> list[str]:
+        """The ids recorded (oldest first), compacting the file."""
+        try:
+            ids = [x for x in self.path.read_text().split() if len(x) == 36][-self.keep:]
+        except FileNotFoundError:
+            ids = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{x}\n" for x in ids))
+        tmp.replace(self.path)
+        self._lines = len(ids)
+        return ids
+
+    def add(self, command_id: str) -> None:
+        if self._file is None:
+            self._file = self.path.open("a")
+        self._file.write(f"{command_id}\n")
+        self._file.flush()  # in the page cache: survives the process being killed
+        self._lines += 1
+        if self._lines > 2 * self.keep:
+            self._file.close()
+            self._file = None
+            self.load()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -146,9 +194,9 @@ class CommandConsumer:
     """
 
     def __init__(self, bootstrap: str, topic: str, group: str, targets: set[str],
-                 handler: Handler, emitter: Emitter, *, actuator: str, remember: int = 10_000,
+                 handler: Handler, emitter: Emitter, *, actuator: str, remember: int = 100_000,
                  concurrency: int = 1, timeout_s: float | None = None, own_all: bool = False,
-                 session_timeout_s: float = 9.0):
+                 session_timeout_s: float = 9.0, journal: Path | None = None):
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
         self.targets, self.handler = targets, handler
         self.emitter, self.actuator = emitter, actuator
@@ -159,22 +207,28 @@ class CommandConsumer:
         self.locks: dict[str, asyncio.Lock] = {}
         # a killed predecessor's partitions come back after its session times out
         self.session_timeout_ms = int(session_timeout_s * 1000)
+        self.journal = AckJournal(journal, remember) if journal is not None else None
 
     async def recall(self) -> None:
         """Remember the commands already acked that this group may be given again."""
         while True:
             try:
-                acked = await acked_since(self.bootstrap, self.topic, self.group)
+                acked = await acked_since(self.bootstrap, self.topic, self.group,
+                                          actuator=self.actuator)
                 break
             except Exception as exc:  # noqa: BLE001 - broker trouble: acting without the
                 # memory could ack twice, so wait for it
                 log.warning("%s: reading commands.acks failed (%s); retrying", self.actuator,
                             exc)
                 await asyncio.sleep(1.0)
-        for cid in acked:
+        journal = self.journal.load() if self.journal is not None else []
+        # the journal last and in its order (oldest first): the bound evicts the oldest
+        for cid in [*sorted(acked.difference(journal)), *journal]:
+            self.seen.pop(cid, None)
             self.seen[cid] = None
-        while len(self.seen) > max(self.remember, len(acked)):
+        while len(self.seen) > self.remember:
             self.seen.popitem(last=False)
+        acked.update(journal)
         if acked:
             log.info("%s: %d commands acked before this start will not be acted on again",
                      self.actuator, len(acked))
@@ -218,6 +272,8 @@ class CommandConsumer:
         except BaseException:
             self.seen.pop(cid, None)  # no ack went out: the redelivery must act and ack
             raise
+        if self.journal is not None:
+            self.journal.add(cid)
         return a
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -267,6 +323,8 @@ class CommandConsumer:
                     t.cancel()
             with contextlib.suppress(Exception):
                 await consumer.stop()
+            if self.journal is not None:
+                self.journal.close()
 
     @staticmethod
     async def _commit_done(consumer: AIOKafkaConsumer,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from uuid import NAMESPACE_URL, uuid5
 import httpx
 
 from connectors import workloads
-from connectors.base import ConnectorError, Emitter, every
+from connectors.base import ConnectorError, Emitter, ReplyError, every, fetch, load_json
 from schemas.commands import AckStatus, PauseComputeIntake, ResumeComputeIntake
 from schemas.envelope import Command
 from schemas.events import ComputeJobChanged, JobState
@@ -46,7 +45,7 @@ class JobPayloadError(ValueError):
 def parse_job(raw: bytes) -> dict[str, Any]:
     """A job from the coordinator's ``next`` answer; JobPayloadError if it is not one."""
     try:
-        job = json.loads(raw)
+        job = load_json(raw)
     except ValueError as exc:
         raise JobPayloadError(f"not JSON: {exc}") from None
     if not isinstance(job, dict):
@@ -70,26 +69,30 @@ class CoordinatorClient:
     """Coordinator API v1 over HTTP with Bearer auth."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 10.0):
-        self.base = base_url.rstrip("/")
+        self.base, self.timeout_s = base_url.rstrip("/"), timeout_s
         self.http = httpx.AsyncClient(timeout=timeout_s,
                                       headers={"Authorization": f"Bearer {api_key}"})
 
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def _call(self, method: str, path: str, **kw: Any) -> tuple[int, bytes]:
+        """One call: its status and body (read up to the reply cap)."""
         try:
-            r = await self.http.request(method, f"{self.base}{path}", **kw)
+            status, body = await fetch(self.http, method, f"{self.base}{path}",
+                                       timeout=self.timeout_s, **kw)
         except httpx.HTTPError as exc:
             raise ConnectorError(f"coordinator {self.base}: {exc!r}") from exc
-        if r.status_code >= 400:
+        except ReplyError as exc:
+            raise JobPayloadError(str(exc)) from None
+        if status >= 400:
             try:
-                err = r.json()["error"]
+                err = load_json(body)["error"]
                 code, message = str(err["code"]), str(err["message"])
             except (ValueError, KeyError, TypeError):
-                code, message = "HTTP_ERROR", r.text[:200]
-            raise CoordinatorError(r.status_code, code, message)
-        return r
+                code, message = "HTTP_ERROR", body[:200].decode("utf-8", "replace")
+            raise CoordinatorError(status, code, message)
+        return status, body
 
     async def heartbeat(self, miner_id: str, wallet: str, mode: str) -> None:
         await self._call("POST", "/v1/miner/heartbeat", json={
@@ -97,18 +100,22 @@ class CoordinatorClient:
             "workloads": sorted(workloads.WORKLOADS)})
 
     async def next_job(self, miner_id: str, slots: int = 1) -> dict[str, Any] | None:
-        r = await self._call("GET", "/v1/miner/next", params={"miner": miner_id, "slots": slots})
-        if r.status_code == 204:
+        status, body = await self._call("GET", "/v1/miner/next",
+                                        params={"miner": miner_id, "slots": slots})
+        if status == 204:
             return None
-        return parse_job(r.content)
+        return parse_job(body)
 
     async def submit_proof(self, job_id: str, miner_id: str, mode: str, output_sha: str,
                            metrics: dict[str, float]) -> dict[str, Any]:
         key = str(uuid5(_IDEMPOTENCY_NS, job_id))
-        r = await self._call("POST", "/v1/miner/proof", headers={"Idempotency-Key": key},
-                             json={"id": job_id, "miner_id": miner_id, "mode": mode,
-                                   "output_sha": output_sha, "metrics": metrics})
-        body = r.json()
+        _, raw = await self._call("POST", "/v1/miner/proof", headers={"Idempotency-Key": key},
+                                  json={"id": job_id, "miner_id": miner_id, "mode": mode,
+                                        "output_sha": output_sha, "metrics": metrics})
+        try:
+            body = load_json(raw)
+        except ReplyError:
+            return {}
         return body if isinstance(body, dict) else {}
 
 
@@ -211,7 +218,7 @@ class CoordinatorMiner:
         async def tick() -> None:
             try:
                 await self.poll_once()
-            except ConnectorError as exc:
+            except (ConnectorError, JobPayloadError) as exc:
                 self.emitter.error(exc)
                 log.warning("coordinator: %s", exc)
         try:

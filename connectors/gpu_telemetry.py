@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from connectors.base import Emitter, every
+from connectors.base import Emitter, ReplyError, every, load_json
 from connectors.gpu_backend import GpuBackend, GpuBackendError, GpuReading
 from schemas.events import GpuTelemetryObserved
 
@@ -34,7 +34,10 @@ class HttpNvmlBackend:
             raise GpuBackendError(f"{self.url}: {exc!r}") from exc
         if r.status_code != 200:
             raise GpuBackendError(f"{self.url}{path}: HTTP {r.status_code}: {r.text[:200]}")
-        return r.json()
+        try:
+            return load_json(r.content)
+        except ReplyError as exc:
+            raise GpuBackendError(f"{self.url}{path}: {exc}") from exc
 
     def count(self) -> int:
         return len(self._call("GET", "/devices"))

@@ -104,13 +104,13 @@ class GridMeter:
             return
         try:
             values = parse_registers(list(rr.registers), self.rmap, start)
-        except MeterDecodeError as exc:
-            raw = struct.pack(f">{len(rr.registers)}H", *rr.registers)
-            await self.emitter.dead(f"modbus://{self.host}:{self.port}", raw, str(exc),
-                                    key=self.meter_id)
+            event = reading(values, meter_id=self.meter_id, site=self.emitter.site, ts=ts)
+        except (MeterDecodeError, ValueError, struct.error) as exc:
+            raw = struct.pack(f">{len(rr.registers)}H", *(r & 0xFFFF for r in rr.registers))
+            await self.emitter.dead(f"modbus://{self.host}:{self.port}", raw,
+                                    f"{exc}"[:2000], key=self.meter_id)
             return
-        await self.emitter.emit([reading(values, meter_id=self.meter_id,
-                                         site=self.emitter.site, ts=ts)])
+        await self.emitter.emit([event])
 
     async def run(self, stop: asyncio.Event) -> None:
         async def session() -> None:

@@ -10,7 +10,6 @@ participation: share of prompts answered at all; each over the last ``window`` p
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import statistics
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 
 from agents.compute_score import ENDPOINT_WEIGHTS, endpoint_score
-from connectors.base import Emitter, every
+from connectors.base import Emitter, ReplyError, every, fetch, load_json
 from schemas.events import EndpointHealthObserved
 
 SOURCE = "connector:model-probe"
@@ -64,9 +63,9 @@ class ChatReplyError(ValueError):
 def parse_chat_reply(raw: bytes) -> str:
     """The answer text of an /api/chat reply; ChatReplyError if it is not one."""
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise ChatReplyError(f"not JSON: {exc}") from None
+        body = load_json(raw)
+    except ReplyError as exc:
+        raise ChatReplyError(str(exc)) from None
     if not isinstance(body, dict):
         raise ChatReplyError(f"JSON {type(body).__name__}, not an object")
     answer = body.get("response")
@@ -124,8 +123,8 @@ class ModelProbe:
     async def probe(self, client: httpx.AsyncClient, name: str, url: str) -> EndpointHealthObserved:
         healthy = False
         try:
-            h = await client.get(f"{url}/health", timeout=self.timeout_s)
-            body: Any = h.json() if h.status_code == 200 else {}
+            status, raw = await fetch(client, "GET", f"{url}/health", timeout=self.timeout_s)
+            body: Any = load_json(raw) if status == 200 else {}
             healthy = isinstance(body, dict) and body.get("status") == "healthy"
         except (httpx.HTTPError, ValueError):
             healthy = False
@@ -133,21 +132,25 @@ class ModelProbe:
         for prompt, expected in known_answer_prompts(self.rng, self.prompts):
             t0 = time.perf_counter()
             try:
-                r = await client.post(f"{url}/api/chat", timeout=self.timeout_s,
-                                      json={"prompt": prompt, "temperature": 0.0,
-                                            "max_tokens": 32})
+                status, content = await fetch(
+                    client, "POST", f"{url}/api/chat", timeout=self.timeout_s,
+                    json={"prompt": prompt, "temperature": 0.0, "max_tokens": 32})
                 lat = 1000 * (time.perf_counter() - t0)
-                if r.status_code != 200:
+                if status != 200:
                     results.append((False, False, None))
                     continue
                 try:
-                    answer = parse_chat_reply(r.content)
+                    answer = parse_chat_reply(content)
                 except ChatReplyError as exc:
-                    await self.emitter.dead(f"{url}/api/chat", r.content, f"bad chat reply: {exc}",
-                                            key=name)
+                    await self.emitter.dead(f"{url}/api/chat", content[:4096],
+                                            f"bad chat reply: {exc}", key=name)
                     results.append((False, False, None))
                     continue
                 results.append((True, expected.lower() in answer.lower(), lat))
+            except ReplyError as exc:  # over the reply cap
+                await self.emitter.dead(f"{url}/api/chat", None, f"bad chat reply: {exc}",
+                                        key=name)
+                results.append((False, False, None))
             except httpx.HTTPError:
                 results.append((False, False, None))
         w = self.windows.setdefault(name, EndpointWindow())

@@ -8,18 +8,20 @@ format (a JSON object or a plain number), which JSON field holds each quantity, 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import aiomqtt
+import orjson
 
 from connectors.base import ConnectorError, Emitter, with_backoff
 from schemas.events import FeedPowerMeasured
 
 SOURCE = "connector:power-sensors"
+#: A sensor's message is a few hundred bytes; anything this large is not one.
+MAX_PAYLOAD_BYTES = 64 << 10
 QUANTITIES = ("voltage_v", "current_a", "power_kw", "capacity_kw")
 
 
@@ -55,14 +57,16 @@ def _finite(name: str, v: Any) -> float:
 def parse_payload(payload: bytes, m: SensorMapping, *, site: str,
                   ts: datetime) -> FeedPowerMeasured:
     """A reading from one message; PayloadError when it cannot be one."""
-    text = payload.decode("utf-8", "strict") if payload else ""
     values: dict[str, float] = {}
     if m.format == "number":
+        text = payload[:64].decode("utf-8", "strict") if payload else ""
         values[m.number_quantity] = _finite(m.number_quantity, text.strip())
     else:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise PayloadError(f"payload of {len(payload)} bytes over {MAX_PAYLOAD_BYTES}")
         try:
-            obj = json.loads(text)
-        except ValueError as exc:
+            obj = orjson.loads(payload)  # bounded depth: an error, never a RecursionError
+        except orjson.JSONDecodeError as exc:
             raise PayloadError(f"not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise PayloadError(f"JSON {type(obj).__name__}, not an object")
@@ -105,9 +109,9 @@ class PowerSensors:
             return
         try:
             event = parse_payload(payload, m, site=self.emitter.site, ts=self.emitter.clock())
-        except (PayloadError, UnicodeDecodeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a sensor sends is its fault
             await self.emitter.dead(f"mqtt://{self.host}:{self.port}/{topic}", payload,
-                                    str(exc), key=m.feed_id)
+                                    f"{exc}"[:2000], key=m.feed_id)
             return
         await self.emitter.emit([event])
 

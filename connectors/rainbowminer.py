@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from connectors.base import ConnectorError, Emitter, every
+from connectors.base import ConnectorError, Emitter, ReplyError, every, fetch, load_json
 from connectors.shares import Counters, share_delta
 from schemas.envelope import Event
 from schemas.events import GpuTelemetryObserved, MinerEventObserved
@@ -141,20 +141,28 @@ class RainbowMinerRigs:
         self.log_offsets: dict[str, int] = {}
 
     async def read_rig(self, client: httpx.AsyncClient, rig: RigEndpoint) -> list[Event]:
+        b1 = b2 = b""
         try:
-            r1 = await client.get(f"{rig.api_url}/devices", timeout=self.timeout_s)
-            r2 = await client.get(f"{rig.api_url}/minerstats", timeout=self.timeout_s)
+            s1, b1 = await fetch(client, "GET", f"{rig.api_url}/devices",
+                                 timeout=self.timeout_s)
+            s2, b2 = await fetch(client, "GET", f"{rig.api_url}/minerstats",
+                                 timeout=self.timeout_s)
         except httpx.HTTPError as exc:
             self.emitter.error(ConnectorError(f"{rig.rig_id}: {exc!r}"))
             return []
+        except ReplyError as exc:
+            await self.emitter.dead(f"{rig.api_url}/devices+minerstats", b1[:2048], str(exc),
+                                    key=rig.rig_id)
+            return []
         ts = self.emitter.clock()
         try:
-            if r1.status_code != 200 or r2.status_code != 200:
-                raise RigPayloadError(f"HTTP {r1.status_code}/{r2.status_code}")
-            tel, counts = parse_rig(r1.json(), r2.json(), rig, site=self.emitter.site, ts=ts)
-        except (RigPayloadError, ValueError) as exc:
+            if s1 != 200 or s2 != 200:
+                raise RigPayloadError(f"HTTP {s1}/{s2}")
+            tel, counts = parse_rig(load_json(b1), load_json(b2), rig, site=self.emitter.site,
+                                    ts=ts)
+        except Exception as exc:  # noqa: BLE001 - whatever a rig sends is its fault
             await self.emitter.dead(f"{rig.api_url}/devices+minerstats",
-                                    r1.content[:2048] + b"\n" + r2.content[:2048], str(exc),
+                                    b1[:2048] + b"\n" + b2[:2048], f"{exc}"[:2000],
                                     key=rig.rig_id)
             return []
         events: list[Event] = list(tel)
@@ -192,8 +200,15 @@ class RainbowMinerRigs:
         return out
 
     async def sweep(self, client: httpx.AsyncClient) -> None:
-        results = await asyncio.gather(*(self.read_rig(client, r) for r in self.rigs))
-        await self.emitter.emit([e for r in results for e in r])
+        results = await asyncio.gather(*(self.read_rig(client, r) for r in self.rigs),
+                                       return_exceptions=True)
+        events: list[Event] = []
+        for rig, r in zip(self.rigs, results, strict=True):
+            if isinstance(r, BaseException):  # one rig never fails the sweep
+                self.emitter.error(f"{rig.rig_id}: {type(r).__name__}: {r}")
+            else:
+                events += r
+        await self.emitter.emit(events)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient() as client:

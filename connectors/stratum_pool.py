@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from connectors.base import Emitter
 from schemas.events import ShareCountsObserved
 
@@ -130,11 +132,14 @@ class StratumPool:
         extranonce1 = secrets.token_hex(4)
         try:
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:  # a line past the reader's 64 KiB limit: not Stratum
+                    break
                 if not line:
                     break
                 try:
-                    msg = json.loads(line)
+                    msg = orjson.loads(line)
                     method, params, mid = msg["method"], msg.get("params") or [], msg.get("id")
                 except (ValueError, KeyError, TypeError):
                     self._send(w, None, result=None, error=[20, "Other/Unknown: bad JSON", None])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from schemas.envelope import Command, Event
 
@@ -24,20 +25,57 @@ class WakeAsic(Command):
     kind: Literal["WakeAsic"] = "WakeAsic"
 
 
+#: A Stratum pool URL a miner can be pointed at: scheme, host (name or address), port.
+POOL_URL = re.compile(r"^stratum2?\+(tcp|ssl)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\])"
+                      r":(?P<port>\d{1,5})(/[A-Za-z0-9._~/-]*)?$")
+#: Characters a miner's firmware splits a pool entry on (LuxOS ``addpool url,user,pass``),
+#: or that would end a quoted value.
+SEPARATORS = frozenset(',;"\'\\`')
+
+
+def check_pool_url(v: str) -> str:
+    """``v`` when it is a pool URL a miner can take, else ValueError saying why."""
+    m = POOL_URL.fullmatch(v)
+    if m is None:
+        raise ValueError("pool_url must be stratum+tcp://host:port (or stratum+ssl, "
+                         "stratum2+tcp), with a host name or address and a port")
+    if not 1 <= int(m["port"]) <= 65535:
+        raise ValueError("pool_url port must be 1-65535")
+    return v
+
+
+def check_no_separators(what: str, v: str) -> str:
+    """``v`` when it holds nothing a firmware would split a command on."""
+    bad = sorted({c for c in v if c in SEPARATORS or ord(c) < 32 or c.isspace()})
+    if bad:
+        raise ValueError(f"{what} may not contain {''.join(bad)!r}")
+    return v
+
+
 class SwitchAsicPool(Command):
     """Point an ASIC at another Stratum pool."""
 
     kind: Literal["SwitchAsicPool"] = "SwitchAsicPool"
-    pool_url: str = Field(min_length=1, description="stratum+tcp://host:port")
-    worker: str = Field(default="", description="Worker (user) name on that pool")
-    password: str = Field(default="x", description="Pool password")
+    pool_url: str = Field(min_length=1, max_length=512, description="stratum+tcp://host:port")
+    worker: str = Field(default="", max_length=256, description="Worker (user) name on that pool")
+    password: str = Field(default="x", max_length=256, description="Pool password")
+
+    @field_validator("pool_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_pool_url(v)
+
+    @field_validator("worker", "password")
+    @classmethod
+    def _plain(cls, v: str, info: ValidationInfo) -> str:
+        return check_no_separators(str(info.field_name), v)
 
 
 class SetAsicPowerTarget(Command):
     """Set an ASIC's power target (firmware power limit)."""
 
     kind: Literal["SetAsicPowerTarget"] = "SetAsicPowerTarget"
-    power_target_w: float = Field(gt=0, description="Power target, W")
+    power_target_w: float = Field(gt=0, le=100_000, description="Power target, W")
 
 
 class ApplyGpuProfile(Command):

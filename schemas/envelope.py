@@ -24,7 +24,9 @@ def utc(value: datetime) -> datetime:
 class Event(BaseModel):
     """Base of every event: the envelope of DESIGN.md."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    # NaN and infinities are refused: no step function ever sees one
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True,
+                              allow_inf_nan=False)
 
     SCHEMA_VERSION: ClassVar[int] = 1
 

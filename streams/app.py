@@ -10,6 +10,7 @@ from typing import Any
 import faust
 
 from schemas.envelope import Event
+from schemas.plausibility import implausible
 from streams.codec import DecodeError, dead_letter, decode, dlq_id, encode, encode_key
 from streams.settings import Settings
 
@@ -85,9 +86,16 @@ async def decoded(
     async for ev in stream.events():
         name = record_topic(ev, topic_name)
         try:
-            yield decode(name, ev.value)
+            event = decode(name, ev.value)
+            if (why := implausible(event, datetime.now(UTC))) is not None:
+                raise DecodeError(f"implausible: {why}")
+            yield event
         except DecodeError as exc:
             msg = ev.message
+            if name == "dlq":  # never a letter about a letter (it would loop)
+                log.error("undecodable record on dlq at %s:%s: %s", msg.partition, msg.offset,
+                          exc.reason)
+                continue
             letter = dead_letter(
                 source_topic=name, raw=ev.value, reason=exc.reason, site=site,
                 source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,

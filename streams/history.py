@@ -110,6 +110,16 @@ class HistoryStore:
         self.database = database
         self._lock = threading.RLock()
         self._client: Client | None = None
+        self._siblings: list[HistoryStore] = []
+
+    def sibling(self) -> HistoryStore:
+        """Another connection to the same store, with its own lock (the API's readers, the
+        SQL endpoint's own session: never the sink's client); closed with this one (the
+        embedded engine's directory is free again only when every connection is)."""
+        s = HistoryStore(self.dsn, self.database)
+        with self._lock:
+            self._siblings.append(s)
+        return s
 
     @property
     def embedded(self) -> bool:
@@ -128,6 +138,10 @@ class HistoryStore:
 
     def close(self) -> None:
         """Release the connection (and, for chdb, the data directory)."""
+        with self._lock:
+            siblings, self._siblings = self._siblings, []
+        for sib in siblings:
+            sib.close()
         with self._lock:
             if self._client is not None:
                 self._client.close()
@@ -259,6 +273,15 @@ class HistoryStore:
             result = self.client.query(sql, settings=settings)
             return (list(result.column_names), [t.name for t in result.column_types],
                     [tuple(_aware(v) for v in r) for r in result.result_rows])
+
+    def writable(self) -> bool:
+        """True when the store answers and this connection may write (the sink's)."""
+        try:
+            with self._lock:
+                rows = self.client.query("SELECT getSetting('readonly')").result_rows
+            return bool(rows) and int(rows[0][0]) == 0
+        except Exception:  # noqa: BLE001 - health check: any failure means no
+            return False
 
     def ping(self) -> bool:
         """True when the store answers."""

@@ -85,7 +85,7 @@ class Publisher:
 
     def __init__(self, bootstrap: str, *, client_id: str = "hashplane", linger_ms: int = 5,
                  prefix: str = "", buffer_max: int = 100_000, retry_max_s: float = 5.0,
-                 resend_s: float = 15.0, recent_max: int = 100_000,
+                 resend_s: float = 120.0, recent_max: int = 200_000,
                  request_timeout_ms: int = 15_000):
         self.bootstrap, self.client_id, self.linger_ms = bootstrap, client_id, linger_ms
         self.prefix = prefix

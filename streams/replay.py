@@ -39,7 +39,7 @@ from streams.history import HistoryStore
 from streams.settings import Settings
 
 #: Topics the site state is folded from (the site agents' inputs).
-SITE_TOPICS = ("grid.readings", "power.readings", "asic.telemetry", "gpu.telemetry",
+SITE_TOPICS = ("dlq", "grid.readings", "power.readings", "asic.telemetry", "gpu.telemetry",
                "uplink.status", "compute.jobs", "metrics.energy", "commands.site",
                "commands.acks")
 

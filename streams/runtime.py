@@ -137,7 +137,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             actuator.targets, actuator, emitter(ASIC_ACT), actuator=ASIC_ACT,
             concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s + 1.0,
             own_all=settings.actuators_own_site,
-            session_timeout_s=settings.worker_session_timeout_s * 3)
+            session_timeout_s=settings.worker_session_timeout_s * 3,
+            journal=settings.data_dir / "actuators" / "asic.acked")
     if m := endpoints.get("modbus"):
         out["meter"] = grid_meter.GridMeter(
             str(m["host"]), int(m["port"]), emitter(grid_meter.SOURCE),
@@ -172,7 +173,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             settings.kafka_bootstrap, "commands.gpu", f"{settings.app_id}-gpu-actuator", gpus,
             act, emitter(gpu_actuator.SOURCE), actuator=gpu_actuator.SOURCE, concurrency=16,
             timeout_s=15.0, own_all=settings.actuators_own_site,
-            session_timeout_s=settings.worker_session_timeout_s * 3)
+            session_timeout_s=settings.worker_session_timeout_s * 3,
+            journal=settings.data_dir / "actuators" / "gpu.acked")
     if models := [(str(m["name"]), str(m["url"])) for m in endpoints.get("model_endpoints", [])]:
         out["models"] = model_probe.ModelProbe(models, emitter(model_probe.SOURCE),
                                                period_s=settings.model_probe_s)
@@ -188,7 +190,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
                                f"{settings.app_id}-compute-{settings.compute_miner_id}",
                                {settings.compute_miner_id, settings.site}, miner.obey, em,
                                actuator=coordinator.SOURCE,
-                               session_timeout_s=settings.worker_session_timeout_s * 3)
+                               session_timeout_s=settings.worker_session_timeout_s * 3,
+                               journal=settings.data_dir / "actuators" / "compute.acked")
         out["coordinator"] = coordinator.ComputeMinerService(miner, cmds)
     if (u := endpoints.get("uplink")) and u.get("url"):
         out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),

@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     band_hold_s: float = Field(
         default=30.0, ge=0, description="Frequency must stay released this long to relax a band")
     feed_stale_s: float = Field(default=10.0, gt=0, description="A silent feed leaves the supply")
+    meter_stale_s: float = Field(
+        default=5.0, ge=0, description="No grid reading for this long: no decisions (supply "
+        "unknown) and a critical alert; 0 when the site has no meter")
+    energy_warmup_s: float = Field(
+        default=5.0, ge=0, description="After a worker (re)start, no headroom for this long "
+        "(wall clock): the backlog is folded first, its partitions read out of event-time step")
+    energy_max_age_s: float = Field(
+        default=30.0, ge=0, description="No headroom from a reading older than this (wall "
+        "clock): no decision on the past while a backlog is folded; 0: off")
     supply_feeds: list[str] = Field(
         default_factory=list,
         description="The site's supply feeds (JSON list of feed ids): the supply is unknown "
@@ -116,6 +125,9 @@ class Settings(BaseSettings):
     alert_job_window_s: float = Field(default=900.0, gt=0, description="...within this window")
     alert_confirm_s: float = Field(
         default=30.0, gt=0, description="An applied sleep/wake must show in telemetry within")
+    alert_fault_clear_s: float = Field(
+        default=300.0, gt=0, description="A device fault clears after this long without "
+        "refused input from the device, s")
     alert_cooldown_s: float = Field(
         default=300.0, ge=0, description="A resolved alert does not re-fire within this, s")
 
@@ -173,6 +185,13 @@ class Settings(BaseSettings):
     api_keys: dict[str, Literal["read", "operator"]] = Field(
         default_factory=dict, description='More keys: JSON {"<key>": "read"|"operator"}')
     sql_max_rows: int = Field(default=10_000, ge=1, description="Rows the SQL endpoint returns")
+    sql_max_bytes: int = Field(
+        default=64 << 20, ge=1024, description="Bytes a SQL answer may hold (ClickHouse side)")
+    sql_max_memory: int = Field(
+        default=2 << 30, ge=1 << 20, description="Memory a SQL query may use, bytes")
+    sql_concurrency: int = Field(default=2, ge=1, description="SQL queries run at once")
+    api_store_connections: int = Field(
+        default=4, ge=1, description="The API's own connections to the store for reads")
     sql_max_s: float = Field(default=10.0, gt=0, description="Time a SQL query may run, s")
     api_live_s: float = Field(
         default=10.0, gt=0, description="Consumer-lag refresh period of /metrics, s")

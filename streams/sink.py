@@ -32,6 +32,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
+from schemas.plausibility import implausible
 from schemas.registry import TOPICS
 from streams.codec import DecodeError, dead_letter, decode_record, dlq_id, encode
 from streams.history import HistoryStore, StoredKey
@@ -181,9 +182,13 @@ class HistorySink:
         for rec in records:
             try:
                 event, upcast = decode_record(tp.topic, rec.value)
-                decoded.append((rec, event, upcast, ""))
             except DecodeError as exc:
                 decoded.append((rec, None, False, exc.reason))
+                continue
+            # what the agents refuse to fold is not history either (rebuild equals live)
+            why = implausible(event, ingested)
+            decoded.append((rec, None, False, f"implausible: {why}") if why is not None
+                           else (rec, event, upcast, ""))
         found: set[UUID] = set()
         if tp in self.unchecked:
             keys: list[StoredKey] = [(e.site, e.device_id, e.ts, e.event_id)

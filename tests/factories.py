@@ -36,7 +36,7 @@ def _value(name: str, annotation: Any) -> Any:
     if annotation is UUID:
         return uuid4()
     if annotation is str:
-        return f"{name}-x"
+        return "stratum+tcp://pool.example:3333" if name.endswith("pool_url") else f"{name}-x"
     raise TypeError(f"no sample for {name}: {annotation}")
 
 

@@ -17,7 +17,10 @@ def control_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={
         "energy_emit_s": 0.0, "energy_margin_kw": 0.0, "sched_min_on_s": 0.0,
         "sched_hysteresis_kw": 1.0, "uplink_down_after": 2, "command_ttl_s": 60.0,
-        "supply_feeds": ["feed-a"]})
+        "supply_feeds": ["feed-a"],
+        # recorded streams at a fixed past time: the fold's rules alone, not the live
+        # agent's guard against deciding on the past
+        "energy_warmup_s": 0.0, "energy_max_age_s": 0.0})
 
 
 @pytest.fixture

@@ -161,8 +161,13 @@ def test_miner_reporting_error_is_offline_and_a_feed_going_silent_alerts() -> No
     feed = FeedPowerMeasured(site="site-1", device_id="f1", ts=at(0), source="t",
                              feed_id="f1", voltage_v=400, current_a=1, power_kw=1)
     _, out = alert_fold([asic(0, state="error"), feed, grid(5, 50), grid(11, 50)], AP)
+    # the only feed silent: the supply is unknown (no decisions), critical
     assert kinds(out) == [("Fired", "miner_offline", "critical"),
-                          ("Fired", "feed_silent", "warning")]
+                          ("Fired", "feed_silent", "warning"),
+                          ("Fired", "supply_unknown", "critical")]
+    _, out = alert_fold([feed, grid(11, 50), feed.model_copy(update={"ts": at(12)})], AP)
+    assert kinds(out)[-2:] == [("Resolved", "feed_silent", "warning"),
+                               ("Resolved", "supply_unknown", "critical")]
 
 
 def test_reject_spike_on_closed_minute_with_enough_shares() -> None:

@@ -7,13 +7,14 @@ ReplacingMergeTree tables may hold a redelivered event until their next merge.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from api.context import ApiContext
 from api.live import LIVE_TOPICS, sse
@@ -103,6 +104,15 @@ def window(since: datetime | None, until: datetime | None,
     return s, u
 
 
+async def render(model: Awaitable[BaseModel]) -> bytes:
+    """A snapshot's answer, serialized once (validated when built, not per request)."""
+    return (await model).model_dump_json().encode()
+
+
+def rendered(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
 def page(limit: int, offset: int, got: int) -> Page:
     """A page whose query asked for ``limit + 1`` rows and got ``got``."""
     return Page(limit=limit, offset=offset, next_offset=offset + limit if got > limit else None)
@@ -115,10 +125,10 @@ def router(ctx: ApiContext) -> APIRouter:
     # -- fleet ----------------------------------------------------------------------------
 
     @r.get("/fleet", response_model=FleetSummary, tags=["fleet"])
-    async def fleet() -> FleetSummary:
+    async def fleet() -> Response:
         """ASICs by state, hashrate and draw, GPUs, energy, alerts and commands at a glance
         (recomputed at most once a second)."""
-        return await ctx.snapshots.get("fleet", fleet_now)  # type: ignore[no-any-return]
+        return rendered(await ctx.snapshots.get("fleet", lambda: render(fleet_now())))
 
     async def fleet_now() -> FleetSummary:
         stale = ctx.settings.device_stale_s
@@ -162,7 +172,7 @@ def router(ctx: ApiContext) -> APIRouter:
         state: Annotated[str | None, Query(max_length=32, description="Only this state")] = None,
         seen_within_s: Annotated[int, Query(gt=0, description="Seen within, s")] = 86_400,
         limit: Limit = 500, offset: Offset = 0,
-    ) -> Asics:
+    ) -> Response:
         """ASICs: last telemetry, cycles and last-off (folded from applied acks; recomputed
         at most once a second per query)."""
         async def now() -> Asics:
@@ -171,7 +181,7 @@ def router(ctx: ApiContext) -> APIRouter:
                          asics=[Asic.model_validate(x) for x in rows[:limit]])
 
         key = ("asics", state, seen_within_s, limit, offset)
-        return await ctx.snapshots.get(key, now)  # type: ignore[no-any-return]
+        return rendered(await ctx.snapshots.get(key, lambda: render(now())))
 
     @r.get("/asics/{device_id}", response_model=Asic, tags=["fleet"])
     async def asic(device_id: Device) -> Asic:

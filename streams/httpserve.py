@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,3 +58,36 @@ class HttpService:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+
+async def serve_in_thread(server: uvicorn.Server, name: str = "hashplane-api") -> None:
+    """Run ``server`` on its own event loop in its own thread until it stops (or this is
+    cancelled: then it is told to exit, and waited for).
+
+    The API of ``demo``/``up`` shares its process with the sink, the connectors and the
+    simulated farm (the embedded ClickHouse belongs to one process); on their event loop a
+    dashboard request waited behind every sweep and insert.  On its own loop it waits only
+    for the interpreter."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if exc is None else done.set_exception(exc)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            asyncio.run(server.serve())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting loop
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the awaiting loop is gone
+            loop.call_soon_threadsafe(settle, error)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        await asyncio.shield(done)
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 15.0)

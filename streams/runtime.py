@@ -30,7 +30,7 @@ from api.auth import generate_key
 from connectors.synthetic import run_synthetic
 from streams.broker import BrokerError, EmbeddedBroker, free_port, port_in_use, wait_ready
 from streams.history import HistoryStore
-from streams.httpserve import QuietServer
+from streams.httpserve import QuietServer, serve_in_thread
 from streams.publish import Publisher
 from streams.settings import Settings
 from streams.sink import HistorySink
@@ -336,7 +336,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
                                sink_stats=lambda: sink.stats if sink is not None else None,
                                outbox_stats=lambda: publisher.stats if publisher else None),
                     host=settings.api_host, port=port, log_level="warning", lifespan="on"))
-                return server.serve()
+                return serve_in_thread(server)
 
             api = sup.task("api", new_api)
             stack.api_url = f"http://{settings.api_host}:{port}"

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 T = TypeVar("T")
 
+#: A record whose broker timestamp is this far past its event's time is checked against the
+#: log before it is stored (a resend, a replay, an outbox drained after an outage), s.
+LATE_S = 10.0
+
 
 def utc_now() -> datetime:
     """Wall-clock UTC (ingestion time and dlq stamps only; logic takes time as input)."""
@@ -190,10 +194,18 @@ class HistorySink:
             decoded.append((rec, None, False, f"implausible: {why}") if why is not None
                            else (rec, event, upcast, ""))
         found: set[UUID] = set()
-        if tp in self.unchecked:
-            keys: list[StoredKey] = [(e.site, e.device_id, e.ts, e.event_id)
-                                     for _, e, _, _ in decoded if e is not None]
+        unchecked = tp in self.unchecked
+        # A record produced well after its event happened may be a producer's resend (after
+        # a broker restart it sends again what the old broker acknowledged in its last
+        # resend window, maybe long after this sink stored it, maybe before this sink's
+        # restart): checked too, wherever it lands in the new log.
+        keys: list[StoredKey] = [(e.site, e.device_id, e.ts, e.event_id)
+                                 for rec, e, _, _ in decoded if e is not None and (
+                                     unchecked or rec.timestamp / 1000.0 - e.ts.timestamp()
+                                     > LATE_S)]
+        if keys:
             found = await self._store_call("lookup", self.store.stored_ids, tp.topic, keys)
+        if unchecked:
             if found:
                 repaired = await self._store_call(
                     "repair", self.store.repair_typed, tp.topic,

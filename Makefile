@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/agent_throughput.py
 	$(BIN)/python bench/reaction.py
 	$(BIN)/python bench/tuner.py
+	$(BIN)/python bench/api_load.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -60,6 +60,16 @@ class HttpService:
         return self._server is not None
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (a dependency: about a third less CPU per request
+    than the standard loop), else the standard one."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return None
+    return uvloop.new_event_loop
+
+
 async def serve_in_thread(server: uvicorn.Server, name: str = "hashplane-api") -> None:
     """Run ``server`` on its own event loop in its own thread until it stops (or this is
     cancelled: then it is told to exit, and waited for).
@@ -78,7 +88,8 @@ async def serve_in_thread(server: uvicorn.Server, name: str = "hashplane-api") -
     def run() -> None:
         error: BaseException | None = None
         try:
-            asyncio.run(server.serve())
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(server.serve())
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting loop
             error = exc
         with contextlib.suppress(RuntimeError):  # the awaiting loop is gone

@@ -77,11 +77,16 @@ async def state(api: str) -> dict[str, dict[str, object]]:
 async def cycles_of(bootstrap: str, app_id: str) -> dict[str, int]:
     """What the scheduler's changelog topic holds: device -> cycles."""
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import UnknownTopicOrPartitionError
 
     out: dict[str, int] = {}
     c = AIOKafkaConsumer(changelog_topic(app_id, "scheduler_asics"), bootstrap_servers=bootstrap,
                          group_id=None, auto_offset_reset="earliest")
-    await c.start()
+    try:
+        await c.start()
+    except UnknownTopicOrPartitionError:  # not (re)created yet: nothing in it
+        await c.stop()
+        return out
     try:
         for _ in range(5):
             for records in (await c.getmany(timeout_ms=300)).values():

@@ -12,12 +12,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
     create_model,
-    field_validator,
 )
 
-from schemas.commands import check_no_separators, check_pool_url
+from schemas.commands import PoolPassword, PoolUrl, PoolWorker
 from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
 
 _WINDOW_FIELDS = (
@@ -348,22 +346,10 @@ class RequestBody(BaseModel):
 class AsicPool(RequestBody):
     """Body of a pool switch."""
 
-    pool_url: str = Field(min_length=1, max_length=512,
-                          description="stratum+tcp://host:port (or stratum+ssl, stratum2+tcp)")
-    worker: str = Field(default="", max_length=256)
-    password: str = Field(default="x", max_length=256)
+    pool_url: PoolUrl = Field(description="stratum+tcp://host:port (or stratum+ssl, stratum2+tcp)")
+    worker: PoolWorker = ""
+    password: PoolPassword = "x"
     reason: str = Field(default="", max_length=512)
-
-    # the same rules as the command's (schemas/commands.py): refused here with a 422
-    @field_validator("pool_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return check_pool_url(v)
-
-    @field_validator("worker", "password")
-    @classmethod
-    def _fields(cls, v: str, info: ValidationInfo) -> str:
-        return check_no_separators(str(info.field_name), v)
 
 
 class AsicPowerTarget(RequestBody):

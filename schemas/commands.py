@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field
 
 from schemas.envelope import Command, Event
 
@@ -52,23 +52,21 @@ def check_no_separators(what: str, v: str) -> str:
     return v
 
 
+#: A pool entry's fields as a firmware takes them (the API's bodies use the same types).
+PoolUrl = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(check_pool_url)]
+PoolWorker = Annotated[str, Field(max_length=256),
+                       AfterValidator(lambda v: check_no_separators("worker", v))]
+PoolPassword = Annotated[str, Field(max_length=256),
+                         AfterValidator(lambda v: check_no_separators("password", v))]
+
+
 class SwitchAsicPool(Command):
     """Point an ASIC at another Stratum pool."""
 
     kind: Literal["SwitchAsicPool"] = "SwitchAsicPool"
-    pool_url: str = Field(min_length=1, max_length=512, description="stratum+tcp://host:port")
-    worker: str = Field(default="", max_length=256, description="Worker (user) name on that pool")
-    password: str = Field(default="x", max_length=256, description="Pool password")
-
-    @field_validator("pool_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return check_pool_url(v)
-
-    @field_validator("worker", "password")
-    @classmethod
-    def _plain(cls, v: str, info: ValidationInfo) -> str:
-        return check_no_separators(str(info.field_name), v)
+    pool_url: PoolUrl = Field(description="stratum+tcp://host:port")
+    worker: PoolWorker = Field(default="", description="Worker (user) name on that pool")
+    password: PoolPassword = Field(default="x", description="Pool password")
 
 
 class SetAsicPowerTarget(Command):

@@ -99,7 +99,7 @@ class AlertState:
     seen: dict[str, tuple[float, float]] = field(default_factory=dict)  # device -> (ts, poll)
     feeds: dict[str, float] = field(default_factory=dict)  # feed -> last reading
     meter: float | None = None  # last grid reading
-    faults: dict[str, float] = field(default_factory=dict)  # device -> last dead letter
+    faults: dict[str, float] = field(default_factory=dict)  # alert key -> last dead letter
     uplink_fails: int = 0
     job_failures: dict[str, list[float]] = field(default_factory=dict)
     last_sweep: float = float("-inf")
@@ -113,10 +113,16 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
     now = e.ts.timestamp()
     out: list[Condition] = []
     if isinstance(e, RecordDeadLettered):  # whoever refused it: the device sent garbage
-        state.faults[e.device_id] = max(now, state.faults.get(e.device_id, now))
-        out.append(Condition("device_fault", f"device_fault/{e.device_id}", True, "warning",
+        # a meter that reads nonsense leaves the site blind to the grid: critical
+        meter = e.source_topic.startswith("modbus://")
+        kind = "meter_fault" if meter else "device_fault"
+        key = f"{kind}/{e.device_id}"
+        state.faults[key] = max(now, state.faults.get(key, now))
+        out.append(Condition(kind, key, True, "critical" if meter else "warning",
                              lambda: f"{e.device_id} sent input that was refused: "
-                                     f"{e.reason[:300]}"))
+                                     f"{e.reason[:300]}"
+                                     + (" (readings that cannot be real never move the "
+                                        "band)" if meter else "")))
         return out
     if isinstance(e, GridMeasured):
         state.meter = now if state.meter is None else max(state.meter, now)
@@ -192,6 +198,14 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
     elif isinstance(e, CommandAcknowledged):
         if e.status == "applied" and e.command_kind in ("SleepAsic", "WakeAsic"):
             state.expect[e.device_id] = (e.command_kind, now, now + p.confirm_s)
+        # a miner that refuses our login cannot be curtailed: say so until it accepts one
+        if e.status == "rejected" and e.detail.startswith("authentication failed"):
+            out.append(Condition("device_login_refused", f"device_login_refused/{e.device_id}",
+                                 True, "critical", lambda: f"{e.device_id} refused the "
+                                 f"actuator's login, so it cannot be commanded: {e.detail}"))
+        elif e.status == "applied":
+            out.append(Condition("device_login_refused", f"device_login_refused/{e.device_id}",
+                                 False, message=f"{e.device_id} accepted a command again"))
     if isinstance(e, GridMeasured | FeedPowerMeasured | EnergyHeadroomComputed) \
             and now - state.last_sweep >= p.sweep_s:
         state.last_sweep = now
@@ -249,12 +263,12 @@ def silence(state: AlertState, now: float, p: AlertParams) -> list[Condition]:
                              f"no grid meter reading for {now - state.meter:.0f} s: no new "
                              "decisions until it reports again", now - state.meter,
                              p.meter_stale_s))
-    for device, ts in list(state.faults.items()):
+    for key, ts in list(state.faults.items()):
         if now - ts > p.fault_clear_s:
-            del state.faults[device]
-            out.append(Condition("device_fault", f"device_fault/{device}", False,
-                                 message=f"no refused input from {device} for "
-                                         f"{p.fault_clear_s:g} s"))
+            del state.faults[key]
+            kind, _, device = key.partition("/")
+            out.append(Condition(kind, key, False, message=f"no refused input from {device} "
+                                                            f"for {p.fault_clear_s:g} s"))
     return out
 
 

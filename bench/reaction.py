@@ -6,7 +6,7 @@ test.
 
 The whole system runs as in production: the simulated farm here (LuxOS miners on their own
 loopback addresses, the Modbus meter, MQTT feeds), a Tansu broker, and ``hashplane up
---devices`` as a child process (meter, feed and ASIC connectors, the ASIC actuator, the
+--site`` as a child process (meter, feed and ASIC connectors, the ASIC actuator, the
 Faust worker with every agent, the history sink).  Each dip steps the simulated grid to
 49.4 Hz (the deepest default band: target load 0) at a recorded instant; the clock stops at
 the arrival of the last ``applied`` SleepAsic ack on ``commands.acks``.  Then the grid
@@ -100,15 +100,21 @@ def step_grid(farm: Farm, hz: float) -> None:
     farm.grid.mean_hz = farm.grid.frequency_hz = hz
 
 
-async def run(n: int, dips: int, work: Path, trace: bool = False) -> dict[str, Any]:
+#: The fleets compared at each size: LuxOS only, and the five firmwares mixed.
+FLEETS: dict[str, dict[str, int]] = {
+    "luxos": {"luxos": 1},
+    "mixed": {"luxos": 1, "braiins": 1, "antminer": 1, "whatsminer": 1, "vnish": 1}}
+
+
+async def run(n: int, dips: int, work: Path, trace: bool = False,
+              fleet: str = "luxos") -> dict[str, Any]:
     farm = Farm(FarmConfig(asics=n, gpu_rigs=0, model_endpoints=0, data_dir=work / "sim",
-                           asic_base_ip="127.1.0.1", speed=30.0))
+                           asic_base_ip="127.1.0.1", speed=30.0, firmware_mix=FLEETS[fleet]))
     await farm.start()
     broker = EmbeddedBroker(log_file=work / "broker.log")
     await broker.start()
     await ensure_topics(broker.bootstrap)
-    devices = work / "endpoints.json"
-    farm.write_endpoints(devices)
+    devices = farm.write_site(work / "site.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
     env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
                HASHPLANE_DATA_DIR=str(work / "data"), HASHPLANE_API_PORT="0",
@@ -118,7 +124,8 @@ async def run(n: int, dips: int, work: Path, trace: bool = False) -> dict[str, A
                HASHPLANE_SCHED_MIN_OFF_S="0", HASHPLANE_SCHED_WAKE_BATCH=str(n),
                HASHPLANE_SCHED_WAKE_INTERVAL_S="0", HASHPLANE_ENERGY_MARGIN_KW="0",
                HASHPLANE_LOG_LEVEL="WARNING")
-    up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--devices", str(devices)],
+    up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--site", str(devices),
+                           "--env-file", str(devices.with_suffix(".env"))],
                           env=env, stdout=open(work / "up.log", "wb"), stderr=subprocess.STDOUT)
     acks = Acks(broker.bootstrap)
     await acks.start()
@@ -162,7 +169,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False) -> dict[str, A
             last.append(max(times))
             every += times
             step_grid(farm, 50.0)
-        return {"n": n, "last": last, "every": every,
+        return {"n": n, "fleet": fleet, "last": last, "every": every,
                 "floor": METER_POLL_S + statistics.median(rtts), "rtt": statistics.median(rtts)}
     finally:
         await acks.stop()
@@ -175,17 +182,20 @@ async def run(n: int, dips: int, work: Path, trace: bool = False) -> dict[str, A
         await farm.stop()
 
 
-async def main(sizes: list[int], dips: int, trace: bool) -> None:
+async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str]) -> None:
     print(f"hashplane reaction benchmark: {dips} dips per fleet, {os.cpu_count()} cores; "
-          "grid stepped to 49.4 Hz -> last applied SleepAsic ack")
+          f"grid stepped to 49.4 Hz -> last applied SleepAsic ack; fleets: "
+          + "; ".join(f"{f} ({', '.join(FLEETS[f])})" for f in fleets))
     rows = []
     for n in sizes:
-        rows.append(await run(n, dips, Path(tempfile.mkdtemp(prefix=f"hashplane-react-{n}-")),
-                              trace))
-    print(f"\n{'ASICs':>6} {'last ack p50':>13} {'p99':>7} {'every ack p50':>14} {'p99':>7} "
-          f"{'floor':>7}  (poll {METER_POLL_S:g} s + RPC)")
+        for fleet in fleets:
+            rows.append(await run(n, dips, Path(tempfile.mkdtemp(
+                prefix=f"hashplane-react-{n}-{fleet}-")), trace, fleet))
+    print(f"\n{'ASICs':>6} {'fleet':>6} {'last ack p50':>13} {'p99':>7} {'every ack p50':>14} "
+          f"{'p99':>7} {'floor':>7}  (poll {METER_POLL_S:g} s + RPC)")
     for r in rows:
-        print(f"{r['n']:>6} {pct(r['last'], 50):>12.3f}s {pct(r['last'], 99):>6.3f}s "
+        print(f"{r['n']:>6} {r['fleet']:>6} {pct(r['last'], 50):>12.3f}s "
+              f"{pct(r['last'], 99):>6.3f}s "
               f"{pct(r['every'], 50):>13.3f}s {pct(r['every'], 99):>6.3f}s "
               f"{r['floor']:>6.3f}s  (RPC {1000 * r['rtt']:.1f} ms)")
     print("\ngoal: last-ack p99 <= 1 s at 1,000 ASICs (seed 003 asked < 2 s for 160)")
@@ -195,7 +205,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--asics", type=int, nargs="+", default=[160, 1000])
     ap.add_argument("--dips", type=int, default=5)
+    ap.add_argument("--fleets", nargs="+", choices=list(FLEETS), default=list(FLEETS),
+                    help="LuxOS-only and/or the five firmwares mixed (default both)")
     ap.add_argument("--trace", action="store_true",
                     help="per dip: when the reading, the headroom, the commands and acks arrived")
     args = ap.parse_args()
-    asyncio.run(main(args.asics, args.dips, args.trace))
+    asyncio.run(main(args.asics, args.dips, args.trace, args.fleets))

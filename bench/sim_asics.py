@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,12 +67,13 @@ async def main(n: int, concurrency: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 4096)), hard))
     work = Path(tempfile.mkdtemp(prefix="hashplane-simbench-"))
-    ep_file = work / "endpoints.json"
+    ep_file = work / "site.toml"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HASHPLANE_LOG_LEVEL": "WARNING"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "sim", "--asics", str(n), "--gpu-rigs", "0",
-         "--data-dir", str(work), "--endpoints-file", str(ep_file)],
+         "--data-dir", str(work), "--site-file", str(ep_file),
+         "--firmware-mix", "luxos=1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -82,7 +84,7 @@ async def main(n: int, concurrency: int) -> None:
                 raise SystemExit(f"sim exited with {proc.returncode}")
         start_s = time.perf_counter() - t0
         in_process = line.split("up in ")[1].split("s:")[0]
-        asics = json.loads(ep_file.read_text())["asics"]
+        asics = tomllib.loads(ep_file.read_text())["asics"]
         assert len(asics) == n
         print(f"hashplane simulated-ASIC benchmark: {n:,} ASICs, concurrency {concurrency}, "
               f"{os.cpu_count()} cores")

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,8 @@ READ = "summary+pools+stats+power+config+version"
 MAX_REPLY_BYTES = 1 << 20
 #: Replies larger than this are parsed in a worker thread (the repairs scan in Python).
 THREAD_PARSE_BYTES = 64 << 10
+#: A miner that hashes nothing and draws at most this is asleep (firmwares that do not say).
+IDLE_W = 150.0
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,17 @@ class CgminerError(RuntimeError):
 
 @dataclass(frozen=True)
 class AsicEndpoint:
-    """Where a miner answers."""
+    """Where a miner answers, and what it speaks (an inventory entry, schemas/site.py)."""
 
     device_id: str
     host: str
     port: int = 4028
+    dialect: str = "luxos"  # connectors/firmware: luxos | braiins | antminer | whatsminer
+    web_port: int = 80
+    username: str = ""  # the web/API login ("" = the firmware's factory login)
+    password: str = ""
+    nameplate_w: float | None = None
+    model: str = ""  # the inventory's, for firmwares whose telemetry names none
 
 
 # -- parsing (pure) ------------------------------------------------------------------------
@@ -63,6 +71,12 @@ class AsicEndpoint:
 _BARE_NUM = re.compile(r'(?<=[:\[,])\s*(-?inf(?:inity)?|nan)\s*(?=[,\]}])', re.IGNORECASE)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _OBJ_SEQ = re.compile(r"}\s*{")
+
+
+async def parse_reply_async(raw: bytes) -> dict[str, Any]:
+    """``parse_reply``, off the event loop for a large reply (the repairs scan in Python)."""
+    return await asyncio.to_thread(parse_reply, raw) if len(raw) > THREAD_PARSE_BYTES \
+        else parse_reply(raw)
 
 
 def parse_reply(raw: bytes) -> dict[str, Any]:
@@ -181,43 +195,100 @@ def _temps(stats: dict[str, Any], prefix: str) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class Locations:
+    """Where a firmware keeps each value of a telemetry reading (STYLE.md 7: a table per
+    dialect, connectors/firmware/).  Each function takes the merged reply."""
+
+    power_w: Callable[[dict[str, Any]], float | None]
+    chip_c: Callable[[dict[str, Any]], list[float]]
+    board_c: Callable[[dict[str, Any]], list[float]]
+    fans: Callable[[dict[str, Any]], list[int]]
+    #: True/False when the firmware says whether it is curtailed; None: judge by hashrate
+    sleeping: Callable[[dict[str, Any]], bool | None]
+    model: Callable[[dict[str, Any]], str]
+
+
+def merged_stats(reply: dict[str, Any]) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    for row in _section(reply, "stats", "STATS"):
+        stats.update(row)
+    return stats
+
+
+def stats_fans(reply: dict[str, Any]) -> list[int]:
+    stats = merged_stats(reply)
+    fans = sorted((int(k[3:]), v) for k, v in stats.items() if re.fullmatch(r"fan\d+", k))
+    return [int(v) for _, v in fans if _num(v) is not None]
+
+
+def watts_at(row: dict[str, Any], key: str) -> float | None:
+    """``row[key]`` as watts: None when the firmware does not report it, ValueError when it
+    reports something that is not a finite number (a NaN there is a device fault)."""
+    if key not in row:
+        return None
+    watts = _num(row[key])
+    if watts is None:
+        raise ValueError(f"{key} {row[key]!r} is not a number")
+    return watts
+
+
+def power_watts(reply: dict[str, Any]) -> float | None:
+    """``POWER[0].Watts`` (LuxOS), else ``stats.Power``; a NaN/inf/null there is an error."""
+    power = _section(reply, "power", "POWER")
+    watts = _num(power[0].get("Watts")) if power else _num(merged_stats(reply).get("Power"))
+    if power and "Watts" in power[0] and watts is None:  # a NaN/inf/null the repairs nulled
+        raise ValueError(f"Watts {power[0]['Watts']!r} is not a finite number")
+    return watts
+
+
+def version_type(reply: dict[str, Any]) -> str:
+    version = _section(reply, "version", "VERSION")
+    return str((version[0].get("Type") if version else "") or "")
+
+
+#: LuxOS: everything in one multi-command; ``config.CurtailMode`` says whether it sleeps.
+LUXOS = Locations(
+    power_w=power_watts,
+    chip_c=lambda r: _temps(merged_stats(r), "temp_chip"),
+    board_c=lambda r: _temps(merged_stats(r), "temp_pcb"),
+    fans=stats_fans,
+    sleeping=lambda r: bool((c := _section(r, "config", "CONFIG"))
+                            and str(c[0].get("CurtailMode", "")).lower() == "sleep"),
+    model=version_type)
+
+
 def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: datetime,
-                    model: str = "") -> AsicTelemetryObserved:
-    """The telemetry event of one multi-command read; KeyError/ValueError if unusable."""
+                    model: str = "", where: Locations = LUXOS) -> AsicTelemetryObserved:
+    """The telemetry event of one read; KeyError/ValueError if unusable."""
     summary = _section(reply, "summary", "SUMMARY")
     if not summary:
         raise ValueError("reply has no SUMMARY")
     s = summary[0]
-    stats_rows = _section(reply, "stats", "STATS")
-    stats: dict[str, Any] = {}
-    for row in stats_rows:
-        stats.update(row)
     pools = _section(reply, "pools", "POOLS")
-    power = _section(reply, "power", "POWER")
-    config = _section(reply, "config", "CONFIG")
-    version = _section(reply, "version", "VERSION")
-    model = model or str((version[0].get("Type") if version else "") or "")
+    model = model or where.model(reply) or ep.model
     h5 = _ths(s, "5s") or 0.0
     hav = _ths(s, "av") or 0.0
-    curtailed = bool(config and str(config[0].get("CurtailMode", "")).lower() == "sleep")
-    state: AsicState = "sleeping" if curtailed else ("running" if h5 > 0 else "error")
+    sleeping = where.sleeping(reply)
+    watts = where.power_w(reply)
+    if sleeping is None:  # the firmware does not say: no hashrate at idle draw is a sleep
+        sleeping = h5 <= 0 and watts is not None and watts <= IDLE_W
+    state: AsicState = "sleeping" if sleeping else ("running" if h5 > 0 else "error")
+    if watts is None and ep.nameplate_w:  # no power reading (Antminer stock): rated draw
+        watts = ep.nameplate_w if state == "running" else 0.0
     # the pool it mines on; when none answers (an outage), the one it keeps trying: first
     # by priority among the enabled ones (so the failover learns the home pool even then)
     active = next((p for p in pools if p.get("Stratum Active") is True), None) or next(
         (p for p in pools if p.get("Status") == "Alive"), None) or next(
         (p for p in pools if p.get("Status") != "Disabled"), None)
-    fans = sorted((k, v) for k, v in stats.items() if re.fullmatch(r"fan\d+", k))
-    chip = _temps(stats, "temp_chip")
-    pcb = _temps(stats, "temp_pcb")
-    watts = _num(power[0].get("Watts")) if power else _num(stats.get("Power"))
-    if power and "Watts" in power[0] and watts is None:  # a NaN/inf/null the repairs nulled
-        raise ValueError(f"Watts {power[0]['Watts']!r} is not a finite number")
+    chip = where.chip_c(reply)
+    pcb = where.board_c(reply)
     return AsicTelemetryObserved(
         site=site, device_id=ep.device_id, ts=ts, source=SOURCE, model=model, state=state,
         hashrate_ths=round(h5, 4), hashrate_avg_ths=round(hav, 4),
         power_w=max(0.0, watts or 0.0),
         temp_chip_c=max(chip) if chip else None, temp_board_c=max(pcb) if pcb else None,
-        fan_rpm=[int(v) for _, v in fans if _num(v) is not None],
+        fan_rpm=where.fans(reply),
         pool_url=str(active.get("URL", "")) if active else "",
         accepted=max(0, int(_num(s.get("Accepted")) or 0)),
         rejected=max(0, int(_num(s.get("Rejected")) or 0)),
@@ -244,13 +315,15 @@ def counters(reply: dict[str, Any], ts: datetime) -> Counters:
 # -- transport ----------------------------------------------------------------------------
 
 async def rpc(host: str, port: int, command: str, parameter: str | None = None,
-              timeout_s: float = 3.0, max_bytes: int = MAX_REPLY_BYTES) -> bytes:
+              timeout_s: float = 3.0, max_bytes: int = MAX_REPLY_BYTES,
+              raw: str | None = None) -> bytes:
     """One CGMiner request: connect, send, read to EOF (or the NUL), close; a reply over
-    ``max_bytes`` is refused (CgminerDecodeError), one slower than ``timeout_s`` times out."""
+    ``max_bytes`` is refused (CgminerDecodeError), one slower than ``timeout_s`` times out.
+    ``raw`` is sent as it is instead (Whatsminer's encrypted requests)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     try:
         body = {"command": command, **({"parameter": parameter} if parameter else {})}
-        writer.write(json.dumps(body).encode())
+        writer.write(raw.encode() if raw is not None else json.dumps(body).encode())
         await writer.drain()
         chunks: list[bytes] = []
         size = 0
@@ -288,18 +361,45 @@ class AsicTelemetry:
         self.max_reply_bytes = max_reply_bytes
         self.prev: dict[str, Counters] = {}
         self.models: dict[str, str] = {}
+        self.identified: dict[str, str] = {}  # device -> firmware found for "auto"
         self.unreachable: dict[str, int] = {}
         self.last_sweep_s = 0.0
         self.latencies: list[float] = []
 
+    def dialect_of(self, ep: AsicEndpoint) -> Any:
+        """The firmware dialect of a miner (``auto``: the one identified at first contact)."""
+        from connectors.firmware import dialect
+
+        return dialect(self.identified.get(ep.device_id, ep.dialect))
+
     async def read_one(self, ep: AsicEndpoint) -> list[Event]:
         """Read one miner; its events (or a dead letter when the reply is unusable)."""
+        from connectors.firmware import Refused, identify
+
         t0 = time.perf_counter()
+        where = f"cgminer://{ep.host}:{ep.port}"
         try:
-            raw = await rpc(ep.host, ep.port, READ, timeout_s=self.timeout_s,
-                            max_bytes=self.max_reply_bytes)
+            if ep.dialect == "auto" and ep.device_id not in self.identified:
+                fw, model = await identify(ep.host, ep.port, self.timeout_s)
+                self.identified[ep.device_id] = fw
+                if model:
+                    self.models.setdefault(ep.device_id, model)
+            d = self.dialect_of(ep)
+            raw, reply = await d.read(ep, self.timeout_s, self.max_reply_bytes)
+            if reply and d.extra is not None:
+                await d.extra(ep, reply, self.timeout_s)
         except CgminerDecodeError as exc:
-            await self.emitter.dead(f"cgminer://{ep.host}:{ep.port}", None, str(exc),
+            await self.emitter.dead(where, None, str(exc), key=ep.device_id)
+            return []
+        except Refused as exc:  # its web API refused our login (wrong credentials)
+            await self.emitter.dead(where, None, f"authentication failed: {exc}"[:2000],
+                                    key=ep.device_id)
+            return []
+        except KeyError as exc:  # a dialect we do not speak
+            self.emitter.error(f"{ep.device_id}: firmware {exc} is not spoken by hashplane")
+            return []
+        except ValueError as exc:  # auto: the firmware could not be identified
+            await self.emitter.dead(where, None, f"unknown firmware: {exc}"[:2000],
                                     key=ep.device_id)
             return []
         except (OSError, TimeoutError) as exc:
@@ -308,21 +408,21 @@ class AsicTelemetry:
             return []
         self.latencies.append(time.perf_counter() - t0)
         ts = self.emitter.clock()
-        if not raw:
+        if not reply:
             self.emitter.error(f"{ep.device_id}: closed without a reply")
             return []
         try:
-            reply = (await asyncio.to_thread(parse_reply, raw) if len(raw) > THREAD_PARSE_BYTES
-                     else parse_reply(raw))
             tel = parse_telemetry(reply, ep, site=self.emitter.site, ts=ts,
-                                  model=self.models.get(ep.device_id, ""))
+                                  model=self.models.get(ep.device_id, ""),
+                                  where=d.where)
             cur = counters(reply, ts)
         except Exception as exc:  # noqa: BLE001 - whatever a device sends is its fault
-            await self.emitter.dead(f"cgminer://{ep.host}:{ep.port}", raw,
-                                    f"{type(exc).__name__}: {exc}"[:2000], key=ep.device_id)
+            await self.emitter.dead(where, raw, f"{type(exc).__name__}: {exc}"[:2000],
+                                    key=ep.device_id)
             return []
         self.unreachable.pop(ep.device_id, None)
-        self.models.setdefault(ep.device_id, tel.model)
+        if tel.model:
+            self.models.setdefault(ep.device_id, tel.model)
         events: list[Event] = [tel]
         delta = share_delta(self.prev.get(ep.device_id), cur, device_id=ep.device_id,
                             site=self.emitter.site, source=SOURCE)

@@ -1,7 +1,8 @@
 """Grid meter over Modbus TCP (pymodbus client) -> ``grid.readings``.
 
-The register map is data: each quantity is a float32 in two registers at an address, word
-order configurable (SEL meters default to high word first).  ``parse_registers`` is pure and
+The register map is data (the inventory's ``meter.register_map``, schemas/site.py): each
+quantity at an address, as a float32 pair or a 16/32-bit integer with a scale, word order
+configurable (SEL meters default to high word first).  ``parse_registers`` is pure and
 refuses values a meter cannot mean (NaN, infinities, a frequency outside 40-70 Hz).
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -21,20 +23,39 @@ from schemas.events import GridMeasured
 SOURCE = "connector:grid-meter"
 
 
+#: register type -> (registers it spans, struct format of its big-endian bytes)
+TYPES = {"float32": (2, ">f"), "int32": (2, ">i"), "uint32": (2, ">I"), "int16": (1, ">h"),
+         "uint16": (1, ">H")}
+
+
 @dataclass(frozen=True)
 class RegisterMap:
-    """Where a meter keeps each quantity (float32 register pairs)."""
+    """Where a meter keeps each quantity: address, and (``types``/``scales``) its type and
+    scale when not a plain float32."""
 
     addresses: dict[str, int] = field(default_factory=lambda: {
         "frequency_hz": 0, "voltage_v": 2, "active_power_kw": 4, "reactive_power_kvar": 6,
         "nominal_hz": 14})
     high_word_first: bool = True
     function: str = "holding"  # or "input"
+    types: dict[str, str] = field(default_factory=dict)  # name -> TYPES key (float32)
+    scales: dict[str, float] = field(default_factory=dict)  # name -> multiplier (1)
+
+    @classmethod
+    def of(cls, spec: Any) -> RegisterMap:
+        """From the inventory's map (schemas.site.RegisterMap)."""
+        return cls(addresses={k: f.address for k, f in spec.fields.items()},
+                   high_word_first=spec.word_order == "big", function=spec.function,
+                   types={k: f.type for k, f in spec.fields.items()},
+                   scales={k: f.scale for k, f in spec.fields.items()})
+
+    def words(self, name: str) -> int:
+        return TYPES[self.types.get(name, "float32")][0]
 
     @property
     def span(self) -> tuple[int, int]:
         lo = min(self.addresses.values())
-        return lo, max(self.addresses.values()) + 2 - lo
+        return lo, max(a + self.words(k) for k, a in self.addresses.items()) - lo
 
 
 class MeterDecodeError(ValueError):
@@ -46,16 +67,17 @@ def parse_registers(regs: list[int], rmap: RegisterMap, start: int = 0) -> dict[
     plausible."""
     out: dict[str, float] = {}
     for name, addr in rmap.addresses.items():
+        n, fmt = TYPES[rmap.types.get(name, "float32")]
         i = addr - start
-        if i < 0 or i + 2 > len(regs):
+        if i < 0 or i + n > len(regs):
             raise MeterDecodeError(f"{name}: register {addr} not in the block read")
-        pair = regs[i:i + 2] if rmap.high_word_first else [regs[i + 1], regs[i]]
-        if any(not 0 <= r <= 0xFFFF for r in pair):
-            raise MeterDecodeError(f"{name}: register value out of range {pair}")
-        value = struct.unpack(">f", struct.pack(">HH", *pair))[0]
+        words = regs[i:i + n] if rmap.high_word_first or n == 1 else regs[i:i + n][::-1]
+        if any(not 0 <= r <= 0xFFFF for r in words):
+            raise MeterDecodeError(f"{name}: register value out of range {words}")
+        value = struct.unpack(fmt, struct.pack(f">{n}H", *words))[0]
         if math.isnan(value) or math.isinf(value):
             raise MeterDecodeError(f"{name}: not a number ({value})")
-        out[name] = float(value)
+        out[name] = float(value) * rmap.scales.get(name, 1.0)
     f = out.get("frequency_hz", 0.0)
     if not 40.0 <= f <= 70.0:
         raise MeterDecodeError(f"frequency {f:.3f} Hz is not a grid frequency")

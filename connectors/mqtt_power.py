@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,9 @@ class SensorMapping:
     scale: dict[str, float] = field(default_factory=dict)
     number_quantity: str = "power_kw"  # what a plain-number payload is
     nominal_voltage_v: float = 400.0
+    #: nameplate capacity for a sensor that reports none (volts and amps only): without it
+    #: the feed's capacity would be unknown and the site would shed itself
+    capacity_kw: float | None = None
 
 
 class PayloadError(ValueError):
@@ -87,7 +91,7 @@ def parse_payload(payload: bytes, m: SensorMapping, *, site: str,
     i = values.get("current_a", values["power_kw"] * 1000 / (math.sqrt(3) * v) if v else 0.0)
     if v < 0 or i < 0:
         raise PayloadError("negative voltage or current")
-    cap = values.get("capacity_kw")
+    cap = values.get("capacity_kw", m.capacity_kw)
     if cap is not None and cap < 0:
         raise PayloadError(f"negative capacity {cap} kW")
     return FeedPowerMeasured(site=site, device_id=m.feed_id, ts=ts, source=SOURCE,
@@ -95,11 +99,22 @@ def parse_payload(payload: bytes, m: SensorMapping, *, site: str,
                              power_kw=max(0.0, values["power_kw"]), capacity_kw=cap)
 
 
+def tls_context(ca_file: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A verifying TLS context for ``mqtts://`` (the system CAs unless ``ca_file``)."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
 class PowerSensors:
     """Subscribe to every mapped topic; publish readings as they arrive."""
 
-    def __init__(self, host: str, port: int, mappings: list[SensorMapping], emitter: Emitter):
+    def __init__(self, host: str, port: int, mappings: list[SensorMapping], emitter: Emitter,
+                 *, username: str | None = None, password: str | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.host, self.port = host, port
+        self.username, self.password, self.tls = username, password, tls
         self.mappings = {m.topic: m for m in mappings}
         self.emitter = emitter
 
@@ -118,7 +133,9 @@ class PowerSensors:
     async def run(self, stop: asyncio.Event) -> None:
         async def session() -> None:
             try:
-                async with aiomqtt.Client(self.host, self.port) as client:
+                async with aiomqtt.Client(self.host, self.port, username=self.username,
+                                          password=self.password,
+                                          tls_context=self.tls) as client:
                     for topic in self.mappings:
                         await client.subscribe(topic, qos=1)
                     reader = asyncio.create_task(self._read(client))

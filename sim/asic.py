@@ -5,6 +5,7 @@ Numbers from public spec sheets (Bitmain product pages, 2021-2024):
   Antminer S19 XP    140 TH/s  3010 W  (21.5 J/TH), 3 boards x 110 chips, 4 fans
   Antminer S21       200 TH/s  3500 W  (17.5 J/TH), 3 boards x 108 chips, 4 fans
   Antminer S21 Pro   234 TH/s  3510 W  (15.0 J/TH), 3 boards x 65 chips, 4 fans
+  WhatsMiner M30S++  112 TH/s  3472 W  (31.0 J/TH), 3 boards x 111 chips, 2 fans (MicroBT)
 Power profiles follow the usual frequency/voltage scaling of autotuning firmware
 (LuxOS, Braiins): power ~ f * V^2 with V falling with f, so hashrate ~ power^0.6 about the
 stock point: 70 % power still gives ~81 % hashrate.  A sleeping miner keeps its control
@@ -73,6 +74,8 @@ MODELS: dict[str, AsicModel] = {
     "S21": AsicModel("Antminer S21", 200.0, 3500.0, chips_per_board=108, freq_mhz=490),
     "S21 Pro": AsicModel("Antminer S21 Pro", 234.0, 3510.0, chips_per_board=65,
                          freq_mhz=460),
+    "M30S++": AsicModel("WhatsMiner M30S++ VE40", 112.0, 3472.0, chips_per_board=111,
+                        fans=2, freq_mhz=600),
 }
 
 
@@ -108,6 +111,7 @@ class SimAsic:
     reject_p: float = 0.002  # rare unless a scenario says otherwise
     stale_p: float = 0.001
     hw_error_rate: float = 0.00002  # per share
+    firmware: str = "luxos"  # luxos | braiins | antminer | whatsminer | vnish (its API)
     state: str = "running"  # running | sleeping | waking | offline
     profile: str = "default"
     atm_enabled: bool = False

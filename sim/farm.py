@@ -4,7 +4,8 @@
 4028), GPU rigs (RainbowMiner API + Config dir + simulated NVML), the grid meter (Modbus TCP),
 the supply feeds' sensors (MQTT, an embedded broker unless one is given), the job coordinator
 (seed 002), model endpoints (seed 004), the uplink check endpoint and the upstream Stratum
-pool.  ``endpoints()`` describes them all; ``hashplane sim --endpoints-file`` writes it.
+pool.  ``endpoints()`` describes them all; ``site()`` is the same as a site inventory
+(schemas/site.py), which ``hashplane sim --site-file`` writes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import random
 import socket
@@ -24,11 +24,15 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from connectors.stratum_pool import StratumPool
+from sim.antminer import AntminerApi, AntminerWeb, serve_web
 from sim.asic import MODELS, PoolSlot, SimAsic
+from sim.braiins import BraiinsApi
+from sim.cgminer import CgminerApi, serve_rpc
 from sim.clock import SimClock
 from sim.coordinator import CoordinatorState, coordinator_app
 from sim.feeds import Feed, encode, feed_readings, start_embedded_broker
-from sim.luxos import LuxosApi, serve_rpc
+from sim.http1 import serve_http
+from sim.luxos import LuxosApi
 from sim.meter import REGISTERS, GridModel, MeterServer
 from sim.model_endpoints import ModelEndpoint, model_app
 from sim.nvml import SimNvml
@@ -36,12 +40,20 @@ from sim.rainbowminer import SimRig, make_rig
 from sim.rig_api import rig_app
 from sim.scenarios import SCENARIOS
 from sim.stratum import MinerSession
+from sim.vnish import VnishApi, VnishWeb
+from sim.whatsminer import WhatsminerApi
 from streams.httpserve import HttpService
 
 log = logging.getLogger(__name__)
 
 ASIC_MIX = ("S19j Pro", "S19j Pro", "S19 XP", "S21", "S19j Pro", "S21 Pro", "S19 XP", "S21",
             "S19j Pro", "S21")
+#: The API each simulated firmware speaks (its RPC; Antminer stock adds its web UI).
+FIRMWARE_APIS: dict[str, type[CgminerApi]] = {
+    "luxos": LuxosApi, "braiins": BraiinsApi, "antminer": AntminerApi,
+    "whatsminer": WhatsminerApi, "vnish": VnishApi}
+#: What each firmware runs on: Whatsminer firmware on MicroBT hardware, the rest on Antminers.
+WHATSMINER_MODELS = ("M30S++",)
 RIG_CARDS = ("RTX 3090", "RTX 4090", "A100", "H100")
 AUX_LOAD_FRACTION = 0.04  # cooling fans, network, control: a few % of the IT load
 
@@ -54,6 +66,9 @@ class FarmConfig:
     asics: int = 160
     asic_base_ip: str = "127.0.1.1"
     asic_port: int = 4028
+    asic_web_port: int = 8080  # Antminer stock's web UI (80 on a real miner; 80 needs root)
+    #: firmware -> share of the fleet, e.g. {"luxos": 1, "braiins": 1} (None: all LuxOS)
+    firmware_mix: dict[str, int] | None = None
     gpu_rigs: int = 4
     gpus_per_rig: int = 8
     nominal_hz: float = 50.0
@@ -112,11 +127,13 @@ class Farm:
     def _build(self) -> None:
         c = self.config
         base = ipaddress.IPv4Address(c.asic_base_ip)
-        for i in range(c.asics):
-            model = MODELS[ASIC_MIX[i % len(ASIC_MIX)]]
+        firmwares = firmware_sequence(c.firmware_mix or {"luxos": 1}, c.asics)
+        for i, fw in enumerate(firmwares):
+            model = MODELS[WHATSMINER_MODELS[i % len(WHATSMINER_MODELS)] if fw == "whatsminer"
+                           else ASIC_MIX[i % len(ASIC_MIX)]]
             pools = [PoolSlot(self.pool.url, f"hashplane.asic{i + 1:05d}")]
             self.asics.append(SimAsic(index=i, host=str(base + i), model=model, pools=pools,
-                                      seed=c.seed))
+                                      seed=c.seed, firmware=fw))
         for r in range(c.gpu_rigs):
             cards = [RIG_CARDS[r % len(RIG_CARDS)]] * c.gpus_per_rig
             rig = make_rig(r, c.data_dir / "rigs" / f"rig{r + 1:02d}", cards, seed=c.seed)
@@ -180,12 +197,20 @@ class Farm:
 
     async def _start_asics(self) -> None:
         sem = asyncio.Semaphore(256)
-        self.apis: dict[str, LuxosApi] = {}  # host -> the RPC state of that miner
+        self.apis: dict[str, Any] = {}  # host -> the RPC state of that miner
+        web: list[asyncio.Server] = []
 
         async def one(a: SimAsic) -> asyncio.Server:
             async with sem:
-                api = self.apis[a.host] = LuxosApi(a, self.t, pool_alive=self.pool_alive)
+                api = self.apis[a.host] = FIRMWARE_APIS[a.firmware](
+                    a, self.t, pool_alive=self.pool_alive)
                 try:
+                    if isinstance(api, VnishApi):
+                        web.append(await serve_http(VnishWeb(api).route, a.host,
+                                                    self.config.asic_web_port))
+                    elif isinstance(api, AntminerApi):
+                        web.append(await serve_web(AntminerWeb(api), a.host,
+                                                   self.config.asic_web_port))
                     return await serve_rpc(api, a.host, self.config.asic_port)
                 except OSError as exc:
                     raise OSError(
@@ -193,7 +218,7 @@ class Farm:
                         f"{a.index + 1}: {exc.strerror or exc}. Another simulated farm on "
                         f"these addresses? Choose others with --asic-base-ip.") from exc
 
-        self._servers = list(await asyncio.gather(*(one(a) for a in self.asics)))
+        self._servers = list(await asyncio.gather(*(one(a) for a in self.asics))) + web
 
     async def stop(self) -> None:
         self._running = False
@@ -298,7 +323,9 @@ class Farm:
         return {
             "site": c.site, "speed": c.speed, "started_at": self.clock.start.isoformat(),
             "asics": [{"id": f"asic-{a.index + 1:05d}", "host": a.host, "port": c.asic_port,
-                       "model": a.model.type, "dialect": "luxos"} for a in self.asics],
+                       "web_port": c.asic_web_port, "model": a.model.type,
+                       "dialect": a.firmware, "nameplate_w": a.model.nominal_w}
+                      for a in self.asics],
             "modbus": {"host": self.meter.host, "port": self.meter.port, "unit": 1,
                        "registers": "holding", "word_order": "big",
                        "register_map": REGISTERS, "nominal_hz": c.nominal_hz},
@@ -320,11 +347,76 @@ class Farm:
             "pools": {"upstream": self.pool.url},
         }
 
-    def write_endpoints(self, path: Path) -> None:
+    #: The environment variable the inventory names for the coordinator's key.
+    COORDINATOR_KEY_ENV = "HASHPLANE_SIM_COORDINATOR_KEY"
+
+    def secrets(self) -> dict[str, str]:
+        """The secrets the farm's inventory refers to (environment variable -> value)."""
+        return {self.COORDINATOR_KEY_ENV: self.config.coordinator_api_key}
+
+    def site(self) -> Any:
+        """The farm as a site inventory (schemas/site.py), as an operator would write it."""
+        from schemas.site import Site
+
+        e = self.endpoints()
+        feeds = e["mqtt"]["feeds"]
+        return Site.model_validate({
+            "site": e["site"],
+            "asics": [{"id": a["id"], "host": a["host"], "port": a["port"],
+                       "web_port": a["web_port"], "firmware": a["dialect"], "model": a["model"],
+                       "nameplate_w": a["nameplate_w"], "feed": feeds[i % len(feeds)]["id"]}
+                      for i, a in enumerate(e["asics"])],
+            "rigs": [{k: r[k] for k in ("id", "api_url", "nvml_url", "config_dir",
+                                         "log_path", "gpus")} for r in e["rigs"]],
+            "meter": {"host": e["modbus"]["host"], "port": e["modbus"]["port"], "unit": 1,
+                      "register_map": "ieee754-float",
+                      "nominal_hz": int(e["modbus"]["nominal_hz"])},
+            "mqtt": {"url": f"mqtt://{e['mqtt']['host']}:{e['mqtt']['port']}"},
+            "feeds": [{"id": f["id"], "topic": f["topic"], "capacity_kw": f["capacity_kw"]}
+                      for f in feeds],
+            "coordinator": {"url": e["coordinator"]["url"],
+                            "api_key_env": self.COORDINATOR_KEY_ENV},
+            "model_endpoints": e["model_endpoints"],
+            "uplink": {"url": e["uplink"]["url"]} if e["uplink"]["url"] else None,
+        })
+
+    def write_site(self, path: Path) -> Path:
+        """Write the inventory (TOML) and, beside it, ``<name>.env`` with its secrets."""
+        from schemas.site import dump_site
+
         path.parent.mkdir(parents=True, exist_ok=True)
+        header = (f"# The simulated farm of site {self.config.site}, written by hashplane sim.\n"
+                  f"# Its secrets are in {path.with_suffix('.env').name} (an environment "
+                  f"file: hashplane --env-file).")
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.endpoints(), indent=2))
+        tmp.write_text(dump_site(self.site(), header))
         tmp.replace(path)
+        env = path.with_suffix(".env")
+        env.write_text("".join(f"{k}={v}\n" for k, v in self.secrets().items()))
+        env.chmod(0o600)
+        return path
+
+
+def firmware_sequence(mix: dict[str, int], n: int) -> list[str]:
+    """``n`` firmwares in the proportions of ``mix``, interleaved (weighted round robin), so
+    that every slice of the fleet (and every feed) has each firmware."""
+    unknown = set(mix) - set(FIRMWARE_APIS)
+    if unknown:
+        raise ValueError(f"unknown firmware {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(FIRMWARE_APIS)}")
+    weights = {k: v for k, v in mix.items() if v > 0}
+    if not weights:
+        raise ValueError("the firmware mix is empty")
+    total = sum(weights.values())
+    out: list[str] = []
+    credit = dict.fromkeys(weights, 0.0)
+    for _ in range(n):
+        for k, w in weights.items():
+            credit[k] += w / total
+        pick = max(credit, key=lambda k: credit[k])
+        credit[pick] -= 1.0
+        out.append(pick)
+    return out
 
 
 def _uplink_app() -> FastAPI:

@@ -318,13 +318,18 @@ def cmd_connect(args: argparse.Namespace) -> int:
         print(f"unknown connector {args.name!r}; available: {', '.join(CONNECTORS)}",
               file=sys.stderr)
         return 2
-    if args.name not in ("synthetic", "alerts") and not args.endpoints_file:
-        print(f"hashplane connect {args.name} needs --endpoints-file (the JSON map "
-              "`hashplane sim` writes, or one written by hand for real devices)",
+    if args.name not in ("synthetic", "alerts") and not args.site:
+        print(f"hashplane connect {args.name} needs --site FILE (the site inventory: "
+              "infra/site.example.toml; `hashplane sim --site-file` writes one)",
               file=sys.stderr)
         return 2
+    from schemas.site import Site, SiteError, load_site
 
-    devices = json.loads(Path(args.endpoints_file).read_text()) if args.endpoints_file else {}
+    try:
+        devices = load_site(args.site, os.environ) if args.site else Site()
+    except SiteError as exc:
+        print(f"hashplane connect: {exc}", file=sys.stderr)
+        return 2
 
     async def main() -> None:
         import signal
@@ -347,7 +352,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
                         "no alert sink configured: set HASHPLANE_SMS_TO (with TWILIO_ACCOUNT_SID"
                         ", TWILIO_AUTH_TOKEN, HASHPLANE_SMS_FROM) or HASHPLANE_ALERT_WEBHOOKS"
                         if args.name == "alerts" else
-                        f"{args.endpoints_file} describes no {args.name} devices")
+                        f"{args.site} describes no {args.name} devices")
                 # a failure the connector did not ride out restarts it, not the process
                 sup = Supervisor(stop)
                 sup.task(args.name, lambda: conns[args.name].run(stop))
@@ -371,7 +376,24 @@ def _farm_config(args: argparse.Namespace, s: Settings) -> Any:
         raise SystemExit(f"unknown scenario {args.scenario!r}; known: {', '.join(_scenarios())}")
     return FarmConfig(site=s.site, asics=args.asics, gpu_rigs=args.gpu_rigs,
                       scenario=args.scenario, speed=args.speed, nominal_hz=args.nominal_hz,
-                      data_dir=s.data_dir / "sim", asic_base_ip=args.asic_base_ip)
+                      data_dir=s.data_dir / "sim", asic_base_ip=args.asic_base_ip,
+                      firmware_mix=_mix(args.firmware_mix))
+
+
+def _mix(text: str) -> dict[str, int]:
+    """``luxos=40,braiins=40`` -> {"luxos": 40, "braiins": 40}; SystemExit when malformed."""
+    from sim.farm import FIRMWARE_APIS
+
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, n = part.partition("=")
+        if name not in FIRMWARE_APIS or not n.strip().isdigit():
+            raise SystemExit(f"--firmware-mix: {part!r} is not FIRMWARE=N with FIRMWARE one "
+                             f"of {', '.join(FIRMWARE_APIS)}")
+        out[name] = int(n)
+    if not sum(out.values()):
+        raise SystemExit("--firmware-mix: no ASIC would have a firmware")
+    return out
 
 
 def _scenarios() -> list[str]:
@@ -398,15 +420,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         farm = Farm(cfg)
         await farm.start()
-        if args.endpoints_file:
-            farm.write_endpoints(Path(args.endpoints_file))
+        if args.site_file:
+            farm.write_site(Path(args.site_file))
         e = farm.endpoints()
         print(f"simulated farm up in {time.monotonic() - t0:.1f}s: {len(e['asics'])} ASICs "
               f"({e['asics'][0]['host'] if e['asics'] else '-'}..:4028), {len(e['rigs'])} rigs, "
               f"Modbus {e['modbus']['host']}:{e['modbus']['port']}, "
               f"MQTT {e['mqtt']['host']}:{e['mqtt']['port']}, "
               f"coordinator {e['coordinator']['url']}"
-              + (f"; endpoints in {args.endpoints_file}" if args.endpoints_file else ""),
+              + (f"; inventory in {args.site_file} (secrets: "
+                 f"{Path(args.site_file).with_suffix('.env')})" if args.site_file else ""),
               flush=True)
         try:
             await asyncio.wait_for(stop.wait(), args.duration)
@@ -416,6 +439,75 @@ def cmd_sim(args: argparse.Namespace) -> int:
             await farm.stop()
 
     asyncio.run(main())
+    return 0
+
+
+def _site_or_exit(path: str) -> Any:
+    from schemas.site import SiteError, load_site
+
+    try:
+        return load_site(path, os.environ)
+    except SiteError as exc:
+        raise SystemExit(f"hashplane: {exc}") from None
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """``site check FILE``: every problem with its place, or one line per device kind;
+    ``site discover CIDR...``: the miners on the networks, as inventory entries."""
+    from schemas.site import SiteError, load_site
+
+    if args.action == "discover":
+        return _discover(args)
+    if len(args.targets) != 1:
+        print("hashplane site check FILE: one inventory file", file=sys.stderr)
+        return 2
+    args.file = args.targets[0]
+    if args.action == "check":
+        try:
+            site = load_site(args.file, os.environ)
+        except SiteError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{args.file}: site {site.site} is valid")
+        for line in site.summary():
+            print(f"  {line}")
+        return 0
+    return 2
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from connectors.discovery import scan
+    from schemas.site import merge_asics
+
+    def progress(p: Any) -> None:
+        print(p.line(), file=sys.stderr, flush=True)
+
+    t0 = time.monotonic()
+    try:
+        found = asyncio.run(scan(args.targets, port=args.port, concurrency=args.concurrency,
+                                 timeout_s=args.timeout, progress=progress))
+    except ValueError as exc:
+        print(f"hashplane site discover: {exc}", file=sys.stderr)
+        return 2
+    known = [f for f in found if f.firmware != "unknown"]
+    for f in found:
+        if f.firmware == "unknown":
+            print(f"  {f.host}:{f.port} answers the CGMiner API but names no firmware "
+                  "hashplane knows: not added", file=sys.stderr)
+    entries = [{"host": f.host, "port": f.port, "firmware": f.firmware, "model": f.model}
+               for f in known]
+    target = Path(args.merge) if args.merge else None
+    before = target.read_text() if target is not None and target.exists() else ""
+    text, added, kept = merge_asics(before, entries)
+    if target is None:
+        sys.stdout.write(text)
+    else:
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+    print(f"discovered {len(known)} miner(s) in {time.monotonic() - t0:.1f} s"
+          + (f"; {target}: {added} added, {kept} already listed (kept as they are)"
+             if target is not None else ""), file=sys.stderr)
     return 0
 
 
@@ -433,10 +525,10 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
         embedded_broker=embedded, kafka_port=getattr(args, "kafka_port", 0) or 0,
         synthetic_workers=workers if embedded else 0, duration_s=args.duration,
         farm=_farm_config(args, s) if with_farm else None,
-        endpoints_file=(Path(args.endpoints_file) if getattr(args, "endpoints_file", None)
-                        else s.data_dir / "sim" / "endpoints.json") if embedded else None,
-        devices=json.loads(Path(args.devices).read_text())
-        if not embedded and getattr(args, "devices", None) else None)
+        endpoints_file=(Path(args.site_file) if getattr(args, "site_file", None)
+                        else s.data_dir / "sim" / "site.toml") if embedded else None,
+        site=_site_or_exit(args.site) if not embedded and getattr(args, "site", None)
+        else None)
     stack = Stack(settings=s)
 
     async def main() -> None:
@@ -477,7 +569,7 @@ def _banner(stack: Any, embedded: bool) -> None:
         f"  metrics    curl -H 'Authorization: Bearer {key}' {stack.api_url}/metrics",
         f"  Kafka      {s.kafka_bootstrap}",
         *([f"  farm       {_farm_line(stack.farm)}",
-           f"  endpoints  {stack.endpoints_file}"] if stack.farm else []),
+           f"  inventory  {stack.endpoints_file}"] if stack.farm else []),
         f"  ClickHouse {s.history_dsn} (database {s.clickhouse_database})",
         f"  logs       {s.data_dir}/worker.log, {s.data_dir}/broker.log",
         "  Ctrl-C stops everything; the history stays readable.",
@@ -496,7 +588,14 @@ def farm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0])
     p.add_argument("--asic-base-ip", default="127.0.1.1", help="first ASIC's address")
-    p.add_argument("--endpoints-file", default=None, help="write every endpoint as JSON here")
+    p.add_argument("--site-file", default=None,
+                   help="write the farm as a site inventory (TOML) here, its secrets beside "
+                        "it (.env)")
+    p.add_argument("--firmware-mix",
+                   default="luxos=1,braiins=1,antminer=1,whatsminer=1,vnish=1",
+                   help="firmwares of the simulated ASICs and their shares, e.g. "
+                        "luxos=40,braiins=40,antminer=40,whatsminer=40 (default: the five "
+                        "in equal shares)")
 
 
 def _farm_line(farm: Any) -> str:
@@ -514,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="data directory (HASHPLANE_DATA_DIR)")
+        sp.add_argument("--env-file", default=None,
+                        help="KEY=VALUE lines added to the environment first (secrets the "
+                             "inventory names; systemd's EnvironmentFile format)")
         return sp
 
     d = common(sub.add_parser("demo", help="run everything embedded against a synthetic farm"))
@@ -533,11 +635,27 @@ def build_parser() -> argparse.ArgumentParser:
     u = common(sub.add_parser("up", help="run sink, API and worker against configured endpoints"))
     u.add_argument("--duration", type=float, default=None)
     u.add_argument("--api-port", type=int, default=None)
-    u.add_argument("--devices", default=None,
-                   help="JSON map of the site's devices (the endpoints-file format): runs "
-                        "every source connector it describes")
+    u.add_argument("--site", default=None,
+                   help="the site inventory (TOML, infra/site.example.toml): runs every "
+                        "connector and actuator it describes")
     u.set_defaults(func=lambda a: _run_stack(a, embedded=False), workers=0, asics=0,
                    gpu_rigs=0)
+
+    st = sub.add_parser("site", help="the site inventory: check a file, discover miners")
+    st.add_argument("action", choices=["check", "discover"],
+                    help="check FILE: validate it, print every problem with its place, exit "
+                         "1 if there is one; discover CIDR [CIDR...]: scan the networks for "
+                         "miners and print (or --merge) their inventory entries")
+    st.add_argument("targets", nargs="+", metavar="FILE|CIDR")
+    st.add_argument("--merge", default=None, metavar="FILE",
+                    help="discover: add the miners FILE does not list yet (by host and "
+                         "port), keeping everything already in it")
+    st.add_argument("--port", type=int, default=4028, help="discover: the RPC port (4028)")
+    st.add_argument("--concurrency", type=int, default=512,
+                    help="discover: addresses asked at once (512)")
+    st.add_argument("--timeout", type=float, default=1.0,
+                    help="discover: seconds an address has to answer (1.0)")
+    st.set_defaults(func=cmd_site)
 
     common(sub.add_parser("worker", help="run the Faust agents")).set_defaults(func=cmd_worker)
     common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(
@@ -603,11 +721,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = common(sub.add_parser("connect", help="run one source connector"))
     c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}")
-    c.add_argument("--endpoints-file", default=None, help="devices to read (asic)")
+    c.add_argument("--site", default=None, help="the site inventory (TOML) naming the devices")
     c.add_argument("--workers", type=int, default=16)
     c.add_argument("--interval", type=float, default=2.0)
     c.set_defaults(func=cmd_connect)
     return p
+
+
+def load_env_file(path: Path) -> None:
+    """Set KEY=VALUE lines (# comments, optional quotes) in the environment, not overriding."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemExit(f"hashplane: cannot read --env-file {path}: {exc.strerror}") from None
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise SystemExit(f"hashplane: {path}:{n}: not KEY=VALUE")
+        os.environ.setdefault(key.strip(), value.strip().strip('"').strip("'"))
 
 
 def _stop_while_starting(signum: int, _frame: Any) -> None:
@@ -622,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop_while_starting)
     args = build_parser().parse_args(argv)
+    if getattr(args, "env_file", None):
+        load_env_file(Path(args.env_file))
     if getattr(args, "data_dir_default", None) and not getattr(args, "data_dir", None) \
             and "HASHPLANE_DATA_DIR" not in os.environ:
         args.data_dir = args.data_dir_default

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,7 @@ import uvicorn
 from api.app import create_api
 from api.auth import generate_key
 from connectors.synthetic import run_synthetic
+from schemas.site import Site
 from streams.broker import BrokerError, EmbeddedBroker, free_port, port_in_use, wait_ready
 from streams.history import HistoryStore
 from streams.httpserve import QuietServer, serve_in_thread
@@ -64,8 +66,8 @@ class StackOptions:
     api: bool = True
     duration_s: float | None = None
     farm: Any = None  # sim.farm.FarmConfig: start the simulated farm too
-    endpoints_file: Path | None = None
-    devices: dict[str, Any] | None = None  # `up`: the site's devices (an endpoints map)
+    endpoints_file: Path | None = None  # the demo: where the simulated farm's inventory goes
+    site: Site | None = None  # `up --site`: the site inventory
 
 
 @dataclass
@@ -88,11 +90,28 @@ DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "local-pool", "meter", "po
                              "gpu-actuator", "models", "coordinator", "uplink", "alerts"})
 
 
-def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[str, Any],
+def asic_endpoints(site: Site, environ: Mapping[str, str]) -> list[Any]:
+    """The inventory's miners as connector endpoints, their credentials resolved."""
+    from connectors.cgminer import AsicEndpoint
+
+    out = []
+    for a in site.asics:
+        cred = site.credentials.get(a.credentials) if a.credentials else None
+        out.append(AsicEndpoint(
+            a.id, a.host, a.port, a.firmware, a.web_port,
+            username=cred.username if cred else "",
+            password=site.secret(cred.password_env, environ) if cred else "",
+            nameplate_w=a.nameplate_w, model=a.model))
+    return out
+
+
+def site_connectors(settings: Settings, publisher: Publisher, site: Site,
                     names: frozenset[str] | None = None,
-                    stats: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The source connectors an endpoints map describes (as ``hashplane sim`` writes it, or
-    written by hand for real devices): name -> connector with ``run(stop)``."""
+                    stats: dict[str, Any] | None = None,
+                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The connectors and actuators a site inventory describes (schemas/site.py; the one
+    ``hashplane sim`` writes, or an operator's): name -> connector with ``run(stop)``."""
+    environ = os.environ if environ is None else environ
     from connectors import (
         cgminer,
         coordinator,
@@ -113,9 +132,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
         return e
 
     out: dict[str, Any] = {}
-    if endpoints.get("asics"):
-        eps = [cgminer.AsicEndpoint(str(a["id"]), str(a["host"]), int(a.get("port", 4028)))
-               for a in endpoints["asics"]]
+    if site.asics:
+        eps = asic_endpoints(site, environ)
         out["asic"] = cgminer.AsicTelemetry(
             eps, emitter(cgminer.SOURCE), period_s=settings.asic_poll_s,
             concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s,
@@ -139,51 +157,56 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
             own_all=settings.actuators_own_site,
             session_timeout_s=settings.worker_session_timeout_s * 3,
             journal=settings.data_dir / "actuators" / "asic.acked")
-    if m := endpoints.get("modbus"):
+    if (m := site.meter) is not None:
+        rm = m.registers()
         out["meter"] = grid_meter.GridMeter(
-            str(m["host"]), int(m["port"]), emitter(grid_meter.SOURCE),
-            unit=int(m.get("unit", 1)), period_s=settings.meter_poll_s)
-    if q := endpoints.get("mqtt"):
-        maps = [mqtt_power.SensorMapping(topic=str(f["topic"]), feed_id=str(f["id"]))
-                for f in q.get("feeds", [])]
-        if maps:
-            out["power"] = mqtt_power.PowerSensors(str(q["host"]), int(q["port"]), maps,
-                                                   emitter(mqtt_power.SOURCE))
-    if rigs := rainbowminer.rigs_from(endpoints):
+            m.host, m.port, emitter(grid_meter.SOURCE), meter_id=m.id, unit=m.unit,
+            period_s=settings.meter_poll_s, rmap=grid_meter.RegisterMap.of(rm))
+    if (q := site.mqtt) is not None and site.feeds:
+        maps = [mqtt_power.SensorMapping(
+            topic=f.topic, feed_id=f.id, format=f.format,
+            fields=f.fields or {k: k for k in mqtt_power.QUANTITIES}, scale=f.scale,
+            nominal_voltage_v=f.nominal_voltage_v, capacity_kw=f.capacity_kw)
+            for f in site.feeds]
+        out["power"] = mqtt_power.PowerSensors(
+            q.host, q.port, maps, emitter(mqtt_power.SOURCE), username=q.username or None,
+            password=site.secret(q.password_env, environ) or None,
+            tls=mqtt_power.tls_context(q.ca_file, q.client_cert, q.client_key) if q.tls
+            else None)
+    rigs = [rainbowminer.RigEndpoint(r.id, r.api_url, r.log_path) for r in site.rigs]
+    if rigs:
         out["rigs"] = rainbowminer.RainbowMinerRigs(rigs, emitter(rainbowminer.SOURCE),
                                                     period_s=settings.rig_poll_s)
         if names is None or "gpu" in names:
             nvml: dict[str, GpuBackend] = {
-                str(r["id"]): gpu_telemetry.HttpNvmlBackend(str(r["nvml_url"]))
-                for r in endpoints.get("rigs", []) if r.get("nvml_url")}
+                r.id: gpu_telemetry.HttpNvmlBackend(r.nvml_url) for r in site.rigs
+                if r.nvml_url}
             if nvml:
                 out["gpu"] = gpu_telemetry.GpuTelemetry(nvml, emitter(gpu_telemetry.SOURCE),
                                                         period_s=settings.rig_poll_s)
-    if rig_dirs := [r for r in endpoints.get("rigs", []) if r.get("config_dir")
-                    and r.get("nvml_url")]:
+    if rig_dirs := [r for r in site.rigs if r.config_dir and r.nvml_url]:
         from connectors import gpu_actuator
         from connectors.commands import CommandConsumer
 
         act = gpu_actuator.GpuActuator([gpu_actuator.Rig(
-            str(r["id"]), Path(str(r["config_dir"])), str(r["api_url"]),
-            gpu_telemetry.HttpNvmlBackend(str(r["nvml_url"]))) for r in rig_dirs])
-        gpus = {rainbowminer.worker_name(str(r["id"]), int(g["index"]))
-                for r in rig_dirs for g in r.get("gpus", [])}
+            r.id, Path(r.config_dir), r.api_url, gpu_telemetry.HttpNvmlBackend(r.nvml_url))
+            for r in rig_dirs])
+        gpus = {rainbowminer.worker_name(r.id, g.index) for r in rig_dirs for g in r.gpus}
         out["gpu-actuator"] = CommandConsumer(
             settings.kafka_bootstrap, "commands.gpu", f"{settings.app_id}-gpu-actuator", gpus,
             act, emitter(gpu_actuator.SOURCE), actuator=gpu_actuator.SOURCE, concurrency=16,
             timeout_s=15.0, own_all=settings.actuators_own_site,
             session_timeout_s=settings.worker_session_timeout_s * 3,
             journal=settings.data_dir / "actuators" / "gpu.acked")
-    if models := [(str(m["name"]), str(m["url"])) for m in endpoints.get("model_endpoints", [])]:
+    if models := [(m.name, m.url) for m in site.model_endpoints]:
         out["models"] = model_probe.ModelProbe(models, emitter(model_probe.SOURCE),
                                                period_s=settings.model_probe_s)
-    if (co := endpoints.get("coordinator")) and co.get("url"):
+    if (co := site.coordinator) is not None:
         from connectors.commands import CommandConsumer
 
         em = emitter(coordinator.SOURCE)
         miner = coordinator.CoordinatorMiner(
-            coordinator.CoordinatorClient(str(co["url"]), str(co.get("api_key", ""))), em,
+            coordinator.CoordinatorClient(co.url, site.secret(co.api_key_env, environ)), em,
             miner_id=settings.compute_miner_id, wallet=settings.compute_wallet,
             poll_s=settings.compute_poll_s)
         cmds = CommandConsumer(settings.kafka_bootstrap, "commands.compute",
@@ -193,8 +216,8 @@ def site_connectors(settings: Settings, publisher: Publisher, endpoints: dict[st
                                session_timeout_s=settings.worker_session_timeout_s * 3,
                                journal=settings.data_dir / "actuators" / "compute.acked")
         out["coordinator"] = coordinator.ComputeMinerService(miner, cmds)
-    if (u := endpoints.get("uplink")) and u.get("url"):
-        out["uplink"] = uplink.UplinkProbe(str(u["url"]), emitter(uplink.SOURCE),
+    if (u := site.uplink) is not None:
+        out["uplink"] = uplink.UplinkProbe(u.url, emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)
     if settings.sms_to or settings.alert_webhooks:
         from connectors import alert_sinks
@@ -228,9 +251,9 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) 
     terminate(proc, timeout_s)
 
 
-def supply_feeds(devices: dict[str, Any]) -> list[str]:
-    """The supply feed ids an endpoints map configures (energy waits for each of them)."""
-    return [str(f["id"]) for f in (devices.get("mqtt") or {}).get("feeds", []) if f.get("id")]
+def supply_feeds(site: Site) -> list[str]:
+    """The supply feed ids an inventory configures (energy waits for each of them)."""
+    return [f.id for f in site.feeds]
 
 
 async def run_stack(settings: Settings, opts: StackOptions,
@@ -285,11 +308,13 @@ async def run_stack(settings: Settings, opts: StackOptions,
 
             stack.farm = Farm(opts.farm)
             await stack.farm.start()
+            for k, v in stack.farm.secrets().items():
+                os.environ.setdefault(k, v)  # what an environment file gives `up`
             if opts.endpoints_file is not None:
-                stack.farm.write_endpoints(opts.endpoints_file)
+                stack.farm.write_site(opts.endpoints_file)
                 stack.endpoints_file = opts.endpoints_file
-        devices = stack.farm.endpoints() if stack.farm is not None else opts.devices
-        if devices and not settings.supply_feeds:
+        devices = stack.farm.site() if stack.farm is not None else opts.site
+        if devices is not None and not settings.supply_feeds:
             settings = settings.model_copy(update={"supply_feeds": supply_feeds(devices)})
             stack.settings = settings
         if opts.sink or opts.api:
@@ -308,7 +333,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 return stack.sink.run(stop)
 
             sup.task("history-sink", new_sink)
-        if opts.synthetic_workers or devices:
+        if opts.synthetic_workers or devices is not None:
             publisher = Publisher(settings.kafka_bootstrap, client_id="hashplane-connectors")
             await publisher.start()
         if opts.synthetic_workers:
@@ -317,7 +342,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
             sup.task("synthetic-source", lambda: run_synthetic(
                 pub, stop, site=settings.site, workers=opts.synthetic_workers,
                 interval_s=opts.synthetic_interval_s))
-        if devices:
+        if devices is not None:
             assert publisher is not None
             # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
             stack.connectors = site_connectors(settings, publisher, devices, DEMO_CONNECTORS,

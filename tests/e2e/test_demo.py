@@ -3,11 +3,11 @@ stops cleanly on Ctrl-C and leaves the history readable."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,8 +55,11 @@ def test_demo_serves_share_ratios_within_60s_and_stops_cleanly(tmp_path: Path) -
     assert proc.returncode == 0, out[-3000:]
     assert f"http://127.0.0.1:{port}" in out and "hashplane stopped" in out
     assert "8 ASICs from 127.0.200.1:4028, 1 GPU rigs" in out
-    endpoints = json.loads((data / "sim" / "endpoints.json").read_text())
-    assert len(endpoints["asics"]) == 8 and endpoints["asics"][0]["host"] == "127.0.200.1"
+    inventory = tomllib.loads((data / "sim" / "site.toml").read_text())
+    assert len(inventory["asics"]) == 8 and inventory["asics"][0]["host"] == "127.0.200.1"
+    # the demo's fleet mixes the firmwares
+    assert {a["firmware"] for a in inventory["asics"]} == {"luxos", "braiins", "antminer",
+                                                           "whatsminer", "vnish"}
     print(f"demo answered share ratios {elapsed:.1f}s after start")
 
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
@@ -121,22 +124,27 @@ async def test_up_runs_against_an_external_broker_and_store(broker, tmp_path: Pa
     assert "embedded" not in out.split("hashplane is running")[1].split("\n")[0]
 
 
-async def test_up_runs_the_connectors_of_a_devices_file(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Production shape: the farm is "somewhere else", `up --devices` reads it."""
+async def test_up_runs_the_connectors_of_a_site_inventory(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Production shape: the farm is "somewhere else", `up --site` reads its inventory
+    (a fleet of five firmwares), the secrets from an environment file."""
     import asyncio
 
     from sim.farm import Farm
     from tests.sim.conftest import farm_config
 
-    farm = Farm(farm_config(tmp_path, asics=3, gpu_rigs=1, model_endpoints=1))
+    farm = Farm(farm_config(tmp_path, asics=5, gpu_rigs=1, model_endpoints=1, firmware_mix={
+        "luxos": 1, "braiins": 1, "antminer": 1, "whatsminer": 1, "vnish": 1}))
     await farm.start()
-    devices = tmp_path / "devices.json"
-    farm.write_endpoints(devices)
+    devices = farm.write_site(tmp_path / "site.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
     env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
                HASHPLANE_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'ch'}",
                HASHPLANE_DATA_DIR=str(tmp_path / "data"), HASHPLANE_API_PORT=str(free_port()))
-    proc = subprocess.Popen([*HASHPLANE, "up", "--devices", str(devices), "--duration", "15"],
+    check = subprocess.run([*HASHPLANE, "site", "check", str(devices)], env=env,
+                           capture_output=True, text=True)
+    assert check.returncode == 1 and "HASHPLANE_SIM_COORDINATOR_KEY is not set" in check.stderr
+    proc = subprocess.Popen([*HASHPLANE, "up", "--site", str(devices), "--env-file",
+                             str(devices.with_suffix(".env")), "--duration", "15"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         while proc.poll() is None:
@@ -153,5 +161,5 @@ async def test_up_runs_the_connectors_of_a_devices_file(broker, tmp_path: Path) 
                                     "GROUP BY topic"))
     finally:
         store.close()
-    assert by_topic.get("asic.telemetry") == 3 and by_topic.get("gpu.telemetry") == 2
+    assert by_topic.get("asic.telemetry") == 5 and by_topic.get("gpu.telemetry") == 2
     assert by_topic.get("grid.readings") == 1 and by_topic.get("power.readings") == 2

@@ -1,14 +1,17 @@
 """The closed loop as the demo runs it: `hashplane demo --scenario grid-dip` on the real
-broker, the real ClickHouse engine and the simulated farm (accelerated clock).
+broker, the real ClickHouse engine and the simulated farm (accelerated clock), with a fleet
+of all five firmwares (LuxOS, Braiins OS, Antminer stock, Whatsminer, VNish).
 
 The grid falls to 49.4 Hz, the agents shed the whole fleet, the actuator puts every ASIC to
 sleep and acks; the grid recovers, the band is held, then the fleet is woken in staggered
 batches.  Asserted from the history: the order of commands, exactly one ack per command,
-and that the plan never asked for more than the available supply.
+that the plan never asked for more than the available supply, and that each firmware's
+miners reported the sleep and the wake in their own telemetry.
 """
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,11 @@ def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(
                           "SCHED_WAKE_BATCH": "4", "SCHED_WAKE_INTERVAL_S": "1",
                           "ASIC_POLL_S": "2"},
                    "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.201.1",
-                   "--scenario", "grid-dip", "--speed", "2", "--duration", "45")
+                   "--scenario", "grid-dip", "--speed", "2", "--duration", "45",
+                   "--firmware-mix", "luxos=1,braiins=1,antminer=1,whatsminer=1,vnish=1")
+    firmware = {a["id"]: a["firmware"] for a in
+                tomllib.loads((data / "sim" / "site.toml").read_text())["asics"]}
+    assert set(firmware.values()) == {"luxos", "braiins", "antminer", "whatsminer", "vnish"}
 
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
     try:
@@ -43,6 +50,7 @@ def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(
             "ORDER BY ts LIMIT 1 BY event_id")
         asleep = store.query(
             "SELECT uniqExact(device_id) FROM hashplane.asic_telemetry WHERE state = 'sleeping'")
+        states = store.query("SELECT device_id, state, ts FROM hashplane.asic_telemetry")
     finally:
         store.close()
 
@@ -50,6 +58,12 @@ def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(
     wakes = [c for c in commands if c[1] == "WakeAsic"]
     assert {c[2] for c in sleeps} == {f"asic-{i:05d}" for i in range(1, ASICS + 1)}, out[-2000:]
     assert asleep[0][0] == ASICS  # the miners' own telemetry says so
+    # per miner: running again after the last time its telemetry said sleeping
+    slept = {dev: ts for dev, state, ts in sorted(states, key=lambda r: r[2])
+             if state == "sleeping"}
+    woke = {dev for dev, state, ts in states if state == "running" and dev in slept
+            and ts > slept[dev]}
+    assert woke == set(firmware), {firmware[d] for d in set(firmware) - woke}  # every firmware
     per_command = {str(cid): (n, status) for cid, n, status in acks}
     assert all(per_command.get(str(c[0]), (0, ""))[0] == 1 for c in commands), \
         "every command has exactly one ack"

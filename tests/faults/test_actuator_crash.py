@@ -60,8 +60,7 @@ async def test_actuator_killed_mid_burst_acks_every_command_exactly_once(
         fault_settings: Settings, broker_proc: Broker, spawn: Callable[..., Proc],
         farm: Farm, tmp_path: Path) -> None:
     s = fault_settings
-    endpoints = tmp_path / "endpoints.json"
-    farm.write_endpoints(endpoints)
+    endpoints = farm.write_site(tmp_path / "site.toml")
     applied = count_curtails(farm)
     devices = [a["id"] for a in farm.endpoints()["asics"]]
     now = datetime.now(UTC)
@@ -74,7 +73,8 @@ async def test_actuator_killed_mid_burst_acks_every_command_exactly_once(
         await pub.publish_many(commands)
     watch = AckWatch(s)
     watcher = asyncio.create_task(watch.run())
-    actuator = spawn("actuator", "connect", "asic-actuator", "--endpoints-file", str(endpoints))
+    actuator = spawn("actuator", "connect", "asic-actuator", "--site", str(endpoints), "--env-file",
+                     str(endpoints.with_suffix(".env")))
     rng = random.Random(13)
     kills_at: list[int] = []
     try:

@@ -36,10 +36,11 @@ async def test_meter_and_asic_connectors_ride_out_a_30s_broker_outage(
         fault_settings: Settings, broker_proc: Broker, spawn: Callable[..., Proc],
         farm: Farm, tmp_path: Path) -> None:
     s = fault_settings.model_copy(update={"asic_poll_s": 1.0})
-    endpoints = tmp_path / "endpoints.json"
-    farm.write_endpoints(endpoints)
-    meter = spawn("meter", "connect", "meter", "--endpoints-file", str(endpoints), settings=s)
-    asic = spawn("asic", "connect", "asic", "--endpoints-file", str(endpoints), settings=s)
+    endpoints = farm.write_site(tmp_path / "site.toml")
+    meter = spawn("meter", "connect", "meter", "--site", str(endpoints), "--env-file",
+                     str(endpoints.with_suffix(".env")), settings=s)
+    asic = spawn("asic", "connect", "asic", "--site", str(endpoints), "--env-file",
+                     str(endpoints.with_suffix(".env")), settings=s)
 
     async def flowing() -> bool:
         topics = {t: await read_topic(s.kafka_bootstrap, t, idle_s=0.3)

@@ -48,11 +48,11 @@ async def test_soak_random_kills_and_broker_restarts(
         fault_settings: Settings, broker_proc: Broker, spawn: Callable[..., Proc],
         farm: Farm, tmp_path: Path) -> None:
     s = fault_settings
-    endpoints = tmp_path / "endpoints.json"
-    farm.write_endpoints(endpoints)
+    endpoints = farm.write_site(tmp_path / "site.toml")
     devices = [a["id"] for a in farm.endpoints()["asics"]]
     sink = spawn("sink", "sink")
-    actuator = spawn("actuator", "connect", "asic-actuator", "--endpoints-file", str(endpoints))
+    actuator = spawn("actuator", "connect", "asic-actuator", "--site", str(endpoints), "--env-file",
+                     str(endpoints.with_suffix(".env")))
     rng = random.Random(int(os.environ.get("HASHPLANE_SOAK_SEED", "7")))
     stop = asyncio.Event()
     produced: list[Event] = []

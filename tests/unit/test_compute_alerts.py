@@ -20,6 +20,7 @@ from schemas.events import (
     FeedPowerMeasured,
     GpuTelemetryObserved,
     GridMeasured,
+    RecordDeadLettered,
     UplinkStatusObserved,
 )
 from schemas.metrics import ComputeScoreComputed, EnergyHeadroomComputed, ShareRatioComputed
@@ -223,3 +224,37 @@ def test_applied_sleep_without_effect_alerts_and_resolves_when_the_miner_complie
     _, out = alert_fold([acked(0, "WakeAsic"), read(5, 12, "sleeping"), read(20, 900, "waking")],
                         p)
     assert out == []  # rising within the confirmation window: nothing to say
+
+
+def test_a_meter_dead_letter_is_a_critical_meter_fault_and_clears_after_quiet() -> None:
+    letter = sample(RecordDeadLettered, device_id="grid-meter", ts=at(0),
+                    source_topic="modbus://10.0.0.5:502",
+                    reason="frequency 0.000 Hz is not a grid frequency")
+    miner = sample(RecordDeadLettered, device_id="a1", ts=at(1),
+                   source_topic="cgminer://10.0.0.9:4028", reason="not CGMiner JSON")
+    quiet = grid(400, 50.0)
+    _, alerts = alert_fold([letter, miner, quiet], AlertParams(fault_clear_s=300))
+    fired = {a.dedup_key: a for a in alerts if isinstance(a, AlertFired)}
+    assert fired["meter_fault/grid-meter"].severity == "critical"
+    assert "never move the band" in fired["meter_fault/grid-meter"].message
+    assert fired["device_fault/a1"].severity == "warning"
+    resolved = {a.dedup_key for a in alerts if isinstance(a, AlertResolved)}
+    assert {"meter_fault/grid-meter", "device_fault/a1"} <= resolved
+
+
+def test_a_refused_login_is_a_critical_alert_until_the_miner_takes_a_command() -> None:
+    from schemas.commands import CommandAcknowledged
+
+    def ack(sec: float, status: str, detail: str) -> CommandAcknowledged:
+        return sample(CommandAcknowledged, device_id="a7", ts=at(sec), status=status,
+                      detail=detail, command_kind="SleepAsic")
+
+    _, alerts = alert_fold([
+        ack(0, "rejected", "authentication failed: web login refused for user 'root'"),
+        ack(5, "rejected", "antminer: Antminer stock firmware has work modes"),
+        ack(9, "applied", "set_miner_conf: OK!")])
+    fired = [a for a in alerts if isinstance(a, AlertFired)]
+    resolved = [a for a in alerts if isinstance(a, AlertResolved)]
+    assert [(a.dedup_key, a.severity) for a in fired] == [
+        ("device_login_refused/a7", "critical")]
+    assert [a.dedup_key for a in resolved] == ["device_login_refused/a7"]

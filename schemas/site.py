@@ -1,0 +1,487 @@
+"""The site inventory: one TOML file describes a site's devices; this model is its definition.
+
+Why TOML (README, "The site inventory"): Python reads it with no dependency (``tomllib``),
+it has no implicit typing (YAML 1.1 reads a MAC address of digits as a number and ``no`` as
+false), a 1,000-miner fleet stays one inline table per line, and a style-preserving writer
+(tomlkit) lets ``hashplane site discover --merge`` add miners without touching what a person
+wrote, comments included.
+
+Secrets are never values in the file: a field ending in ``_env`` names the environment
+variable that holds the secret, and ``check`` reports one that is not set.  Every error
+names its place in the file (``asics[12].host: Field required``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+#: Firmware dialects hashplane speaks; ``auto`` identifies the firmware on first contact.
+Dialect = Literal["auto", "luxos", "braiins", "antminer", "whatsminer", "vnish"]
+DIALECTS: tuple[str, ...] = Dialect.__args__  # type: ignore[attr-defined]
+
+Quantity = Literal["frequency_hz", "voltage_v", "active_power_kw", "reactive_power_kvar",
+                   "power_factor", "current_a", "energy_import_kwh", "nominal_hz"]
+RegisterType = Literal["float32", "int16", "uint16", "int32", "uint32"]
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                   r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$")
+
+
+def _host(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        if _HOST.fullmatch(v):
+            return v
+    raise ValueError("not an IP address or a host name")
+
+
+def _url(schemes: tuple[str, ...]) -> Any:
+    def check(v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in schemes or not rest or any(c.isspace() for c in v):
+            starts = " or ".join(f"{s}://" for s in schemes)
+            raise ValueError(f"must be a URL starting with {starts}")
+        return v
+    return AfterValidator(check)
+
+
+DeviceId = Annotated[str, Field(pattern=_ID.pattern, description="Stable device id")]
+Host = Annotated[str, AfterValidator(_host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+EnvVar = Annotated[str, Field(pattern=_ENV.pattern,
+                              description="Name of the environment variable holding a secret")]
+HttpUrl = Annotated[str, _url(("http", "https"))]
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credentials(_Entry):
+    """A login a firmware asks for (the web UI's or the API's)."""
+
+    username: str = "root"
+    password_env: EnvVar
+
+
+class Asic(_Entry):
+    """One miner."""
+
+    id: DeviceId
+    host: Host
+    port: Port = Field(default=4028, description="CGMiner-compatible RPC port")
+    web_port: Port = Field(default=80, description="HTTP API port (Antminer stock, VNish)")
+    firmware: Dialect = "auto"
+    model: str = Field(default="", max_length=64)
+    nameplate_w: float | None = Field(
+        default=None, gt=0, le=20_000, description="Rated draw; used when the firmware "
+        "reports none (Antminer stock)")
+    feed: str = Field(default="", description="The feed it draws from ([[feeds]] id)")
+    rack: str = Field(default="", max_length=64)
+    credentials: str = Field(default="", description="A [credentials.NAME] table; empty: "
+                             "the firmware's factory login")
+
+
+class Gpu(_Entry):
+    index: int = Field(ge=0, le=63)
+    card: str = ""
+
+
+class Rig(_Entry):
+    """A GPU rig running RainbowMiner."""
+
+    id: DeviceId
+    api_url: HttpUrl
+    nvml_url: str = Field(default="", description="NVML over HTTP on the rig; empty: none")
+    config_dir: str = Field(default="", description="RainbowMiner's Config directory (the GPU "
+                            "actuator writes OC profiles there)")
+    log_path: str = ""
+    gpus: list[Gpu] = Field(default_factory=list)
+
+
+class RegisterField(_Entry):
+    address: int = Field(ge=0, le=65535)
+    type: RegisterType = "float32"
+    scale: float = Field(default=1.0, description="Multiplier from the register to the unit")
+
+    @property
+    def words(self) -> int:
+        return 2 if self.type in ("float32", "int32", "uint32") else 1
+
+
+class RegisterMap(_Entry):
+    """Where a meter keeps each quantity."""
+
+    function: Literal["holding", "input"] = "holding"
+    word_order: Literal["big", "little"] = Field(
+        default="big", description="big: the high word first (SEL's default)")
+    fields: dict[Quantity, RegisterField]
+
+    @model_validator(mode="after")
+    def _needed(self) -> RegisterMap:
+        missing = {"frequency_hz", "voltage_v", "active_power_kw"} - set(self.fields)
+        if missing:
+            raise ValueError(f"register map lacks {', '.join(sorted(missing))}")
+        return self
+
+
+#: Register maps by name.  ``ieee754-float``: the generic map of float32 pairs, high word
+#: first, that many meters and gateways offer (and the simulated meter serves).
+REGISTER_MAPS: dict[str, RegisterMap] = {
+    "ieee754-float": RegisterMap(fields={
+        "frequency_hz": RegisterField(address=0), "voltage_v": RegisterField(address=2),
+        "active_power_kw": RegisterField(address=4),
+        "reactive_power_kvar": RegisterField(address=6),
+        "nominal_hz": RegisterField(address=14)}),
+}
+
+
+class Meter(_Entry):
+    """The grid meter at the point of connection (Modbus TCP)."""
+
+    id: DeviceId = "grid-meter"
+    host: Host
+    port: Port = 502
+    unit: int = Field(default=1, ge=0, le=247)
+    register_map: Annotated[
+        Annotated[Annotated[str, Field(pattern=r"^[a-z0-9-]+$")], Tag("name")]
+        | Annotated[RegisterMap, Tag("inline")],
+        Discriminator(lambda v: "inline" if isinstance(v, dict | RegisterMap) else "name"),
+    ] = Field(default="ieee754-float", description="A map's name, or an inline table")
+    nominal_hz: Literal[50, 60] | None = None
+
+    def registers(self) -> RegisterMap:
+        if isinstance(self.register_map, RegisterMap):
+            return self.register_map
+        return REGISTER_MAPS[self.register_map]
+
+
+class Mqtt(_Entry):
+    """The broker the feeds' sensors publish to."""
+
+    url: Annotated[str, _url(("mqtt", "mqtts"))] = Field(
+        description="mqtt://host:port, or mqtts://host:port for TLS")
+    username: str = ""
+    password_env: EnvVar | None = None
+    ca_file: str = Field(default="", description="CA bundle for mqtts (empty: the system's)")
+    client_cert: str = ""
+    client_key: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        hostport = self.url.split("://", 1)[1].split("/", 1)[0]
+        _, sep, port = hostport.rpartition(":")
+        return int(port) if sep and port.isdigit() else (8883 if self.tls else 1883)
+
+
+class Feed(_Entry):
+    """A power feed and its sensor."""
+
+    id: DeviceId
+    topic: str = Field(min_length=1, max_length=512)
+    capacity_kw: float | None = Field(
+        default=None, gt=0, description="Nameplate capacity, used when the sensor reports "
+        "none (a volts-and-amps sensor must never make the site shed itself)")
+    format: Literal["json", "number"] = "json"
+    fields: dict[str, str] = Field(default_factory=dict, description="quantity -> JSON key")
+    scale: dict[str, float] = Field(default_factory=dict, description="quantity -> factor")
+    nominal_voltage_v: float = Field(default=400.0, gt=0)
+
+
+class Coordinator(_Entry):
+    """The job coordinator (seed 002)."""
+
+    url: HttpUrl
+    api_key_env: EnvVar
+
+
+class ModelEndpoint(_Entry):
+    name: DeviceId
+    url: HttpUrl
+
+
+class Uplink(_Entry):
+    """The internet check: a URL that answers 204 while the uplink is up."""
+
+    url: HttpUrl
+
+
+class Site(_Entry):
+    """Everything at one site hashplane reads or controls."""
+
+    site: DeviceId = "site-1"
+    asics: list[Asic] = Field(default_factory=list)
+    rigs: list[Rig] = Field(default_factory=list)
+    meter: Meter | None = None
+    mqtt: Mqtt | None = None
+    feeds: list[Feed] = Field(default_factory=list)
+    coordinator: Coordinator | None = None
+    model_endpoints: list[ModelEndpoint] = Field(default_factory=list)
+    uplink: Uplink | None = None
+    credentials: dict[Annotated[str, Field(pattern=_ID.pattern)], Credentials] = Field(
+        default_factory=dict)
+
+    def secret(self, name: str | None, environ: Mapping[str, str]) -> str:
+        """The value of the environment variable ``name`` ('' for none)."""
+        return environ.get(name, "") if name else ""
+
+    def summary(self) -> list[str]:
+        """One line per device kind, for ``site check``."""
+        by_fw: dict[str, int] = {}
+        for a in self.asics:
+            by_fw[a.firmware] = by_fw.get(a.firmware, 0) + 1
+        gpus = sum(len(r.gpus) for r in self.rigs)
+        cap = [f.capacity_kw for f in self.feeds if f.capacity_kw]
+        return [
+            f"asics           {len(self.asics)}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in sorted(by_fw.items()))})" if by_fw else ""),
+            f"gpu rigs        {len(self.rigs)} ({gpus} GPUs)",
+            f"grid meter      {_where(self.meter)}",
+            f"feeds           {len(self.feeds)}"
+            + (f" ({sum(cap):g} kW nameplate)" if cap else "")
+            + (f" on {self.mqtt.url}" if self.mqtt else ""),
+            f"coordinator     {self.coordinator.url if self.coordinator else '-'}",
+            f"model endpoints {len(self.model_endpoints)}",
+            f"uplink probe    {self.uplink.url if self.uplink else '-'}",
+        ]
+
+
+def _where(m: Meter | None) -> str:
+    if m is None:
+        return "-"
+    rm = m.register_map if isinstance(m.register_map, str) else "inline map"
+    return f"{m.host}:{m.port} unit {m.unit} ({rm})"
+
+
+# -- loading and checking ---------------------------------------------------------------
+
+class SiteError(ValueError):
+    """An inventory that is not valid; ``problems`` are ``place: message`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+        self.source, self.problems = source, problems
+
+
+def place(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a path into the file: ``asics[12].host``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(file)"
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if p not in ("name", "inline") and not (
+            isinstance(p, str) and p.startswith("function-after")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            msg = "field required"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field (a typo? see infra/site.example.toml)"
+        out.append(f"{place(loc)}: {msg}")
+    return out
+
+
+def cross_check(site: Site, environ: Mapping[str, str]) -> list[str]:
+    """What one entry cannot see alone: duplicates, references, secrets that are unset."""
+    problems: list[str] = []
+
+    def unique(kind: str, field: str, keys: list[str]) -> None:
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k in first:
+                problems.append(f"{kind}[{i}].{field}: duplicate {k!r} (first at "
+                                f"{kind}[{first[k]}])")
+            else:
+                first[k] = i
+
+    unique("asics", "id", [a.id for a in site.asics])
+    unique("asics", "host", [f"{a.host}:{a.port}" for a in site.asics])
+    unique("rigs", "id", [r.id for r in site.rigs])
+    unique("feeds", "id", [f.id for f in site.feeds])
+    unique("feeds", "topic", [f.topic for f in site.feeds])
+    unique("model_endpoints", "name", [m.name for m in site.model_endpoints])
+    feeds = {f.id for f in site.feeds}
+    for i, a in enumerate(site.asics):
+        if a.feed and a.feed not in feeds:
+            problems.append(f"asics[{i}].feed: no feed {a.feed!r} in [[feeds]]")
+        if a.credentials and a.credentials not in site.credentials:
+            problems.append(f"asics[{i}].credentials: no [credentials.{a.credentials}] table")
+    if site.meter is not None and isinstance(site.meter.register_map, str) \
+            and site.meter.register_map not in REGISTER_MAPS:
+        problems.append(f"meter.register_map: unknown map {site.meter.register_map!r} "
+                        f"(known: {', '.join(REGISTER_MAPS)}; or an inline table)")
+    if site.feeds and site.mqtt is None:
+        problems.append("mqtt: field required (the feeds' sensors publish over MQTT)")
+    secrets: list[tuple[str, str | None]] = [
+        (f"credentials.{k}.password_env", c.password_env) for k, c in site.credentials.items()]
+    if site.mqtt is not None:
+        secrets.append(("mqtt.password_env", site.mqtt.password_env))
+    if site.coordinator is not None:
+        secrets.append(("coordinator.api_key_env", site.coordinator.api_key_env))
+    for where, name in secrets:
+        if name and name not in environ:
+            problems.append(f"{where}: environment variable {name} is not set")
+    return problems
+
+
+def parse_site(data: Any, environ: Mapping[str, str], source: str = "site") -> Site:
+    """A valid ``Site`` from parsed TOML, or SiteError listing every problem with its place."""
+    try:
+        site = Site.model_validate(data)
+    except ValidationError as exc:
+        raise SiteError(source, _pydantic_problems(exc)) from None
+    problems = cross_check(site, environ)
+    if problems:
+        raise SiteError(source, problems)
+    return site
+
+
+def load_site(path: Path | str, environ: Mapping[str, str]) -> Site:
+    """Read and check an inventory file (SiteError on any problem)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SiteError(str(p), [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise SiteError(str(p), [f"not UTF-8 text: {exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SiteError(str(p), [f"TOML syntax: {exc}"]) from None
+    return parse_site(data, environ, str(p))
+
+
+# -- writing ----------------------------------------------------------------------------
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else "nan"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return inline_table(v)
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def inline_table(d: Mapping[str, Any]) -> str:
+    """``{id = "a", port = 4028}``: one device per line."""
+    return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in d.items()
+                           if v is not None) + "}"
+
+
+def dump_site(site: Site, header: str = "") -> str:
+    """The inventory as TOML: scalars, the ASICs one per line, then the tables."""
+    import tomli_w
+
+    data = site.model_dump(mode="json", exclude_defaults=True)
+    data.pop("site", None)
+    asics = site.model_dump(mode="json", include={"asics"})["asics"]
+    for a in asics:
+        for k in ("web_port", "rack", "feed", "credentials", "model", "nameplate_w"):
+            if a.get(k) in (None, "", 80):
+                a.pop(k, None)
+    data.pop("asics", None)
+    lines = [header.rstrip()] if header else []
+    lines.append(f"site = {_toml_value(site.site)}")
+    lines.append("asics = [")
+    lines += [f"  {inline_table(a)}," for a in asics]
+    lines.append("]")
+    return "\n".join(lines) + "\n\n" + tomli_w.dumps(data)
+
+
+# -- merging discovered miners ---------------------------------------------------------
+
+def asic_id(host: str, port: int = 4028) -> str:
+    """A stable id for a discovered miner: its address (``asic-10-10-1-11``)."""
+    base = "asic-" + host.replace(".", "-").replace(":", "-")
+    return base if port == 4028 else f"{base}-{port}"
+
+
+def merge_asics(text: str, found: list[dict[str, Any]]) -> tuple[str, int, int]:
+    """Add the discovered miners ``found`` (dicts of Asic fields) that ``text`` (an
+    inventory, possibly empty) does not list yet, matched by host and port.  What is there
+    -- entries, comments, order, a person's edits -- is kept as it is, so merging twice
+    adds nothing.  Returns the new text, how many were added and how many already there."""
+    import tomlkit
+    from tomlkit.items import AoT, Array
+
+    doc = tomlkit.parse(text) if text.strip() else tomlkit.document()
+    existing = doc.get("asics")
+    if existing is None:
+        existing = tomlkit.array()
+        existing.multiline(True)
+        doc["asics"] = existing
+    rows = list(existing)
+    have = {(str(a.get("host")), int(a.get("port", 4028))) for a in rows}
+    ids = {str(a.get("id")) for a in rows}
+    added = 0
+    for entry in found:
+        key = (str(entry["host"]), int(entry.get("port", 4028)))
+        if key in have:
+            continue
+        rest = {k: v for k, v in entry.items() if v not in (None, "") and k != "id"}
+        base = str(entry.get("id") or asic_id(*key))
+        new_id, n = base, 2
+        while new_id in ids:
+            new_id, n = f"{base}-{n}", n + 1
+        new = {"id": new_id, **rest}
+        Asic.model_validate(new)  # a discovered entry is a valid one
+        if isinstance(existing, AoT):
+            table = tomlkit.table()
+            table.update(new)
+            existing.append(table)
+        elif isinstance(existing, Array):
+            inline = tomlkit.inline_table()
+            inline.update(new)
+            existing.append(inline)
+        else:
+            raise ValueError("the inventory's asics is not a list")
+        have.add(key)
+        ids.add(new_id)
+        added += 1
+    return tomlkit.dumps(doc), added, len(found) - added

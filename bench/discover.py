@@ -49,9 +49,12 @@ def start_farm(n: int, work: Path) -> tuple[subprocess.Popen[str], list[dict[str
 
 
 def networks(n: int) -> list[str]:
+    """The one network an operator would name: the smallest that holds every miner."""
     last = ipaddress.ip_address(BASE) + n - 1
-    return [str(net) for net in ipaddress.summarize_address_range(
-        ipaddress.ip_address("127.2.0.0"), last)]
+    prefix = 32
+    while last not in ipaddress.ip_network(f"127.2.0.0/{prefix}", strict=False):
+        prefix -= 1
+    return [f"127.2.0.0/{prefix}"]
 
 
 async def ours(nets: list[str], concurrency: int) -> tuple[float, dict[str, str]]:
@@ -86,11 +89,18 @@ async def main(n: int, concurrency: int) -> None:
         right = sum(got.get(h) == fw for h, fw in truth.items())
         print(f"  hashplane site discover: {dt:6.2f} s, {size / dt:7,.0f} addresses/s, found "
               f"{len(got):,}, firmware right {right:,}/{n:,}")
-        dt2, got2 = await theirs(nets)
-        right2 = sum(got2.get(h, "").startswith(PYASIC_NAMES[fw]) for h, fw in truth.items())
-        print(f"  pyasic MinerNetwork.scan: {dt2:6.2f} s, {size / dt2:7,.0f} addresses/s, found "
-              f"{len(got2):,}, firmware right {right2:,}/{n:,}")
-        print(f"  ratio: hashplane {dt2 / dt:.1f}x pyasic's speed")
+        missed = [fw for h, fw in truth.items() if got.get(h) != fw]
+        if missed:
+            print(f"    missed: {', '.join(f'{k} {missed.count(k)}' for k in sorted(set(missed)))}")
+        slices = [str(s) for net in nets for s in ipaddress.ip_network(net).subnets(
+            new_prefix=max(24, ipaddress.ip_network(net).prefixlen))]
+        for label, what in (("the same network", nets), ("/24 by /24", slices)):
+            dt2, got2 = await theirs(what)
+            right2 = sum(got2.get(h, "").startswith(PYASIC_NAMES[fw])
+                         for h, fw in truth.items())
+            print(f"  pyasic MinerNetwork.scan, {label}: {dt2:6.2f} s, {size / dt2:7,.0f} "
+                  f"addresses/s, found {len(got2):,}, firmware right {right2:,}/{n:,}; "
+                  f"hashplane {dt2 / dt:.1f}x faster")
     finally:
         proc.terminate()
         proc.wait(30)

@@ -139,6 +139,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
         await asyncio.sleep(25)  # the worker joins; telemetry tells the scheduler the fleet
         last: list[float] = []
         every: list[float] = []
+        failed: list[int] = []  # dips whose acks did not all arrive in 60 s: how many did
         for _ in range(dips):
             await until(lambda: all(a.state in ("running", "waking") for a in farm.asics),
                         120, "the fleet awake")
@@ -152,7 +153,16 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
                         if a.command_kind == "SleepAsic" and a.status == "applied"}
                 return list(done.values()) if len(done) >= n else []
 
-            await until(lambda: bool(slept()), 60, f"{n} applied SleepAsic acks")
+            try:
+                await until(lambda: bool(slept()), 60, f"{n} applied SleepAsic acks")
+            except SystemExit as exc:  # an incomplete dip is a result too: counted, printed
+                done = {a.device_id for _, a in acks.got[seen:]
+                        if a.command_kind == "SleepAsic" and a.status == "applied"}
+                print(f"  {fleet} dip {len(last) + len(failed) + 1}: {exc} ({len(done)} of "
+                      f"{n} acked)", flush=True)
+                failed.append(len(done))
+                step_grid(farm, 50.0)
+                continue
             times = [at - t0 for at in slept()]
             if trace:
                 for topic in ("grid.readings", "metrics.energy", "commands.asic"):
@@ -169,7 +179,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
             last.append(max(times))
             every += times
             step_grid(farm, 50.0)
-        return {"n": n, "fleet": fleet, "last": last, "every": every,
+        return {"n": n, "fleet": fleet, "last": last, "every": every, "failed": failed,
                 "floor": METER_POLL_S + statistics.median(rtts), "rtt": statistics.median(rtts)}
     finally:
         await acks.stop()
@@ -194,6 +204,13 @@ async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str]) -> N
     print(f"\n{'ASICs':>6} {'fleet':>6} {'last ack p50':>13} {'p99':>7} {'every ack p50':>14} "
           f"{'p99':>7} {'floor':>7}  (poll {METER_POLL_S:g} s + RPC)")
     for r in rows:
+        if not r["last"]:
+            print(f"{r['n']:>6} {r['fleet']:>6} no dip completed ({len(r['failed'])} failed)")
+            continue
+        if r["failed"]:
+            print(f"{r['n']:>6} {r['fleet']:>6} {len(r['failed'])} of "
+                  f"{len(r['failed']) + len(r['last'])} dips incomplete after 60 s "
+                  f"(acks seen: {', '.join(map(str, r['failed']))})")
         print(f"{r['n']:>6} {r['fleet']:>6} {pct(r['last'], 50):>12.3f}s "
               f"{pct(r['last'], 99):>6.3f}s "
               f"{pct(r['every'], 50):>13.3f}s {pct(r['every'], 99):>6.3f}s "

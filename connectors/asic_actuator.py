@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from connectors.cgminer import AsicEndpoint, CgminerDecodeError
 from connectors.firmware import AuthFailed, Outcome, Refused, dialect, identify
 from connectors.firmware import luxos as _luxos
@@ -88,5 +86,5 @@ class AsicActuator:
             return "rejected", f"miner refused {exc}"
         except ValueError as exc:  # auto: could not identify the firmware
             return "failed", f"{exc} ({ep.host}:{ep.port})"
-        except (OSError, TimeoutError, CgminerDecodeError, httpx.HTTPError) as exc:
+        except (OSError, TimeoutError, CgminerDecodeError) as exc:  # httplite: OSError too
             return "failed", f"{type(exc).__name__}: {exc or 'no answer'} ({ep.host}:{ep.port})"

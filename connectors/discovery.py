@@ -77,13 +77,20 @@ async def scan(networks: Iterable[str], *, port: int = 4028, concurrency: int = 
     found: list[Found] = []
     last = time.monotonic()
 
-    async def one(host: str) -> None:
+    retry: list[str] = []
+
+    async def one(host: str, last_try: bool = False) -> None:
         nonlocal last
         async with sem:
             try:
                 fw, model = await identify(host, port, timeout_s)
+            except ConnectionRefusedError:
+                fw = ""  # nothing listens there
             except (OSError, TimeoutError, CgminerDecodeError):
-                fw = ""  # nothing there, or not a miner's API
+                if not last_try:  # a reset or a timeout in the burst: once more, at the end
+                    retry.append(host)
+                    return
+                fw = ""
             except ValueError:
                 fw, model = "unknown", ""  # it answers, but names no firmware we know
             state.scanned += 1
@@ -95,6 +102,7 @@ async def scan(networks: Iterable[str], *, port: int = 4028, concurrency: int = 
                 progress(state)
 
     await asyncio.gather(*(one(h) for h in addrs))
+    await asyncio.gather(*(one(h, last_try=True) for h in retry))
     if progress is not None:
         progress(state)
     return sorted(found, key=lambda f: (ipaddress.ip_address(f.host), f.port))

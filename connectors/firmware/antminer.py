@@ -8,18 +8,18 @@ Whether it sleeps is in the web UI's ``get_miner_conf.cgi`` (``bitmain-work-mode
 only when the RPC shows no hashrate, so the sweep stays one RPC request per miner.
 
 Writes: ``set_miner_conf.cgi`` with HTTP digest authentication (realm ``antMiner
-Configuration``; the factory login is root/root), posting the current conf back with
-``miner-mode`` 1 (sleep) or 0 (normal), or with the new pool first.  Stock firmware has
-modes, not power targets: that command is rejected.
+Configuration``; the factory login is root/root; connectors/httplite.py), posting the
+current conf back with ``miner-mode`` 1 (sleep) or 0 (normal), or with the new pool
+first.  Stock firmware has modes, not power targets: that command is rejected.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 
+from connectors import httplite
 from connectors.cgminer import (
     AsicEndpoint,
     Locations,
@@ -42,16 +42,17 @@ def _login(ep: AsicEndpoint) -> tuple[str, str]:
 async def web(ep: AsicEndpoint, cgi: str, timeout_s: float,
               body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One CGI call; AuthFailed on a refused login, Refused on anything not JSON."""
-    url = f"http://{ep.host}:{ep.web_port}/cgi-bin/{cgi}.cgi"
-    async with httpx.AsyncClient(timeout=timeout_s, auth=httpx.DigestAuth(*_login(ep))) as c:
-        r = await (c.post(url, content=orjson.dumps(body)) if body is not None else c.get(url))
-    if r.status_code == 401:
+    r = await httplite.request(
+        ep.host, ep.web_port, "POST" if body is not None else "GET", f"/cgi-bin/{cgi}.cgi",
+        body=orjson.dumps(body) if body is not None else b"", timeout_s=timeout_s,
+        max_bytes=MAX_WEB_BYTES, digest=_login(ep))
+    if r.status == 401:
         raise AuthFailed(f"web login refused for user {_login(ep)[0]!r} (check the "
                          f"inventory's credentials for {ep.device_id})")
-    if r.status_code != 200 or len(r.content) > MAX_WEB_BYTES:
-        raise Refused(f"{cgi}: HTTP {r.status_code}")
+    if r.status != 200:
+        raise Refused(f"{cgi}: HTTP {r.status}")
     try:
-        out = orjson.loads(r.content)
+        out = orjson.loads(r.body)
     except orjson.JSONDecodeError:
         raise Refused(f"{cgi}: not JSON") from None
     if not isinstance(out, dict):
@@ -68,7 +69,7 @@ async def conf_when_idle(ep: AsicEndpoint, reply: dict[str, Any], timeout_s: flo
         reply["web_conf"] = await web(ep, "get_miner_conf", timeout_s)
     except AuthFailed:
         raise  # wrong credentials: the operator must hear about it (a dead letter, an alert)
-    except (Refused, httpx.HTTPError, OSError):
+    except (Refused, OSError, TimeoutError):
         reply["web_conf"] = {}
 
 

@@ -4,7 +4,8 @@ Where the values live (VNish's web API, the one its UI uses; the fields pyasic's
 backend reads): hashrate, pools, fans and temperatures in the RPC as on stock firmware
 (``summary+pools+stats+version``); power (``miner.power_usage``) and whether it mines
 (``miner.miner_status.miner_state``: ``stopped`` is a sleep) in the web ``summary``, read
-every sweep with a kept token.  Login: ``POST /api/v1/unlock {"pw"}`` -> a token sent as
+every sweep with a kept token (connectors/httplite.py: httpx would cost more CPU per
+request than the whole RPC read).  Login: ``POST /api/v1/unlock {"pw"}`` -> a token sent as
 ``Authorization`` (factory password ``admin``).
 
 Commands: sleep / wake ``POST mining/stop|start``; power target: the highest tuned preset
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 
+from connectors import httplite
 from connectors.cgminer import (
     AsicEndpoint,
     Locations,
@@ -35,10 +36,17 @@ MAX_WEB_BYTES = 256 << 10
 TOKENS: dict[str, str] = {}
 
 
-async def _unlock(c: httpx.AsyncClient, ep: AsicEndpoint) -> str:
-    r = await c.post(f"http://{ep.host}:{ep.web_port}/api/v1/unlock",
-                     content=orjson.dumps({"pw": ep.password or FACTORY_PASSWORD}))
-    if r.status_code in (401, 403):
+async def _call(ep: AsicEndpoint, method: str, path: str, timeout_s: float,
+                body: Any = None, token: str = "") -> httplite.Reply:
+    return await httplite.request(
+        ep.host, ep.web_port, method, f"/api/v1/{path}", timeout_s=timeout_s,
+        body=orjson.dumps(body) if body is not None else b"", max_bytes=MAX_WEB_BYTES,
+        headers={"Authorization": token} if token else None)
+
+
+async def _unlock(ep: AsicEndpoint, timeout_s: float) -> str:
+    r = await _call(ep, "POST", "unlock", timeout_s, {"pw": ep.password or FACTORY_PASSWORD})
+    if r.status in (401, 403):
         raise AuthFailed(f"web login refused (check the inventory's credentials for "
                          f"{ep.device_id})")
     token = _json(r, "unlock").get("token")
@@ -48,11 +56,11 @@ async def _unlock(c: httpx.AsyncClient, ep: AsicEndpoint) -> str:
     return token
 
 
-def _json(r: httpx.Response, what: str) -> Any:
-    if r.status_code != 200 or len(r.content) > MAX_WEB_BYTES:
-        raise Refused(f"{what}: HTTP {r.status_code} {r.text[:200]}")
+def _json(r: httplite.Reply, what: str) -> Any:
+    if r.status != 200:
+        raise Refused(f"{what}: HTTP {r.status} {r.body[:200]!r}")
     try:
-        return orjson.loads(r.content or b"{}")
+        return orjson.loads(r.body or b"{}")
     except orjson.JSONDecodeError:
         raise Refused(f"{what}: not JSON") from None
 
@@ -60,17 +68,14 @@ def _json(r: httpx.Response, what: str) -> Any:
 async def web(ep: AsicEndpoint, path: str, timeout_s: float,
               body: dict[str, Any] | None = None) -> Any:
     """One API call with the kept token (a refused token is renewed once)."""
-    url = f"http://{ep.host}:{ep.web_port}/api/v1/{path}"
-    async with httpx.AsyncClient(timeout=timeout_s) as c:
-        token = TOKENS.get(ep.host) or await _unlock(c, ep)
-        for attempt in (0, 1):
-            headers = {"Authorization": token}
-            r = await (c.post(url, content=orjson.dumps(body or {}), headers=headers)
-                       if body is not None else c.get(url, headers=headers))
-            if r.status_code == 401 and attempt == 0:
-                token = await _unlock(c, ep)
-                continue
-            return _json(r, path)
+    token = TOKENS.get(ep.host) or await _unlock(ep, timeout_s)
+    for attempt in (0, 1):
+        r = await _call(ep, "POST" if body is not None else "GET", path, timeout_s, body,
+                        token)
+        if r.status == 401 and attempt == 0:
+            token = await _unlock(ep, timeout_s)
+            continue
+        return _json(r, path)
     raise Refused(f"{path}: unauthorised")  # pragma: no cover - the loop returns or raises
 
 
@@ -82,7 +87,7 @@ async def web_summary(ep: AsicEndpoint, reply: dict[str, Any], timeout_s: float)
         reply["web_summary"] = await web(ep, "summary", timeout_s)
     except AuthFailed:
         raise
-    except (Refused, httpx.HTTPError, OSError):
+    except (Refused, OSError, TimeoutError):
         reply["web_summary"] = {}
 
 

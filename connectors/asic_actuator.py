@@ -15,6 +15,7 @@ per command are the ``CommandConsumer``'s.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from connectors.cgminer import AsicEndpoint, CgminerDecodeError
@@ -22,6 +23,7 @@ from connectors.firmware import AuthFailed, Outcome, Refused, dialect, identify
 from connectors.firmware import luxos as _luxos
 from schemas.commands import SetAsicPowerTarget
 from schemas.envelope import Command
+from schemas.site import DIALECTS
 
 SOURCE = "actuator:asic"
 RpcRefused = _luxos.RpcRefused
@@ -52,6 +54,26 @@ class AsicActuator:
     @property
     def targets(self) -> set[str]:
         return set(self.endpoints)
+
+    async def prepare(self, concurrency: int = 64) -> int:
+        """Log in to every miner whose firmware needs it (tokens, sessions) before the first
+        command, so that a grid dip pays for none; failures are left to the command."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(ep: AsicEndpoint) -> bool:
+            if ep.dialect == "auto" or ep.device_id in self.limits.maintenance:
+                return False
+            login = dialect(ep.dialect).prepare if ep.dialect in DIALECTS else None
+            if login is None:
+                return False
+            async with sem:
+                try:
+                    await login(ep, self.timeout_s)
+                    return True
+                except (Refused, OSError, TimeoutError, ValueError):
+                    return False
+
+        return sum(await asyncio.gather(*(one(ep) for ep in self.endpoints.values())))
 
     async def __call__(self, cmd: Command) -> Outcome:
         """Handle one command (the CommandConsumer's handler)."""

@@ -199,6 +199,7 @@ class CommandConsumer:
                  session_timeout_s: float = 9.0, journal: Path | None = None):
         self.bootstrap, self.topic, self.group = bootstrap, topic, group
         self.targets, self.handler = targets, handler
+        self._prepared: asyncio.Task[Any] | None = None
         self.emitter, self.actuator = emitter, actuator
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.remember = remember
@@ -298,6 +299,9 @@ class CommandConsumer:
         try:
             consumer = await start_client(make, f"{self.actuator} on {self.topic}", stop)
             await self.recall()
+            prepare = getattr(self.handler, "prepare", None)
+            if prepare is not None and self._prepared is None:  # logins, in the background
+                self._prepared = asyncio.create_task(prepare())
         except BrokerUnavailable:
             return
         try:

@@ -5,7 +5,9 @@ whose telemetry needs one web call each cannot afford it.  This client does one 
 connection (the miners' servers close anyway): write, read to EOF within a deadline and a
 size bound, parse the status line, the headers and a Content-Length or chunked body.
 HTTP digest authentication (RFC 7616, MD5, qop=auth: Antminer stock's web UI) is answered
-here too: a 401 with a Digest challenge is retried once with the credentials.
+here too: a 401 with a Digest challenge is retried once with the credentials, and the
+server's nonce is kept for the next requests to that server (with a growing nonce count, as
+the RFC allows), so a grid dip's commands cost one request each, not two.
 """
 
 from __future__ import annotations
@@ -37,18 +39,28 @@ async def request(host: str, port: int, method: str, path: str, *,
                   digest: tuple[str, str] | None = None) -> Reply:
     """One request (two with a digest challenge); OSError/TimeoutError for the transport,
     HttpError for a bad reply."""
-    reply = await _once(host, port, method, path, headers or {}, body, timeout_s, max_bytes)
+    hdrs = dict(headers or {})
+    kept = _NONCES.get((host, port)) if digest is not None else None
+    if kept is not None and digest is not None:  # answer the last challenge again
+        _NONCES[(host, port)] = (kept[0], kept[1] + 1)
+        hdrs["Authorization"] = digest_header(kept[0], method, path, *digest, nc=kept[1] + 1)
+    reply = await _once(host, port, method, path, hdrs, body, timeout_s, max_bytes)
     challenge = reply.headers.get("www-authenticate", "")
     if reply.status == 401 and digest is not None and challenge.lower().startswith("digest"):
-        auth = digest_header(challenge, method, path, *digest)
-        reply = await _once(host, port, method, path, {**(headers or {}),
-                                                       "Authorization": auth},
-                            body, timeout_s, max_bytes)
+        _NONCES[(host, port)] = (challenge, 1)
+        hdrs["Authorization"] = digest_header(challenge, method, path, *digest)
+        reply = await _once(host, port, method, path, hdrs, body, timeout_s, max_bytes)
+        if reply.status == 401:
+            _NONCES.pop((host, port), None)
     return reply
 
 
+#: (host, port) -> the last digest challenge and the nonce count used with it
+_NONCES: dict[tuple[str, int], tuple[str, int]] = {}
+
+
 def digest_header(challenge: str, method: str, uri: str, user: str, password: str,
-                  cnonce: str = "") -> str:
+                  cnonce: str = "", nc: int = 1) -> str:
     """The ``Authorization`` answer to a ``WWW-Authenticate: Digest ...`` challenge."""
     f = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge[len("Digest"):]))
     realm, nonce = f.get("realm", ""), f.get("nonce", "")
@@ -59,9 +71,9 @@ def digest_header(challenge: str, method: str, uri: str, user: str, password: st
     ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
     out = f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
     if "auth" in f.get("qop", "").split(","):
-        nc, cnonce = "00000001", cnonce or secrets.token_hex(8)
-        resp = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
-        out += f', qop=auth, nc={nc}, cnonce="{cnonce}"'
+        count, cnonce = f"{nc:08x}", cnonce or secrets.token_hex(8)
+        resp = md5(f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}")
+        out += f', qop=auth, nc={count}, cnonce="{cnonce}"'
     else:
         resp = md5(f"{ha1}:{nonce}:{ha2}")
     out += f', response="{resp}", algorithm=MD5'

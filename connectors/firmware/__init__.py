@@ -61,6 +61,9 @@ class Dialect:
     actions: dict[str, Action] = field(default_factory=dict)  # command kind -> action
     #: command kind -> why this firmware cannot do it (the rejection's reason)
     unsupported: dict[str, str] = field(default_factory=dict)
+    #: a login done ahead of the first command (a token, a session), so that a grid dip
+    #: does not pay for it
+    prepare: Callable[[AsicEndpoint, float], Awaitable[Any]] | None = None
 
     async def read(self, ep: AsicEndpoint, timeout_s: float,
                    max_bytes: int) -> tuple[bytes, dict[str, Any]]:

@@ -112,4 +112,5 @@ async def switch_pool(ep: AsicEndpoint, cmd: SwitchAsicPool, timeout_s: float) -
 DIALECT = Dialect(
     name="luxos", requests=("summary+pools+stats+power+config+version",), where=LUXOS,
     actions={"SleepAsic": sleep, "WakeAsic": wake, "SetAsicPowerTarget": power_target,
-             "SwitchAsicPool": switch_pool})
+             "SwitchAsicPool": switch_pool},
+    prepare=lambda ep, timeout_s: session(ep, timeout_s))

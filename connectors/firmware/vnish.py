@@ -153,4 +153,5 @@ async def switch_pool(ep: AsicEndpoint, cmd: Any, timeout_s: float) -> Outcome:
 DIALECT = Dialect(
     name="vnish", requests=("summary+pools+stats+version",), where=WHERE, extra=web_summary,
     actions={"SleepAsic": sleep, "WakeAsic": wake, "SetAsicPowerTarget": power_target,
-             "SwitchAsicPool": switch_pool})
+             "SwitchAsicPool": switch_pool},
+    prepare=_unlock)

@@ -173,4 +173,5 @@ async def switch_pool(ep: AsicEndpoint, cmd: Any, timeout_s: float) -> Outcome:
 DIALECT = Dialect(
     name="whatsminer", requests=("summary+pools+devs", "status"), where=WHERE,
     actions={"SleepAsic": sleep, "WakeAsic": wake, "SetAsicPowerTarget": power_target,
-             "SwitchAsicPool": switch_pool})
+             "SwitchAsicPool": switch_pool},
+    prepare=token)

@@ -61,6 +61,8 @@ async def test_each_firmware_reads_sleeps_wakes_and_shows_it_in_telemetry(fleet:
     act = AsicActuator(endpoints(fleet))
     firmware = {a.id: a.firmware for a in fleet.site().asics}
     assert sorted(firmware.values()) == sorted(MIX)
+    # logins ahead of the first command: a LuxOS session, a Whatsminer token, a VNish token
+    assert await act.prepare() == 3
 
     tel = await read(conn, sink)
     assert set(tel) == set(firmware)

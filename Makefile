@@ -58,6 +58,7 @@ bench: install
 	$(BIN)/python bench/reaction.py
 	$(BIN)/python bench/tuner.py
 	$(BIN)/python bench/api_load.py
+	$(BIN)/python bench/discover.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

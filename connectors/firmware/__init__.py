@@ -8,7 +8,7 @@ the actuator answers a typed ``rejected`` ack naming the firmware.
 
 * luxos: read ``summary+pools+stats+power+config+version``; sleep/wake ``curtail``,
   power target ``profileset`` (both in a session); pools ``addpool``/``switchpool``.
-* braiins: read ``summary+pools+devs+temps+fans+tunerstatus+devdetails+version``;
+* braiins: read ``summary+pools+temps+fans+tunerstatus`` (the model from the inventory);
   sleep/wake ``pause``/``resume``; pools ``addpool``/``switchpool``; no power target on
   the RPC (Braiins' gRPC API).
 * antminer (stock): read ``summary+pools+stats+version`` (+ the web conf when it hashes

@@ -4,7 +4,8 @@ Where the values live (Braiins' API documentation; the same fields pyasic's BOSM
 reads): hashrate in ``summary``; temperatures per hashboard in ``temps`` (``Chip``,
 ``Board``); fans in ``fans`` (``RPM``); power in ``tunerstatus``
 (``ApproximateMinerPowerConsumption``); the model in ``devdetails`` (``Bitmain Antminer
-S19j Pro``).  It does not say whether it is paused: no hashrate at idle draw is a sleep.
+S19j Pro``), read once by identification or discovery and kept in the inventory, not every
+sweep.  It does not say whether it is paused: no hashrate at idle draw is a sleep.
 Power targets are set through Braiins' gRPC API, which hashplane does not speak yet: the
 command is rejected with that reason.
 """
@@ -54,7 +55,7 @@ async def wake(ep: AsicEndpoint, cmd: Any, timeout_s: float) -> Outcome:
 
 DIALECT = Dialect(
     name="braiins",
-    requests=("summary+pools+devs+temps+fans+tunerstatus+devdetails+version",), where=WHERE,
+    requests=("summary+pools+temps+fans+tunerstatus",), where=WHERE,
     actions={"SleepAsic": sleep, "WakeAsic": wake, "SwitchAsicPool": switch_pool},
     unsupported={"SetAsicPowerTarget": "Braiins OS sets power targets through its gRPC API "
                  "(not spoken by hashplane yet), not the RPC"})

@@ -39,14 +39,15 @@ MIX = "luxos=1,braiins=1,antminer=1,whatsminer=1,vnish=1"
 PYASIC_CONCURRENCY = 64
 
 
-def start_farm(n: int, work: Path,
-               mix: str = MIX) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
+def start_farm(n: int, work: Path, mix: str = MIX, base_ip: str = "127.0.1.1",
+               ) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
+    """``hashplane sim`` with ``n`` miners in its own process; its inventory's ASICs."""
     ep_file = work / "site.toml"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HASHPLANE_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "sim", "--asics", str(n), "--gpu-rigs", "0",
          "--data-dir", str(work), "--site-file", str(ep_file),
-         "--firmware-mix", mix],
+         "--firmware-mix", mix, "--asic-base-ip", base_ip],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     while "simulated farm up" not in (line := proc.stdout.readline()):

@@ -19,12 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.asic_sweep import start_farm as sweep_farm
 from connectors.discovery import scan
 
 BASE = "127.2.0.1"
@@ -34,18 +34,7 @@ PYASIC_NAMES = {"luxos": "LuxOS", "braiins": "BOS", "antminer": "Stock", "whatsm
 
 
 def start_farm(n: int, work: Path) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
-    site = work / "site.toml"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HASHPLANE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "sim", "--asics", str(n), "--gpu-rigs", "0",
-         "--data-dir", str(work), "--site-file", str(site), "--asic-base-ip", BASE,
-         "--firmware-mix", MIX], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
-    assert proc.stdout is not None
-    while "simulated farm up" not in (line := proc.stdout.readline()):
-        if not line and proc.poll() is not None:
-            raise SystemExit(f"sim exited with {proc.returncode}")
-    return proc, tomllib.loads(site.read_text())["asics"]
+    return sweep_farm(n, work, MIX, BASE)
 
 
 def networks(n: int) -> list[str]:

@@ -236,10 +236,7 @@ def watts_at(row: dict[str, Any], key: str) -> float | None:
 def power_watts(reply: dict[str, Any]) -> float | None:
     """``POWER[0].Watts`` (LuxOS), else ``stats.Power``; a NaN/inf/null there is an error."""
     power = _section(reply, "power", "POWER")
-    watts = _num(power[0].get("Watts")) if power else _num(merged_stats(reply).get("Power"))
-    if power and "Watts" in power[0] and watts is None:  # a NaN/inf/null the repairs nulled
-        raise ValueError(f"Watts {power[0]['Watts']!r} is not a finite number")
-    return watts
+    return watts_at(power[0], "Watts") if power else _num(merged_stats(reply).get("Power"))
 
 
 def version_type(reply: dict[str, Any]) -> str:

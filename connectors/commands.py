@@ -10,7 +10,8 @@ killed between the two sees its last commands again.  Before it consumes, it the
 reads ``commands.acks`` from the time of its first uncommitted command onwards and
 remembers every command id acked there (``acked_since``): a redelivered command that was
 already acked is neither applied nor acked again.  (One that was applied but whose ack never
-went out is applied again, which the commands are made safe for, and acked once.)  The
+went out is applied again, which the commands are made safe for, and acked once; a device's
+next command waits for the previous one's ack, so that is at most one command per device.)  The
 broker may have lost those acks (the embedded one keeps topics in memory) while producers
 send their recent commands again to its new incarnation: so the consumer also keeps a small
 journal of the command ids it acked (``AckJournal``, a file under the data directory),
@@ -251,31 +252,33 @@ class CommandConsumer:
         self.seen[cid] = None  # before acting: a copy in the same batch must not act too
         while len(self.seen) > self.remember:
             self.seen.popitem(last=False)
-        now = self.emitter.clock()
-        status: AckStatus
-        if cmd.expired(now):
-            status, detail = "expired", f"expired at {cmd.expires_at.isoformat()}"
-        elif cmd.device_id not in self.targets:
-            status, detail = "rejected", f"unknown device {cmd.device_id!r}"
-        else:
+        # one device's commands in log order, each acked before the next acts: a crash
+        # then leaves at most one command per device applied without its ack
+        async with self.locks.setdefault(cmd.device_id, asyncio.Lock()):
+            status, detail = await self._act(cmd)
+            a = ack(cmd, status, detail, actuator=self.actuator, site=self.emitter.site,
+                    now=self.emitter.clock())
             try:
-                # one device's commands in log order; different devices in parallel
-                async with self.locks.setdefault(cmd.device_id, asyncio.Lock()), self.slots:
-                    status, detail = await asyncio.wait_for(self.handler(cmd), self.timeout_s)
-            except TimeoutError:
-                status, detail = "failed", f"no outcome within {self.timeout_s:g} s"
-            except Exception as exc:  # noqa: BLE001 - a failed action is a failed ack
-                status, detail = "failed", f"{type(exc).__name__}: {exc}"
-        a = ack(cmd, status, detail, actuator=self.actuator, site=self.emitter.site,
-                now=self.emitter.clock())
-        try:
-            await self.emitter.deliver([a])
-        except BaseException:
-            self.seen.pop(cid, None)  # no ack went out: the redelivery must act and ack
-            raise
-        if self.journal is not None:
-            self.journal.add(cid)
+                await self.emitter.deliver([a])
+            except BaseException:
+                self.seen.pop(cid, None)  # no ack went out: the redelivery must act and ack
+                raise
+            if self.journal is not None:
+                self.journal.add(cid)
         return a
+
+    async def _act(self, cmd: Command) -> tuple[AckStatus, str]:
+        if cmd.expired(self.emitter.clock()):
+            return "expired", f"expired at {cmd.expires_at.isoformat()}"
+        if cmd.device_id not in self.targets:
+            return "rejected", f"unknown device {cmd.device_id!r}"
+        try:
+            async with self.slots:  # different devices in parallel, boundedly
+                return await asyncio.wait_for(self.handler(cmd), self.timeout_s)
+        except TimeoutError:
+            return "failed", f"no outcome within {self.timeout_s:g} s"
+        except Exception as exc:  # noqa: BLE001 - a failed action is a failed ack
+            return "failed", f"{type(exc).__name__}: {exc}"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch continuously; each record is handled as soon as it arrives (bounded by

@@ -32,11 +32,21 @@ sys.path.insert(0, str(ROOT))
 from connectors.base import Emitter
 from connectors.cgminer import SOURCE, AsicEndpoint, AsicTelemetry
 from streams.broker import EmbeddedBroker
+from streams import supervise
 from streams.publish import Publisher
 from streams.topics import ensure_topics
 
 MIX = "luxos=1,braiins=1,antminer=1,whatsminer=1,vnish=1"
 PYASIC_CONCURRENCY = 64
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid``."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_farm(n: int, work: Path, mix: str = MIX, base_ip: str = "127.0.1.1",
@@ -96,16 +106,18 @@ async def run(n: int, concurrency: int, broker: EmbeddedBroker, mix: str = MIX,
             conn = AsicTelemetry(eps, emitter, concurrency=concurrency, timeout_s=10.0)
             for i in (1, 2, 3):
                 before = emitter.stats.events
-                t0 = time.perf_counter()
+                t0, c0, s0 = time.perf_counter(), cpu_s(), cpu_s(proc.pid)
                 ok = await conn.sweep()
                 dt = time.perf_counter() - t0
+                ours, sim = cpu_s() - c0, cpu_s(proc.pid) - s0
                 lat = sorted(conn.latencies)
                 p99 = statistics.quantiles(lat, n=100)[98] if len(lat) > 1 else lat[0]
                 p50 = statistics.median(lat)
                 print(f"  {n:>6,} ASICs sweep {i}: {dt:5.2f} s, {ok / dt:7,.0f} devices/s, "
                       f"{ok:,} answered, {emitter.stats.events - before:,} events published, "
                       f"read latency p50 {1000 * p50:.0f} ms p99 {1000 * p99:.0f} ms, "
-                      f"errors {emitter.stats.errors}, dlq {emitter.stats.dlq}")
+                      f"errors {emitter.stats.errors}, dlq {emitter.stats.dlq}; CPU: reader "
+                      f"{ours:.2f} s, simulated farm {sim:.2f} s")
                 await asyncio.sleep(1.0)
         if with_pyasic:
             # pyasic at 512 in flight times out its own identification on these 2 cores;
@@ -139,4 +151,5 @@ if __name__ == "__main__":
     ap.add_argument("--firmware-mix", default=MIX)
     ap.add_argument("--no-pyasic", action="store_true", help="skip pyasic's read")
     a = ap.parse_args()
-    asyncio.run(main(a.asics, a.concurrency, a.firmware_mix, not a.no_pyasic))
+    # the loop `hashplane connect asic` runs on (uvloop)
+    supervise.run(main(a.asics, a.concurrency, a.firmware_mix, not a.no_pyasic))

@@ -29,6 +29,7 @@ import orjson
 
 from connectors.base import Emitter, every
 from connectors.shares import Counters, share_delta
+from connectors.wire import exchange
 from schemas.envelope import Event
 from schemas.events import AsicState, AsicTelemetryObserved
 
@@ -210,10 +211,18 @@ class Locations:
 
 
 def merged_stats(reply: dict[str, Any]) -> dict[str, Any]:
+    """Every ``STATS`` row merged into one; kept for the reply last asked about, since a
+    telemetry read asks for it once per value (power, temperatures, fans)."""
+    if _merged[0] is reply:
+        return _merged[1]
     stats: dict[str, Any] = {}
     for row in _section(reply, "stats", "STATS"):
         stats.update(row)
+    _merged[:] = [reply, stats]
     return stats
+
+
+_merged: list[Any] = [None, {}]
 
 
 def stats_fans(reply: dict[str, Any]) -> list[int]:
@@ -315,30 +324,13 @@ async def rpc(host: str, port: int, command: str, parameter: str | None = None,
               timeout_s: float = 3.0, max_bytes: int = MAX_REPLY_BYTES,
               raw: str | None = None) -> bytes:
     """One CGMiner request: connect, send, read to EOF (or the NUL), close; a reply over
-    ``max_bytes`` is refused (CgminerDecodeError), one slower than ``timeout_s`` times out.
-    ``raw`` is sent as it is instead (Whatsminer's encrypted requests)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    try:
-        body = {"command": command, **({"parameter": parameter} if parameter else {})}
-        writer.write(raw.encode() if raw is not None else json.dumps(body).encode())
-        await writer.drain()
-        chunks: list[bytes] = []
-        size = 0
-        deadline = time.monotonic() + timeout_s
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536),
-                                           max(0.01, deadline - time.monotonic()))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_bytes:
-                raise CgminerDecodeError(f"reply over {max_bytes} bytes")
-            if chunk.endswith(b"\x00"):
-                break
-        return b"".join(chunks)
-    finally:
-        writer.close()
+    ``max_bytes`` is refused (CgminerDecodeError), one not complete within ``timeout_s``
+    (connecting included) times out.  ``raw`` is sent as it is instead (Whatsminer's
+    encrypted requests)."""
+    body = {"command": command, **({"parameter": parameter} if parameter else {})}
+    payload = raw.encode() if raw is not None else json.dumps(body).encode()
+    return await exchange(host, port, payload, timeout_s, max_bytes, until_nul=True,
+                          too_big=CgminerDecodeError)
 
 
 # -- the sweeper --------------------------------------------------------------------------

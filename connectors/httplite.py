@@ -12,12 +12,12 @@ the RFC allows), so a grid dip's commands cost one request each, not two.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
-import time
 from dataclasses import dataclass
+
+from connectors.wire import exchange
 
 MAX_BYTES = 1 << 20
 
@@ -84,27 +84,13 @@ def digest_header(challenge: str, method: str, uri: str, user: str, password: st
 
 async def _once(host: str, port: int, method: str, path: str, headers: dict[str, str],
                 body: bytes, timeout_s: float, max_bytes: int) -> Reply:
-    deadline = time.monotonic() + timeout_s
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    try:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
-                 "Accept: application/json", f"Content-Length: {len(body)}"]
-        if body:
-            lines.append("Content-Type: application/json")
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await writer.drain()
-        data = b""
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536),
-                                           max(0.01, deadline - time.monotonic()))
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > max_bytes:
-                raise HttpError(f"reply over {max_bytes} bytes")
-    finally:
-        writer.close()
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
+             "Accept: application/json", f"Content-Length: {len(body)}"]
+    if body:
+        lines.append("Content-Type: application/json")
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    data = await exchange(host, port, payload, timeout_s, max_bytes, too_big=HttpError)
     return parse(data)
 
 

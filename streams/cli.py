@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.settings import Settings
+from streams.supervise import run
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -363,7 +364,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 await sup.shutdown()
 
     try:
-        asyncio.run(main())
+        run(main())
     except KeyboardInterrupt:
         pass
     return 0
@@ -438,7 +439,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         finally:
             await farm.stop()
 
-    asyncio.run(main())
+    run(main())
     return 0
 
 
@@ -484,7 +485,7 @@ def _discover(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     try:
-        found = asyncio.run(scan(args.targets, port=args.port, concurrency=args.concurrency,
+        found = run(scan(args.targets, port=args.port, concurrency=args.concurrency,
                                  timeout_s=args.timeout, progress=progress))
     except ValueError as exc:
         print(f"hashplane site discover: {exc}", file=sys.stderr)

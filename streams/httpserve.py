@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+
+from streams.supervise import loop_factory
 
 
 class QuietServer(uvicorn.Server):
@@ -60,16 +62,6 @@ class HttpService:
         return self._server is not None
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (a dependency: about a third less CPU per request
-    than the standard loop), else the standard one."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return None
-    return uvloop.new_event_loop
-
-
 async def serve_in_thread(server: uvicorn.Server, name: str = "hashplane-api") -> None:
     """Run ``server`` on its own event loop in its own thread until it stops (or this is
     cancelled: then it is told to exit, and waited for).
@@ -88,7 +80,7 @@ async def serve_in_thread(server: uvicorn.Server, name: str = "hashplane-api") -
     def run() -> None:
         error: BaseException | None = None
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 runner.run(server.serve())
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting loop
             error = exc

@@ -15,7 +15,8 @@ compute job failures (N within a window), a command without effect (an applied s
 wake that the miner's telemetry does not show within ``confirm_s``), a silent meter and
 an unknown supply (critical: the control plane decides nothing then), and a device fault
 (a device whose input a connector dead-lettered: garbage or implausible readings; it clears
-after ``fault_clear_s`` without another).  Silence is judged on the site clock (meter, feed
+after ``fault_clear_s`` without another), and a GPU fault (critical: NVML could not read a
+card or start at all; it clears the same way).  Silence is judged on the site clock (meter, feed
 and headroom events), once a second.
 """
 
@@ -115,6 +116,14 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
     if isinstance(e, RecordDeadLettered):  # whoever refused it: the device sent garbage
         # a meter that reads nonsense leaves the site blind to the grid: critical
         meter = e.source_topic.startswith("modbus://")
+        if e.source_topic.startswith("nvml://"):  # NVML could not read the card (fell off
+            # the bus, no driver): nothing about it is known, and it may be burning power
+            key = f"gpu_fault/{e.device_id}"
+            state.faults[key] = max(now, state.faults.get(key, now))
+            out.append(Condition("gpu_fault", key, True, "critical",
+                                 lambda: f"{e.device_id}: NVML cannot read it: "
+                                         f"{e.reason[:300]}"))
+            return out
         kind = "meter_fault" if meter else "device_fault"
         key = f"{kind}/{e.device_id}"
         state.faults[key] = max(now, state.faults.get(key, now))

@@ -214,7 +214,8 @@ def merged_stats(reply: dict[str, Any]) -> dict[str, Any]:
     """Every ``STATS`` row merged into one; kept for the reply last asked about, since a
     telemetry read asks for it once per value (power, temperatures, fans)."""
     if _merged[0] is reply:
-        return _merged[1]
+        kept: dict[str, Any] = _merged[1]
+        return kept
     stats: dict[str, Any] = {}
     for row in _section(reply, "stats", "STATS"):
         stats.update(row)

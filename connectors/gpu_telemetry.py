@@ -44,7 +44,11 @@ class HttpNvmlBackend:
 
     def read(self, index: int) -> GpuReading:
         data = self._call("GET", f"/devices/{index}")
-        return GpuReading(**{f.name: data[f.name] for f in fields(GpuReading)})
+        if not isinstance(data, dict):
+            raise GpuBackendError(f"{self.url}/devices/{index}: not an object")
+        # what the simulated NVML does not report keeps its default (a missing required
+        # value is a TypeError: a bad reading)
+        return GpuReading(**{f.name: data[f.name] for f in fields(GpuReading) if f.name in data})
 
     def set_power_limit(self, index: int, watts: float) -> None:
         self._call("POST", f"/devices/{index}/power-limit", {"watts": watts})
@@ -65,28 +69,53 @@ def telemetry(r: GpuReading, *, rig_id: str, site: str, ts: Any) -> GpuTelemetry
         power_limit_w=max(0.0, r.power_limit_w), temp_c=r.temp_c,
         core_clock_mhz=max(0.0, r.core_clock_mhz), mem_clock_mhz=max(0.0, r.mem_clock_mhz),
         fan_pct=min(100.0, max(0.0, r.fan_pct)),
-        utilization_pct=min(100.0, max(0.0, r.utilization_pct)))
+        utilization_pct=min(100.0, max(0.0, r.utilization_pct)), mem_temp_c=r.mem_temp_c,
+        power_limit_min_w=max(0.0, r.power_limit_min_w),
+        power_limit_max_w=max(0.0, r.power_limit_max_w),
+        power_limit_default_w=max(0.0, r.power_limit_default_w),
+        mem_used_mib=r.mem_used_mib, mem_total_mib=r.mem_total_mib,
+        throttle_reasons=list(r.throttle_reasons), ecc_uncorrected=r.ecc_uncorrected)
 
 
 class GpuTelemetry:
-    """Read every GPU of every rig's backend every ``period_s`` (blocking calls in threads)."""
+    """Read every GPU of every rig's backend every ``period_s`` (blocking calls in threads).
+
+    NVML trouble never stops the connector: a rig whose NVML cannot start (no driver) and a
+    GPU that fails its read (fell off the bus, refused) are dead-lettered with the reason
+    as ``nvml://RIG[/gpuN]`` (which raises a critical ``gpu_fault`` alert), and every
+    other GPU is still read; the next sweep tries again."""
 
     def __init__(self, backends: dict[str, GpuBackend], emitter: Emitter, *,
                  period_s: float = 5.0):
         self.backends, self.emitter, self.period_s = backends, emitter, period_s
 
-    def _read_rig(self, rig_id: str, backend: GpuBackend) -> list[GpuTelemetryObserved]:
+    def _read_rig(self, rig_id: str, backend: GpuBackend,
+                  ) -> tuple[list[GpuTelemetryObserved], list[tuple[str, str, str]]]:
         ts = self.emitter.clock()
-        return [telemetry(backend.read(i), rig_id=rig_id, site=self.emitter.site, ts=ts)
-                for i in range(backend.count())]
+        events, faults = [], []
+        try:
+            n = backend.count()
+        except GpuBackendError as exc:
+            return [], [(f"nvml://{rig_id}", rig_id, f"{exc.kind}: {exc}")]
+        for i in range(n):
+            device = f"{rig_id}-gpu{i}"
+            try:
+                events.append(telemetry(backend.read(i), rig_id=rig_id, site=self.emitter.site,
+                                        ts=ts))
+            except GpuBackendError as exc:
+                faults.append((f"nvml://{rig_id}/gpu{i}", device, f"{exc.kind}: {exc}"))
+            except (KeyError, TypeError, ValueError) as exc:  # a reading that is not one
+                faults.append((f"nvml://{rig_id}/gpu{i}", device,
+                               f"bad reading: {type(exc).__name__}: {exc}"))
+        return events, faults
 
     async def sweep(self) -> None:
         async def one(rig_id: str, b: GpuBackend) -> list[GpuTelemetryObserved]:
-            try:
-                return await asyncio.to_thread(self._read_rig, rig_id, b)
-            except (GpuBackendError, KeyError, TypeError, ValueError) as exc:
-                self.emitter.error(f"{rig_id}: {exc}")
-                return []
+            events, faults = await asyncio.to_thread(self._read_rig, rig_id, b)
+            for where, device, reason in faults:
+                self.emitter.error(f"{device}: {reason}")
+                await self.emitter.dead(where, None, reason[:2000], key=device)
+            return events
 
         results = await asyncio.gather(*(one(r, b) for r, b in self.backends.items()))
         await self.emitter.emit([e for r in results for e in r])

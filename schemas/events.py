@@ -74,6 +74,20 @@ class GpuTelemetryObserved(Event):
     mem_clock_mhz: float = Field(ge=0, description="Memory clock, MHz")
     fan_pct: float = Field(default=0.0, ge=0, le=100, description="Fan duty, %")
     utilization_pct: float = Field(default=0.0, ge=0, le=100, description="GPU utilisation, %")
+    mem_temp_c: float | None = Field(default=None, description="Memory (HBM) temperature, °C, "
+                                     "where the card reports it")
+    power_limit_min_w: float | None = Field(default=None, ge=0, description="Lowest power "
+                                            "limit the card accepts, W (NVML)")
+    power_limit_max_w: float | None = Field(default=None, ge=0, description="Highest power "
+                                            "limit the card accepts, W (NVML)")
+    power_limit_default_w: float | None = Field(default=None, ge=0, description="The card's "
+                                                "default power limit, W (NVML)")
+    mem_used_mib: float | None = Field(default=None, ge=0, description="GPU memory used, MiB")
+    mem_total_mib: float | None = Field(default=None, ge=0, description="GPU memory, MiB")
+    throttle_reasons: list[str] = Field(default_factory=list, description="Active clock "
+                                        "event (throttle) reasons, nvidia-smi's names")
+    ecc_uncorrected: int | None = Field(default=None, ge=0, description="Uncorrected ECC "
+                                        "errors since the driver loaded, where ECC is on")
 
 
 class ShareCountsObserved(Event):

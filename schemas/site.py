@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -113,11 +114,23 @@ class Rig(_Entry):
 
     id: DeviceId
     api_url: HttpUrl
-    nvml_url: str = Field(default="", description="NVML over HTTP on the rig; empty: none")
+    nvml: str = Field(default="", description='Where its GPUs are read and limited: "local" '
+                      "(NVML on this host: `hashplane connect gpu` runs on the rig), an http(s) "
+                      "URL of an NVML endpoint (the simulated rigs'), empty: none")
+    nvml_library: str = Field(default="", description="Path of libnvidia-ml.so.1 when the "
+                              "loader does not find it (nvml = \"local\")")
     config_dir: str = Field(default="", description="RainbowMiner's Config directory (the GPU "
                             "actuator writes OC profiles there)")
     log_path: str = ""
     gpus: list[Gpu] = Field(default_factory=list)
+
+
+    @field_validator("nvml")
+    @classmethod
+    def _nvml(cls, v: str) -> str:
+        if v not in ("", "local") and not v.startswith(("http://", "https://")):
+            raise ValueError('"local", an http(s) URL, or empty')
+        return v
 
 
 class RegisterField(_Entry):

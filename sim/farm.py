@@ -366,8 +366,8 @@ class Farm:
                        "web_port": a["web_port"], "firmware": a["dialect"], "model": a["model"],
                        "nameplate_w": a["nameplate_w"], "feed": feeds[i % len(feeds)]["id"]}
                       for i, a in enumerate(e["asics"])],
-            "rigs": [{k: r[k] for k in ("id", "api_url", "nvml_url", "config_dir",
-                                         "log_path", "gpus")} for r in e["rigs"]],
+            "rigs": [{"nvml": r["nvml_url"], **{k: r[k] for k in (
+                "id", "api_url", "config_dir", "log_path", "gpus")}} for r in e["rigs"]],
             "meter": {"host": e["modbus"]["host"], "port": e["modbus"]["port"], "unit": 1,
                       "register_map": "ieee754-float",
                       "nominal_hz": int(e["modbus"]["nominal_hz"])},

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -38,6 +38,9 @@ from streams.settings import Settings
 from streams.sink import HistorySink
 from streams.supervise import Supervisor, terminate
 from streams.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from connectors.gpu_backend import GpuBackend
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,15 @@ def asic_endpoints(site: Site, environ: Mapping[str, str]) -> list[Any]:
     return out
 
 
+def nvml_backend(rig: Any) -> GpuBackend:
+    """A rig's NVML: the driver's on this host (``nvml = "local"``), else its endpoint."""
+    from connectors import gpu_backend, gpu_telemetry
+
+    if rig.nvml == "local":
+        return gpu_backend.LocalNvml(rig.nvml_library or None)
+    return gpu_telemetry.HttpNvmlBackend(rig.nvml)
+
+
 def site_connectors(settings: Settings, publisher: Publisher, site: Site,
                     names: frozenset[str] | None = None,
                     stats: dict[str, Any] | None = None,
@@ -123,7 +135,6 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
         uplink,
     )
     from connectors.base import Emitter
-    from connectors.gpu_backend import GpuBackend
 
     def emitter(source: str) -> Emitter:
         e = Emitter(publisher, source=source, site=settings.site)
@@ -178,18 +189,16 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
         out["rigs"] = rainbowminer.RainbowMinerRigs(rigs, emitter(rainbowminer.SOURCE),
                                                     period_s=settings.rig_poll_s)
         if names is None or "gpu" in names:
-            nvml: dict[str, GpuBackend] = {
-                r.id: gpu_telemetry.HttpNvmlBackend(r.nvml_url) for r in site.rigs
-                if r.nvml_url}
+            nvml: dict[str, GpuBackend] = {r.id: nvml_backend(r) for r in site.rigs if r.nvml}
             if nvml:
                 out["gpu"] = gpu_telemetry.GpuTelemetry(nvml, emitter(gpu_telemetry.SOURCE),
                                                         period_s=settings.rig_poll_s)
-    if rig_dirs := [r for r in site.rigs if r.config_dir and r.nvml_url]:
+    if rig_dirs := [r for r in site.rigs if r.config_dir and r.nvml]:
         from connectors import gpu_actuator
         from connectors.commands import CommandConsumer
 
         act = gpu_actuator.GpuActuator([gpu_actuator.Rig(
-            r.id, Path(r.config_dir), r.api_url, gpu_telemetry.HttpNvmlBackend(r.nvml_url))
+            r.id, Path(r.config_dir), r.api_url, nvml_backend(r))
             for r in rig_dirs])
         gpus = {rainbowminer.worker_name(r.id, g.index) for r in rig_dirs for g in r.gpus}
         out["gpu-actuator"] = CommandConsumer(

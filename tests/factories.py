@@ -22,7 +22,7 @@ def _value(name: str, annotation: Any) -> Any:
     if origin is Literal:
         return get_args(annotation)[0]
     if origin is list:
-        return [1, 2]
+        return [_value(name, get_args(annotation)[0]) for _ in range(2)]
     if origin is dict:
         return {"tflops": 1.5}
     if annotation is bool:

@@ -101,9 +101,17 @@ CREATE TABLE IF NOT EXISTS hashplane.gpu_telemetry (
   `core_clock_mhz` Float64,
   `mem_clock_mhz` Float64,
   `fan_pct` Float64,
-  `utilization_pct` Float64
+  `utilization_pct` Float64,
+  `mem_temp_c` Nullable(Float64),
+  `power_limit_min_w` Nullable(Float64),
+  `power_limit_max_w` Nullable(Float64),
+  `power_limit_default_w` Nullable(Float64),
+  `mem_used_mib` Nullable(Float64),
+  `mem_total_mib` Nullable(Float64),
+  `throttle_reasons` Array(String),
+  `ecc_uncorrected` Nullable(Int64)
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic gpu.telemetry (kafka keeps 7 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.gpu_telemetry_mv TO hashplane.gpu_telemetry AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'rig_id', 'String') AS `rig_id`, JSONExtract(payload, 'gpu_index', 'Int64') AS `gpu_index`, JSONExtract(payload, 'card', 'String') AS `card`, JSONExtract(payload, 'algorithm', 'String') AS `algorithm`, JSONExtract(payload, 'miner', 'String') AS `miner`, JSONExtract(payload, 'hashrate_mhs', 'Float64') AS `hashrate_mhs`, JSONExtract(payload, 'power_w', 'Float64') AS `power_w`, JSONExtract(payload, 'power_limit_w', 'Float64') AS `power_limit_w`, JSONExtract(payload, 'temp_c', 'Float64') AS `temp_c`, JSONExtract(payload, 'core_clock_mhz', 'Float64') AS `core_clock_mhz`, JSONExtract(payload, 'mem_clock_mhz', 'Float64') AS `mem_clock_mhz`, JSONExtract(payload, 'fan_pct', 'Float64') AS `fan_pct`, JSONExtract(payload, 'utilization_pct', 'Float64') AS `utilization_pct` FROM hashplane.events WHERE topic = 'gpu.telemetry';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.gpu_telemetry_mv TO hashplane.gpu_telemetry AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'rig_id', 'String') AS `rig_id`, JSONExtract(payload, 'gpu_index', 'Int64') AS `gpu_index`, JSONExtract(payload, 'card', 'String') AS `card`, JSONExtract(payload, 'algorithm', 'String') AS `algorithm`, JSONExtract(payload, 'miner', 'String') AS `miner`, JSONExtract(payload, 'hashrate_mhs', 'Float64') AS `hashrate_mhs`, JSONExtract(payload, 'power_w', 'Float64') AS `power_w`, JSONExtract(payload, 'power_limit_w', 'Float64') AS `power_limit_w`, JSONExtract(payload, 'temp_c', 'Float64') AS `temp_c`, JSONExtract(payload, 'core_clock_mhz', 'Float64') AS `core_clock_mhz`, JSONExtract(payload, 'mem_clock_mhz', 'Float64') AS `mem_clock_mhz`, JSONExtract(payload, 'fan_pct', 'Float64') AS `fan_pct`, JSONExtract(payload, 'utilization_pct', 'Float64') AS `utilization_pct`, JSONExtract(payload, 'mem_temp_c', 'Nullable(Float64)') AS `mem_temp_c`, JSONExtract(payload, 'power_limit_min_w', 'Nullable(Float64)') AS `power_limit_min_w`, JSONExtract(payload, 'power_limit_max_w', 'Nullable(Float64)') AS `power_limit_max_w`, JSONExtract(payload, 'power_limit_default_w', 'Nullable(Float64)') AS `power_limit_default_w`, JSONExtract(payload, 'mem_used_mib', 'Nullable(Float64)') AS `mem_used_mib`, JSONExtract(payload, 'mem_total_mib', 'Nullable(Float64)') AS `mem_total_mib`, JSONExtract(payload, 'throttle_reasons', 'Array(String)') AS `throttle_reasons`, JSONExtract(payload, 'ecc_uncorrected', 'Nullable(Int64)') AS `ecc_uncorrected` FROM hashplane.events WHERE topic = 'gpu.telemetry';
 CREATE TABLE IF NOT EXISTS hashplane.shares (
   `event_id` UUID,
   `kind` LowCardinality(String),

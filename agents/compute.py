@@ -6,7 +6,8 @@ above ``resume_kw`` for ``hold_s`` of event time it is told to resume.  The two 
 and the hold make a gap, so headroom hovering at one value does not toggle intake.
 
 Scores: the seed-001 score of every GPU machine (its cards from ``gpu.telemetry``, doubled
-while it holds a compute job from ``compute.jobs``), published when it changes; and the
+while it holds a compute job from ``compute.jobs``: the job event's ``rig_id``, which the
+coordinator connector takes from the inventory), published when it changes; and the
 seed-004 score of each model endpoint probe.
 """
 
@@ -48,7 +49,7 @@ class ComputeState:
     paused: bool = False
     ok_since: float | None = None
     cards: dict[str, dict[int, str]] = field(default_factory=dict)  # rig -> index -> card
-    jobs: dict[str, dict[str, str]] = field(default_factory=dict)  # device -> job -> state
+    jobs: dict[str, dict[str, str]] = field(default_factory=dict)  # rig -> job -> state
     scored: dict[str, float] = field(default_factory=dict)  # rig -> last published score
 
 
@@ -60,13 +61,15 @@ def step(state: ComputeState, event: ComputeInput, p: GateParams = GateParams(),
     if isinstance(event, GpuTelemetryObserved):
         state.cards.setdefault(event.rig_id, {})[event.gpu_index] = event.card
         return state, _rescore(state, event.rig_id, event)
-    jobs = state.jobs.setdefault(event.device_id, {})
+    # the machine the job runs on: the connector names it (its inventory's coordinator.rig);
+    # the miner id is a coordinator account, not a machine with cards
+    machine = event.rig_id or event.device_id
+    jobs = state.jobs.setdefault(machine, {})
     if event.state in BUSY:
         jobs[event.job_id] = event.state
     else:
         jobs.pop(event.job_id, None)
-    return state, _rescore(state, event.device_id, event) if event.device_id in state.cards \
-        else []
+    return state, _rescore(state, machine, event) if machine in state.cards else []
 
 
 def gate(state: ComputeState, e: EnergyHeadroomComputed,

@@ -124,9 +124,10 @@ class CoordinatorMiner:
 
     def __init__(self, client: CoordinatorClient, emitter: Emitter, *, miner_id: str,
                  wallet: str, poll_s: float = 3.0, heartbeat_s: float = 20.0,
-                 job_timeout_s: float = 300.0):
+                 job_timeout_s: float = 300.0, rig_id: str = ""):
         self.client, self.emitter = client, emitter
         self.miner_id, self.wallet = miner_id, wallet
+        self.rig_id = rig_id  # the machine whose GPUs run the jobs (scores double while busy)
         self.poll_s, self.heartbeat_s, self.job_timeout_s = poll_s, heartbeat_s, job_timeout_s
         self.paused = False
         self.mode = "gpu" if _cuda() else "cpu"
@@ -153,6 +154,7 @@ class CoordinatorMiner:
     def _event(self, job: dict[str, Any], state: JobState, **kw: Any) -> ComputeJobChanged:
         return ComputeJobChanged(site=self.emitter.site, device_id=self.miner_id,
                                  ts=self.emitter.clock(), source=SOURCE, job_id=job["id"],
+                                 rig_id=self.rig_id,
                                  workload=str(job.get("workload", "")), state=state, **kw)
 
     async def poll_once(self) -> ComputeJobChanged | None:

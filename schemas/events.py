@@ -120,6 +120,8 @@ class ComputeJobChanged(Event):
 
     kind: Literal["ComputeJobChanged"] = "ComputeJobChanged"
     job_id: str = Field(description="Coordinator's job id")
+    rig_id: str = Field(default="", description="The GPU machine running the job (the "
+                        "inventory's coordinator.rig); empty: not known")
     workload: str = Field(description="Workload name, e.g. torch_bench")
     state: JobState = Field(description="Lifecycle state reached")
     detail: str = Field(default="", max_length=4096, description="Error or status detail")

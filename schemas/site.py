@@ -235,6 +235,8 @@ class Coordinator(_Entry):
 
     url: HttpUrl
     api_key_env: EnvVar
+    rig: str = Field(default="", description="The rig ([[rigs]] id) whose GPUs run the jobs: "
+                     "its seed-001 score doubles while it holds one")
 
 
 class ModelEndpoint(_Entry):

@@ -375,7 +375,8 @@ class Farm:
             "feeds": [{"id": f["id"], "topic": f["topic"], "capacity_kw": f["capacity_kw"]}
                       for f in feeds],
             "coordinator": {"url": e["coordinator"]["url"],
-                            "api_key_env": self.COORDINATOR_KEY_ENV},
+                            "api_key_env": self.COORDINATOR_KEY_ENV,
+                            "rig": e["rigs"][0]["id"] if e["rigs"] else ""},
             "model_endpoints": e["model_endpoints"],
             "uplink": {"url": e["uplink"]["url"]} if e["uplink"]["url"] else None,
         })

@@ -198,3 +198,33 @@ def test_malformed_chat_replies_are_refused(name: str, raw: bytes) -> None:
         parse_chat_reply(raw)
     assert parse_chat_reply(b'{"response": "The capital is Paris.", "processing_time": 0.2}') \
         == "The capital is Paris."
+
+
+async def test_a_rig_running_a_job_is_allocated_with_the_real_connectors_events(
+        farm: Farm) -> None:
+    """Seed 001's bonus from the events the connectors really write: the GPU telemetry of
+    the simulated rig's NVML, and the job events of the coordinator miner (whose device is
+    its coordinator account, the machine the inventory's coordinator.rig)."""
+    from agents.compute import fold
+    from connectors.gpu_telemetry import GpuTelemetry, HttpNvmlBackend
+    from schemas.events import GpuTelemetryObserved
+    from schemas.metrics import ComputeScoreComputed
+
+    rig = farm.endpoints()["rigs"][0]
+    sink = ListSink()
+    emitter = Emitter(sink, source="t", site="site-1")
+    await GpuTelemetry({rig["id"]: HttpNvmlBackend(rig["nvml_url"])}, emitter).sweep()
+    cards = [e for e in sink.events if isinstance(e, GpuTelemetryObserved)]
+    assert cards and {c.rig_id for c in cards} == {rig["id"]}
+    ep = farm.endpoints()["coordinator"]
+    farm.coordinator.job_size = 64
+    miner = CoordinatorMiner(CoordinatorClient(ep["url"], ep["api_key"]), emitter,
+                             miner_id="hashplane-miner-1", wallet="w-1", rig_id=rig["id"])
+    assert (await miner.poll_once()).state == "accepted"  # type: ignore[union-attr]
+    jobs = [e for e in sink.events if isinstance(e, ComputeJobChanged)]
+    assert {j.device_id for j in jobs} == {"hashplane-miner-1"}
+    _, out = fold([*cards, *jobs])
+    scores = [(m.score, m.components["allocated"]) for m in out
+              if isinstance(m, ComputeScoreComputed)]
+    base = scores[len(cards) - 1][0]
+    assert base > 0 and scores[len(cards):] == [(2 * base, 1.0), (base, 0.0)]

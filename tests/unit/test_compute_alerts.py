@@ -45,9 +45,12 @@ def gpu(sec: float, rig: str, idx: int, card: str, temp: float = 60) -> GpuTelem
                                 mem_clock_mhz=10000)
 
 
-def job(sec: float, state: str, device: str = "rig01", jid: str = "j1") -> ComputeJobChanged:
-    return ComputeJobChanged(site="site-1", device_id=device, ts=at(sec), source="t",
-                             job_id=jid, workload="torch_bench", state=state)  # type: ignore[arg-type]
+def job(sec: float, state: str, rig: str = "rig01", jid: str = "j1") -> ComputeJobChanged:
+    """A job event as the coordinator connector writes it: its device is the coordinator
+    account (the miner id), the machine running it is ``rig_id``."""
+    return ComputeJobChanged(site="site-1", device_id="hashplane-miner-1", ts=at(sec),
+                             source="t", job_id=jid, rig_id=rig, workload="torch_bench",
+                             state=state)  # type: ignore[arg-type]
 
 
 # -- gate -----------------------------------------------------------------------------------
@@ -94,6 +97,11 @@ def test_gpu_scores_follow_cards_and_allocation_and_publish_only_changes() -> No
     scores = [m.score for m in out if isinstance(m, ComputeScoreComputed)]
     one = 0.68 * 50 / 32
     assert scores == pytest.approx([one, 2 * one, 4 * one, 2 * one])
+    # a job on a machine that is not named (or another rig) gives this rig no bonus
+    _, out = fold(events[:3] + [job(3, "started", rig=""), job(4, "started", rig="rig02",
+                                                                  jid="j2")])
+    assert [m.score for m in out if isinstance(m, ComputeScoreComputed)] == pytest.approx(
+        [one, 2 * one])
 
 
 def test_endpoint_score_is_seed_004_weighting() -> None:

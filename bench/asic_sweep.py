@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.base import Emitter
 from connectors.cgminer import SOURCE, AsicEndpoint, AsicTelemetry
-from streams.broker import EmbeddedBroker
 from streams import supervise
+from streams.broker import EmbeddedBroker
 from streams.publish import Publisher
 from streams.topics import ensure_topics
 

@@ -98,8 +98,8 @@ def test_gpu_scores_follow_cards_and_allocation_and_publish_only_changes() -> No
     one = 0.68 * 50 / 32
     assert scores == pytest.approx([one, 2 * one, 4 * one, 2 * one])
     # a job on a machine that is not named (or another rig) gives this rig no bonus
-    _, out = fold(events[:3] + [job(3, "started", rig=""), job(4, "started", rig="rig02",
-                                                                  jid="j2")])
+    _, out = fold([*events[:3], job(3, "started", rig=""),
+                   job(4, "started", rig="rig02", jid="j2")])
     assert [m.score for m in out if isinstance(m, ComputeScoreComputed)] == pytest.approx(
         [one, 2 * one])
 

@@ -7,7 +7,9 @@ and the hold make a gap, so headroom hovering at one value does not toggle intak
 
 Scores: the seed-001 score of every GPU machine (its cards from ``gpu.telemetry``, doubled
 while it holds a compute job from ``compute.jobs``: the job event's ``rig_id``, which the
-coordinator connector takes from the inventory), published when it changes; and the
+coordinator connector takes from the inventory), published when it changes, and ranked by
+the GPU class a coordinator verified from the rig's proof of GPU once there is one (every
+card of the rig taken as that class: a proof runs on its first GPU); and the
 seed-004 score of each model endpoint probe.
 """
 
@@ -51,6 +53,8 @@ class ComputeState:
     cards: dict[str, dict[int, str]] = field(default_factory=dict)  # rig -> index -> card
     jobs: dict[str, dict[str, str]] = field(default_factory=dict)  # rig -> job -> state
     scored: dict[str, float] = field(default_factory=dict)  # rig -> last published score
+    #: rig -> the GPU class a coordinator verified from its proof of GPU ("": none listed)
+    verified: dict[str, str] = field(default_factory=dict)
 
 
 def step(state: ComputeState, event: ComputeInput, p: GateParams = GateParams(),
@@ -64,6 +68,8 @@ def step(state: ComputeState, event: ComputeInput, p: GateParams = GateParams(),
     # the machine the job runs on: the connector names it (its inventory's coordinator.rig);
     # the miner id is a coordinator account, not a machine with cards
     machine = event.rig_id or event.device_id
+    if event.verified_gpu is not None and event.rig_id:
+        state.verified[machine] = event.verified_gpu
     jobs = state.jobs.setdefault(machine, {})
     if event.state in BUSY:
         jobs[event.job_id] = event.state
@@ -106,6 +112,9 @@ def _rescore(state: ComputeState, rig: str,
              cause: GpuTelemetryObserved | ComputeJobChanged) -> list[ComputeOutput]:
     cards = list(state.cards.get(rig, {}).values())
     allocated = bool(state.jobs.get(rig))
+    verified = state.verified.get(rig)
+    if verified is not None:  # ranked by what its proof delivered; names only label
+        cards = [verified] * len(cards)
     score = rig_score(cards, allocated)
     if state.scored.get(rig) == score:
         return []
@@ -115,7 +124,7 @@ def _rescore(state: ComputeState, rig: str,
         event_id=uuid5(_NS, f"{cause.event_id}/{rig}"), site=cause.site, device_id=rig,
         ts=cause.ts, source=SOURCE, scheme="gpu", subject=rig, score=score,
         components={"gpus": float(len(cards)), "listed_gpus": float(len(known)),
-                    "allocated": float(allocated),
+                    "allocated": float(allocated), "verified": float(verified is not None),
                     "base_sum": round(sum(base_score(c)[1] for c in cards), 6)})]
 
 

@@ -107,11 +107,15 @@ class CoordinatorClient:
         return parse_job(body)
 
     async def submit_proof(self, job_id: str, miner_id: str, mode: str, output_sha: str,
-                           metrics: dict[str, float]) -> dict[str, Any]:
+                           metrics: dict[str, float], output: str | None = None,
+                           ) -> dict[str, Any]:
+        """Submit a proof (``output``: the workload's output itself, for workloads the
+        coordinator verifies)."""
         key = str(uuid5(_IDEMPOTENCY_NS, job_id))
+        body = {"id": job_id, "miner_id": miner_id, "mode": mode, "output_sha": output_sha,
+                "metrics": metrics, **({"output": output} if output is not None else {})}
         _, raw = await self._call("POST", "/v1/miner/proof", headers={"Idempotency-Key": key},
-                                  json={"id": job_id, "miner_id": miner_id, "mode": mode,
-                                        "output_sha": output_sha, "metrics": metrics})
+                                  json=body)
         try:
             body = load_json(raw)
         except ReplyError:
@@ -200,8 +204,9 @@ class CoordinatorMiner:
         await self.emitter.emit([self._event(job, "completed", duration_s=duration,
                                              proof_sha256=sha, metrics=clean)])
         try:
-            answer = await self.client.submit_proof(job["id"], self.miner_id, self.mode, sha,
-                                                    clean)
+            answer = await self.client.submit_proof(
+                job["id"], self.miner_id, self.mode, sha, clean,
+                output.decode() if name in workloads.VERIFIABLE else None)
         except CoordinatorError as exc:
             ev = self._event(job, "rejected", detail=str(exc), proof_sha256=sha,
                              duration_s=duration)
@@ -209,10 +214,18 @@ class CoordinatorMiner:
             return ev
         await self.emitter.emit([self._event(job, "submitted", proof_sha256=sha)])
         credits = answer.get("credits")
+        got = answer.get("verified")
+        verified: dict[str, Any] = got if isinstance(got, dict) else {}
+        checked = {f"verified_{k}": float(v) for k, v in verified.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool) and v == v}
+        if "spoofed" in verified:
+            checked["verified_spoofed"] = 1.0 if verified["spoofed"] else 0.0
         ev = self._event(job, "accepted" if answer.get("status") == "accepted" else "rejected",
-                         proof_sha256=sha, duration_s=duration, metrics=clean,
+                         proof_sha256=sha, duration_s=duration, metrics={**clean, **checked},
                          credits=float(credits) if isinstance(credits, int | float) else None,
-                         detail=str(answer.get("status", "")))
+                         detail=str(answer.get("status", "")),
+                         verified_gpu=str(verified.get("class") or "")[:200]
+                         if verified else None)
         await self.emitter.emit([ev])
         return ev
 

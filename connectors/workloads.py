@@ -1,9 +1,9 @@
 """Compute workloads a coordinator job can ask for; each returns (output bytes, metrics).
 
 ``torch_bench`` is seed 002's benchmark (chained matmuls, CUDA when present, CPU here);
-``gpu_matmul_bench`` is the proof-of-GPU benchmark in the style of seed 001: FP32 and FP16
-matmul throughput, identified against the GPU score table.  Outputs are deterministic for a
-job's parameters (a checksum of the result), timings go in the metrics.
+``gpu_matmul_bench`` is seed 001's FP32 and FP16 matmul benchmark as a proof of GPU the
+coordinator checks (connectors/proof_of_gpu.py).  ``torch_bench``'s output is deterministic
+for a job's parameters (a checksum of the result); timings go in the metrics.
 """
 
 from __future__ import annotations
@@ -61,33 +61,30 @@ def torch_bench(params: dict[str, Any]) -> tuple[bytes, dict[str, float]]:
 
 
 def gpu_matmul_bench(params: dict[str, Any]) -> tuple[bytes, dict[str, float]]:
+    """Seed 001's FP32/FP16 matmul benchmark as a proof of GPU a validator can check
+    (connectors/proof_of_gpu.py): the challenge's seed and size in ``params``; the output is
+    the proof of each precision, the metrics its throughput."""
+    from connectors.proof_of_gpu import Challenge, prove
+
     torch = _torch()
-    size = int(params.get("size", 512))
-    if not 64 <= size <= 16384:
-        raise ValueError(f"gpu_matmul_bench: size {size} out of range")
-    dev = _device(torch)
-    half = torch.float16 if dev == "cuda" else torch.bfloat16  # CPUs lack fast FP16 matmul
+    base = {"seed": int(params.get("seed", 0)) & 0xFFFFFFFF,
+            "n": int(params.get("n", params.get("size", 512))),
+            "reps": int(params.get("reps", 3))}
+    proofs, metrics = {}, {}
+    for precision in ("fp32", "fp16"):
+        c = Challenge.of({**base, "precision": precision})
+        proofs[precision] = prove(c, torch)
+        metrics[f"{precision}_tflops"] = c.work / proofs[precision]["seconds"] / 1e12
+    gpu, distance = identify(metrics["fp32_tflops"], metrics["fp16_tflops"])
+    metrics.update({"identification_distance": distance if distance != float("inf") else -1.0,
+                    "identified": 1.0 if gpu else 0.0, "n": float(base["n"])})
+    out = json.dumps({"workload": "gpu_matmul_bench", "challenge": base, "proofs": proofs},
+                     sort_keys=True).encode()
+    return out, metrics
 
-    def tflops(dtype: Any) -> float:
-        a = torch.ones(size, size, dtype=dtype, device=dev)
-        b = torch.ones(size, size, dtype=dtype, device=dev)
-        (a @ b)  # warm-up
-        reps = 5
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return 2.0 * size**3 * reps / (time.perf_counter() - t0) / 1e12
 
-    f32, f16 = tflops(torch.float32), tflops(half)
-    gpu, distance = identify(f32, f16)
-    name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
-    out = json.dumps({"workload": "gpu_matmul_bench", "size": size, "device": name,
-                      "identified": gpu}, sort_keys=True).encode()
-    return out, {"fp32_tflops": f32, "fp16_tflops": f16, "identification_distance":
-                 distance if distance != float("inf") else -1.0,
-                 "identified": 1.0 if gpu else 0.0}
+#: workloads whose output the coordinator checks: the proof carries it
+VERIFIABLE = frozenset({"gpu_matmul_bench"})
 
 
 WORKLOADS: dict[str, Callable[[dict[str, Any]], tuple[bytes, dict[str, float]]]] = {

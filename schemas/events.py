@@ -129,6 +129,9 @@ class ComputeJobChanged(Event):
     credits: float | None = Field(default=None, description="Credits earned, when accepted")
     proof_sha256: str | None = Field(default=None, description="sha256 of the workload output")
     metrics: dict[str, float] = Field(default_factory=dict, description="Workload metrics")
+    verified_gpu: str | None = Field(default=None, max_length=200, description="The GPU class "
+                                     "the coordinator verified from a proof of GPU (empty: "
+                                     "no listed GPU); None: the job was not verified")
 
 
 class EndpointHealthObserved(Event):

@@ -44,6 +44,7 @@ class Proof(BaseModel):
     mode: str = Field(default="cpu", pattern="^(gpu|cpu)$")
     output_sha: str = Field(pattern="^[0-9a-f]{64}$")
     metrics: dict[str, float] = Field(default_factory=dict)
+    output: str | None = Field(default=None, max_length=4_000_000)  # verified workloads
 
 
 class CoordError(Exception):
@@ -153,7 +154,7 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
         workload = state.job_mix[(n - 1) % len(state.job_mix)]
         job_id = f"job-{n:06d}"
         job = {"id": job_id, "workload": workload, "created_at": _iso(now()),
-               "params": {"size": state.job_size, "iterations": 20, "seed": n},
+               "params": {"size": state.job_size, "iterations": 20, "seed": n, "reps": 3},
                "deadline_s": 300, "miner": miner, "status": "assigned"}
         state.jobs[job_id] = job
         state.jobs_issued += 1
@@ -171,12 +172,14 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
             if job["status"] != "assigned":
                 raise CoordError(409, "ALREADY_SUBMITTED", f"job {p.id} already has a proof",
                                  {"id": p.id})
+            verified = check_proof(job, p) if job["workload"] == "gpu_matmul_bench" else None
             job["status"] = "accepted"
             wallet = state.miners.get(job["miner"], {}).get("wallet", "unknown")
             credits = CREDITS.get(job["workload"], 0.5)
             state.balances[wallet] = state.balances.get(wallet, 0.0) + credits
             return 200, {"id": p.id, "status": "accepted", "credits": credits,
-                         "wallet": wallet, "accepted_at": _iso(now())}
+                         "wallet": wallet, "accepted_at": _iso(now()),
+                         **({"verified": verified} if verified is not None else {})}
 
         return await idempotent(request, do)
 
@@ -189,6 +192,37 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
                                          for w, b in sorted(state.balances.items())]})
 
     return app
+
+
+def check_proof(job: dict[str, Any], p: Proof) -> dict[str, Any]:
+    """A validator's check of a proof of GPU (connectors/proof_of_gpu.py): the output must
+    be what the sha names, and each precision's product must check out; the verified class
+    and throughput, or CoordError 422 PROOF_INVALID with the reason."""
+    from connectors.proof_of_gpu import Challenge, verify
+
+    def invalid(why: str) -> CoordError:
+        return CoordError(422, "PROOF_INVALID", why, {"id": p.id})
+
+    if p.output is None:
+        raise invalid("this workload's proof must carry its output")
+    if hashlib.sha256(p.output.encode()).hexdigest() != p.output_sha:
+        raise invalid("output does not hash to output_sha")
+    try:
+        proofs = json.loads(p.output)["proofs"]
+    except (ValueError, KeyError, TypeError):
+        raise invalid("output is not a proof of GPU") from None
+    params = job["params"]
+    base = {"seed": params["seed"], "n": params["size"], "reps": params["reps"]}
+    v32 = verify(Challenge.of({**base, "precision": "fp32"}), proofs.get("fp32"))
+    if not v32.valid:
+        raise invalid(f"fp32: {'; '.join(v32.reasons)}")
+    v16 = verify(Challenge.of({**base, "precision": "fp16"}), proofs.get("fp16"),
+                 fp32_tflops=v32.tflops)
+    if not v16.valid:
+        raise invalid(f"fp16: {'; '.join(v16.reasons)}")
+    return {"class": v16.card_class or "", "fp32_tflops": round(v32.tflops, 6),
+            "fp16_tflops": round(v16.tflops, 6), "spoofed": v16.spoofed,
+            "reported": v16.reported}
 
 
 def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:

@@ -375,8 +375,9 @@ class Farm:
             "feeds": [{"id": f["id"], "topic": f["topic"], "capacity_kw": f["capacity_kw"]}
                       for f in feeds],
             "coordinator": {"url": e["coordinator"]["url"],
-                            "api_key_env": self.COORDINATOR_KEY_ENV,
-                            "rig": e["rigs"][0]["id"] if e["rigs"] else ""},
+                            # its jobs run on the host of hashplane's stack, not on
+                            # one of the simulated rigs: no coordinator.rig
+                            "api_key_env": self.COORDINATOR_KEY_ENV},
             "model_endpoints": e["model_endpoints"],
             "uplink": {"url": e["uplink"]["url"]} if e["uplink"]["url"] else None,
         })

@@ -164,9 +164,10 @@ CREATE TABLE IF NOT EXISTS hashplane.compute_jobs (
   `duration_s` Nullable(Float64),
   `credits` Nullable(Float64),
   `proof_sha256` Nullable(String),
-  `metrics` String
+  `metrics` String,
+  `verified_gpu` Nullable(String)
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic compute.jobs (kafka keeps 7 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.compute_jobs_mv TO hashplane.compute_jobs AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'job_id', 'String') AS `job_id`, JSONExtract(payload, 'rig_id', 'String') AS `rig_id`, JSONExtract(payload, 'workload', 'String') AS `workload`, JSONExtract(payload, 'state', 'String') AS `state`, JSONExtract(payload, 'detail', 'String') AS `detail`, JSONExtract(payload, 'duration_s', 'Nullable(Float64)') AS `duration_s`, JSONExtract(payload, 'credits', 'Nullable(Float64)') AS `credits`, JSONExtract(payload, 'proof_sha256', 'Nullable(String)') AS `proof_sha256`, JSONExtractRaw(payload, 'metrics') AS `metrics` FROM hashplane.events WHERE topic = 'compute.jobs';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.compute_jobs_mv TO hashplane.compute_jobs AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'job_id', 'String') AS `job_id`, JSONExtract(payload, 'rig_id', 'String') AS `rig_id`, JSONExtract(payload, 'workload', 'String') AS `workload`, JSONExtract(payload, 'state', 'String') AS `state`, JSONExtract(payload, 'detail', 'String') AS `detail`, JSONExtract(payload, 'duration_s', 'Nullable(Float64)') AS `duration_s`, JSONExtract(payload, 'credits', 'Nullable(Float64)') AS `credits`, JSONExtract(payload, 'proof_sha256', 'Nullable(String)') AS `proof_sha256`, JSONExtractRaw(payload, 'metrics') AS `metrics`, JSONExtract(payload, 'verified_gpu', 'Nullable(String)') AS `verified_gpu` FROM hashplane.events WHERE topic = 'compute.jobs';
 CREATE TABLE IF NOT EXISTS hashplane.compute_health (
   `event_id` UUID,
   `kind` LowCardinality(String),

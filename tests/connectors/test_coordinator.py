@@ -62,6 +62,11 @@ async def test_miner_runs_jobs_submits_proofs_and_fails_unknown_workloads(farm: 
     bench = finals[2]
     assert bench is not None and bench.metrics["fp32_tflops"] > 0
     assert bench.metrics["identified"] == 0.0  # this machine's CPU is no listed GPU
+    # the coordinator checked the proof of GPU: a CPU is no listed class, and said so
+    assert bench.verified_gpu == "" and bench.metrics["verified_spoofed"] == 0.0
+    assert bench.metrics["verified_fp32_tflops"] == pytest.approx(bench.metrics["fp32_tflops"],
+                                                                  rel=1e-3)
+    assert first.verified_gpu is None  # torch_bench is not a verified workload
     # A retried proof submission is the same submission (Idempotency-Key from the job id).
     again = await client.submit_proof("job-000001", "m-1", "cpu", first.proof_sha256 or "",
                                       dict(first.metrics))
@@ -228,3 +233,30 @@ async def test_a_rig_running_a_job_is_allocated_with_the_real_connectors_events(
               if isinstance(m, ComputeScoreComputed)]
     base = scores[len(cards) - 1][0]
     assert base > 0 and scores[len(cards):] == [(2 * base, 1.0), (base, 0.0)]
+
+
+async def test_the_coordinator_refuses_a_proof_of_gpu_that_does_not_check_out(
+        farm: Farm) -> None:
+    import json
+
+    ep = farm.endpoints()["coordinator"]
+    farm.coordinator.job_size = 64
+    farm.coordinator.job_mix = ("gpu_matmul_bench",)
+    client = CoordinatorClient(ep["url"], ep["api_key"])
+    await client.heartbeat("m-1", "w-1", "cpu")
+    job = await client.next_job("m-1")
+    assert job is not None
+    out, metrics = run("gpu_matmul_bench", job["params"])
+    proofs = json.loads(out)
+    row = proofs["proofs"]["fp32"]["openings"][0]
+    row["path"] = row["path"][::-1]  # a commitment bent after the fact
+    bent = json.dumps(proofs, sort_keys=True)
+    with pytest.raises(CoordinatorError) as err:
+        await client.submit_proof(job["id"], "m-1", "cpu",
+                                  hashlib.sha256(bent.encode()).hexdigest(), metrics, bent)
+    assert err.value.code == "PROOF_INVALID" and "Merkle path" in err.value.message
+    with pytest.raises(CoordinatorError) as err:  # an output that is not the one hashed
+        await client.submit_proof(job["id"], "m-1", "cpu", hashlib.sha256(out).hexdigest(),
+                                  metrics, bent)
+    assert "does not hash" in err.value.message
+    await client.close()

@@ -104,6 +104,21 @@ def test_gpu_scores_follow_cards_and_allocation_and_publish_only_changes() -> No
         [one, 2 * one])
 
 
+def test_a_verified_proof_of_gpu_ranks_the_rig_by_what_it_delivered() -> None:
+    cards = [gpu(0, "rig01", 0, "H100"), gpu(1, "rig01", 1, "H100")]
+
+    def verified(sec: float, gpu_class: str) -> ComputeJobChanged:
+        return job(sec, "accepted", jid=f"pog-{sec}").model_copy(
+            update={"verified_gpu": gpu_class, "workload": "gpu_matmul_bench"})
+
+    _, out = fold([*cards, verified(5, "NVIDIA RTX 4090")])
+    last = [m for m in out if isinstance(m, ComputeScoreComputed)][-1]
+    # names say H100; the proof delivered an RTX 4090's throughput: ranked as two 4090s
+    assert last.score == pytest.approx(2 * 0.68 * 50 / 32) and last.components["verified"] == 1
+    _, out = fold([*cards, verified(5, "")])  # no listed GPU's throughput at all
+    assert [m for m in out if isinstance(m, ComputeScoreComputed)][-1].score == 0.0
+
+
 def test_endpoint_score_is_seed_004_weighting() -> None:
     e = sample(EndpointHealthObserved, quality=1.0, speed=0.5, availability=1.0,
                participation=0.0)

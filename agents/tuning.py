@@ -217,6 +217,7 @@ class GpuTuning:
     rollback: bool = False
     samples: list[tuple[float, float, float]] = field(default_factory=list)  # (MH/s, W, °C)
     shares: list[int] = field(default_factory=lambda: [0, 0, 0])
+    cluster: int = 0  # every worker's accepted shares in the window (seed 000's cluster)
     history: list[Observation] = field(default_factory=list)
     best: tuple[list[float], float] | None = None
 
@@ -249,8 +250,12 @@ def step(state: TunerState, event: TunerInput, devices: frozenset[str], propose:
             g.phase, g.since = "propose", t
         return state, []
     if isinstance(event, ShareCountsObserved):
+        t = event.ts.timestamp()
+        for other in state.gpus.values():  # the cluster's accepted shares in each window
+            if other.phase == "measuring" and t >= other.window_start:
+                other.cluster += event.accepted
         g = state.gpus.get(event.worker) or state.gpus.get(event.device_id)
-        if g is not None and g.phase == "measuring" and event.ts.timestamp() >= g.window_start:
+        if g is not None and g.phase == "measuring" and t >= g.window_start:
             g.shares[0] += event.accepted
             g.shares[1] += event.rejected
             g.shares[2] += event.stale
@@ -274,6 +279,7 @@ def _advance(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Proposer,
         g.phase = "propose"  # no ack: the command expired; propose again
     if g.phase == "settling" and t - g.since >= p.settle_s:
         g.phase, g.window_start, g.samples, g.shares = "measuring", t, [], [0, 0, 0]
+        g.cluster = 0
         return []
     if g.phase == "measuring":
         g.samples.append((e.hashrate_mhs, e.power_w, e.temp_c))
@@ -300,7 +306,9 @@ def _finish_trial(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Prop
         power_w=math.fsum(s[1] for s in g.samples) / n,
         temp_max_c=max(s[2] for s in g.samples), accepted=g.shares[0], rejected=g.shares[1],
         stale=g.shares[2])
-    sc = score(m, p.temp_max_c, p.reject_max_pct)
+    # seed 000's reward with the cluster's accepted shares of the same window (the worker's
+    # own included: alone, the cluster is the worker)
+    sc = score(m, p.temp_max_c, p.reject_max_pct, cluster_accepted=max(g.cluster, m.accepted))
     g.history.append((list(g.current), sc.objective, m.temp_max_c, sc.reject_pct,
                       m.hashrate_mhs))
     if sc.feasible and (g.best is None or sc.objective > g.best[1]):

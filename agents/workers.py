@@ -444,13 +444,15 @@ def register_tuner(app: faust.App, settings: Settings,
     @app.agent(site_channel(app), name="tuner")
     async def tuner_agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, None, publish, settings.site, tuning.SOURCE):
-            # only what concerns a GPU in tuning mode reaches the fold (and its thread hop)
-            if not ((isinstance(event, GpuTelemetryObserved | CommandAcknowledged)
-                    and event.device_id in devices)
-                    or (isinstance(event, ShareCountsObserved)
-                        and (event.worker in devices or event.device_id in devices))):
-                continue
             s = states.setdefault(event.site, tuning.TunerState())
+            if isinstance(event, ShareCountsObserved):  # every worker's: the cluster term
+                if s.gpus:
+                    tuning.step(s, event, devices, propose, p)  # counting only: no proposal
+                continue
+            # only what concerns a GPU in tuning mode reaches the fold (and its thread hop)
+            if not (isinstance(event, GpuTelemetryObserved | CommandAcknowledged)
+                    and event.device_id in devices):
+                continue
             # a proposal fits a GP (~1 s): off the event loop, the fold itself unchanged
             _, out = await asyncio.to_thread(tuning.step, s, event, devices, propose, p)
             await publish_all(publish, out)

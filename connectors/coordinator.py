@@ -1,9 +1,12 @@
 """The miner side of the seed-002 Coordinator API v1 -> ``compute.jobs``.
 
-Heartbeat every ``heartbeat_s``; when intake is open, poll ``/v1/miner/next``; run the
-workload (``connectors.workloads``; an unknown one fails with a clear job event, never a fake
-success); submit the proof (sha256 of the output plus metrics) with an ``Idempotency-Key``
-derived from the job id, so a retried submission is the same submission.  Every step of a
+Heartbeat every ``heartbeat_s`` (while jobs run too); when intake is open, poll
+``/v1/miner/next`` for each free slot (one per usable GPU); run the workload in the slot's
+worker process (``connectors.workloads``; an unknown one fails with a clear job event, never
+a fake success; one past its deadline is killed); submit the proof (sha256 of the output
+plus metrics, and the output itself for a proof of GPU) with an ``Idempotency-Key`` derived
+from the job id, again after a transport error until the deadline, so a retried submission
+is the same submission.  Every step of a
 job's life is a ``ComputeJobChanged`` event.  ``pause()``/``resume()`` close and open job
 intake (what ``commands.compute`` asks for); running jobs finish.
 """
@@ -94,10 +97,10 @@ class CoordinatorClient:
             raise CoordinatorError(status, code, message)
         return status, body
 
-    async def heartbeat(self, miner_id: str, wallet: str, mode: str) -> None:
+    async def heartbeat(self, miner_id: str, wallet: str, mode: str, slots: int = 1) -> None:
         await self._call("POST", "/v1/miner/heartbeat", json={
             "miner_id": miner_id, "wallet": wallet, "mode": mode, "gpu": mode == "gpu",
-            "workloads": sorted(workloads.WORKLOADS)})
+            "concurrency": slots, "workloads": sorted(workloads.WORKLOADS)})
 
     async def next_job(self, miner_id: str, slots: int = 1) -> dict[str, Any] | None:
         status, body = await self._call("GET", "/v1/miner/next",
@@ -124,18 +127,34 @@ class CoordinatorClient:
 
 
 class CoordinatorMiner:
-    """One compute miner: heartbeats, job intake, workloads, proofs, job events."""
+    """One compute miner: heartbeats, job intake, workloads, proofs, job events.
+
+    ``slots``: how many jobs run at once, one per usable GPU (each in its own worker
+    process that sees only its card), one on a machine without a GPU; the coordinator is
+    told (heartbeat ``concurrency``, ``next?slots=``) and hands out at most that many.
+    Heartbeats go on while jobs run.  A job is bounded by its deadline (and
+    ``job_timeout_s``): past it the worker process is killed, which stops the workload and
+    frees the GPU, and the job fails with the reason.  A proof is submitted again, with the
+    same Idempotency-Key, after a transport error, a timeout or a 5xx, until the job's
+    deadline: a job never sits completed and unsent while the coordinator can be reached.
+    """
 
     def __init__(self, client: CoordinatorClient, emitter: Emitter, *, miner_id: str,
                  wallet: str, poll_s: float = 3.0, heartbeat_s: float = 20.0,
-                 job_timeout_s: float = 300.0, rig_id: str = ""):
+                 job_timeout_s: float = 300.0, rig_id: str = "", slots: int | None = None,
+                 retry_s: float = 1.0):
         self.client, self.emitter = client, emitter
         self.miner_id, self.wallet = miner_id, wallet
         self.rig_id = rig_id  # the machine whose GPUs run the jobs (scores double while busy)
         self.poll_s, self.heartbeat_s, self.job_timeout_s = poll_s, heartbeat_s, job_timeout_s
+        self.retry_s = retry_s
         self.paused = False
-        self.mode = "gpu" if _cuda() else "cpu"
+        gpus = _cuda_devices()
+        self.mode = "gpu" if gpus else "cpu"
+        n = slots if slots is not None else max(1, gpus)
+        self.runners = [workloads.WorkloadRunner(i if gpus else None) for i in range(n)]
         self._last_heartbeat = -1e9
+        self._jobs: set[asyncio.Task[Any]] = set()
 
     def pause(self) -> None:
         """Stop taking new jobs (``PauseComputeIntake``)."""
@@ -161,28 +180,48 @@ class CoordinatorMiner:
                                  rig_id=self.rig_id,
                                  workload=str(job.get("workload", "")), state=state, **kw)
 
-    async def poll_once(self) -> ComputeJobChanged | None:
-        """Heartbeat when due, take at most one job and see it through; its last event."""
-        now = time.monotonic()
-        if now - self._last_heartbeat >= self.heartbeat_s:
-            await self.client.heartbeat(self.miner_id, self.wallet, self.mode)
-            self._last_heartbeat = now
+    async def heartbeat(self) -> None:
+        await self.client.heartbeat(self.miner_id, self.wallet, self.mode, len(self.runners))
+        self._last_heartbeat = time.monotonic()
+
+    async def take(self, runner: workloads.WorkloadRunner) -> dict[str, Any] | None:
+        """One job for a free slot, if intake is open and the coordinator has one."""
         if self.paused:
             return None
+        free = sum(1 for r in self.runners if not r.busy)
         try:
-            job = await self.client.next_job(self.miner_id)
+            job = await self.client.next_job(self.miner_id, max(1, free))
         except JobPayloadError as exc:
             await self.emitter.dead(f"{self.client.base}/v1/miner/next", None, str(exc),
                                     key=self.miner_id)
             return None
+        if job is not None:
+            job["_received"] = time.monotonic()
+            runner.busy = True  # held from here: the next take sees one slot fewer
+            await self.emitter.emit([self._event(job, "assigned")])
+        return job
+
+    async def poll_once(self) -> ComputeJobChanged | None:
+        """Heartbeat when due, take at most one job and see it through; its last event."""
+        if time.monotonic() - self._last_heartbeat >= self.heartbeat_s:
+            await self.heartbeat()
+        runner = next((r for r in self.runners if not r.busy), None)
+        if runner is None:
+            return None
+        job = await self.take(runner)
         if job is None:
             return None
-        await self.emitter.emit([self._event(job, "assigned")])
-        return await self.run_job(job)
+        return await self.run_job(job, runner)
 
-    async def run_job(self, job: dict[str, Any]) -> ComputeJobChanged:
+    async def run_job(self, job: dict[str, Any],
+                      runner: workloads.WorkloadRunner | None = None) -> ComputeJobChanged:
+        runner = runner or self.runners[0]
+        received = float(job.get("_received", time.monotonic()))
+        budget = min(self.job_timeout_s, float(job.get("deadline_s", self.job_timeout_s)))
+        deadline = received + budget
         name = str(job.get("workload", ""))
         if name not in workloads.WORKLOADS:
+            runner.busy = False
             ev = self._event(job, "failed", detail=f"unknown workload {name!r}; this miner "
                              f"runs {', '.join(sorted(workloads.WORKLOADS))}")
             await self.emitter.emit([ev])
@@ -190,10 +229,9 @@ class CoordinatorMiner:
         await self.emitter.emit([self._event(job, "started")])
         t0 = time.perf_counter()
         try:
-            output, metrics = await asyncio.wait_for(
-                asyncio.to_thread(workloads.run, name, dict(job.get("params") or {})),
-                min(self.job_timeout_s, float(job.get("deadline_s", self.job_timeout_s))))
-        except (ValueError, TimeoutError, RuntimeError) as exc:
+            output, metrics = await runner.run(name, dict(job.get("params") or {}),
+                                               max(0.1, deadline - time.monotonic()))
+        except (ValueError, TimeoutError, RuntimeError, KeyError) as exc:
             ev = self._event(job, "failed", detail=f"{type(exc).__name__}: {exc}"[:4096],
                              duration_s=time.perf_counter() - t0)
             await self.emitter.emit([ev])
@@ -204,12 +242,17 @@ class CoordinatorMiner:
         await self.emitter.emit([self._event(job, "completed", duration_s=duration,
                                              proof_sha256=sha, metrics=clean)])
         try:
-            answer = await self.client.submit_proof(
-                job["id"], self.miner_id, self.mode, sha, clean,
-                output.decode() if name in workloads.VERIFIABLE else None)
+            answer = await self._submit(job, sha, clean,
+                                        output.decode() if name in workloads.VERIFIABLE
+                                        else None, deadline)
         except CoordinatorError as exc:
             ev = self._event(job, "rejected", detail=str(exc), proof_sha256=sha,
                              duration_s=duration)
+            await self.emitter.emit([ev])
+            return ev
+        except ConnectorError as exc:  # the deadline passed with the coordinator unreachable
+            ev = self._event(job, "failed", detail=f"proof not delivered before the job's "
+                             f"deadline: {exc}"[:4096], proof_sha256=sha, duration_s=duration)
             await self.emitter.emit([ev])
             return ev
         await self.emitter.emit([self._event(job, "submitted", proof_sha256=sha)])
@@ -229,16 +272,62 @@ class CoordinatorMiner:
         await self.emitter.emit([ev])
         return ev
 
-    async def run(self, stop: asyncio.Event) -> None:
-        async def tick() -> None:
+    async def _submit(self, job: dict[str, Any], sha: str, metrics: dict[str, float],
+                      output: str | None, deadline: float) -> dict[str, Any]:
+        """The proof, again after transport errors, timeouts and 5xx (same Idempotency-Key)
+        until ``deadline``; CoordinatorError for a refusal (4xx), ConnectorError past it."""
+        wait = self.retry_s
+        while True:
             try:
-                await self.poll_once()
+                return await self.client.submit_proof(job["id"], self.miner_id, self.mode, sha,
+                                                      metrics, output)
+            except CoordinatorError as exc:
+                if exc.status < 500:
+                    raise
+                err: ConnectorError = exc
+            except ConnectorError as exc:
+                err = exc
+            if time.monotonic() + wait > deadline:
+                raise ConnectorError(str(err)) from err
+            log.warning("coordinator: proof of %s not delivered (%s); again in %.1f s",
+                        job["id"], err, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async def beat() -> None:
+            try:
+                await self.heartbeat()
             except (ConnectorError, JobPayloadError) as exc:
                 self.emitter.error(exc)
-                log.warning("coordinator: %s", exc)
+                log.warning("coordinator heartbeat: %s", exc)
+
+        async def intake() -> None:
+            for runner in self.runners:
+                if runner.busy:
+                    continue
+                try:
+                    job = await self.take(runner)
+                except (ConnectorError, JobPayloadError) as exc:
+                    self.emitter.error(exc)
+                    log.warning("coordinator: %s", exc)
+                    return
+                if job is None:
+                    return
+                task = asyncio.create_task(self.run_job(job, runner))
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
+
         try:
-            await every(self.poll_s, stop, tick)
+            await asyncio.gather(every(self.heartbeat_s, stop, beat),
+                                 every(self.poll_s, stop, intake))
+            if self._jobs:  # running jobs finish (their deadline bounds them)
+                await asyncio.gather(*self._jobs, return_exceptions=True)
         finally:
+            for t in self._jobs:
+                t.cancel()
+            for r in self.runners:
+                r.stop()
             await self.client.close()
 
 
@@ -253,5 +342,7 @@ class ComputeMinerService:
         await asyncio.gather(self.miner.run(stop), self.commands.run(stop))
 
 
-def _cuda() -> bool:
-    return bool(workloads._torch().cuda.is_available())
+def _cuda_devices() -> int:
+    """Usable GPUs on this machine (0 without CUDA)."""
+    torch = workloads._torch()
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0

@@ -4,7 +4,9 @@
   score = 0.4 quality + 0.3 speed + 0.2 availability + 0.1 participation
 quality: share of known-answer prompts answered right; speed: 1 at or under ``fast_ms``,
 falling linearly to 0 at ``slow_ms``; availability: share of health checks passed;
-participation: share of prompts answered at all; each over the last ``window`` probes.
+participation: share of the validation prompts answered at all (seed 004: "respond to
+validation requests"); each over the last ``window`` probes.  ``/info`` (the model's name,
+type, version, context length) is recorded with each probe and scores nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +79,23 @@ def parse_chat_reply(raw: bytes) -> str:
     return answer
 
 
+def parse_info(raw: bytes) -> dict[str, Any]:
+    """Seed 004's ``/info`` (model_name, model_type, version, capabilities,
+    max_context_length); ChatReplyError when it is not one."""
+    try:
+        body = load_json(raw)
+    except ReplyError as exc:
+        raise ChatReplyError(str(exc)) from None
+    if not isinstance(body, dict) or not isinstance(body.get("model_name"), str):
+        raise ChatReplyError("/info has no string 'model_name'")
+    ctx = body.get("max_context_length")
+    if ctx is not None and (isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 0):
+        raise ChatReplyError(f"'max_context_length' is not a token count ({ctx!r})")
+    return {"model_name": body["model_name"][:256],
+            "model_type": str(body.get("model_type", ""))[:64],
+            "model_version": str(body.get("version", ""))[:64], "max_context_length": ctx}
+
+
 @dataclass
 class EndpointWindow:
     """Rolling results of the last probes of one endpoint."""
@@ -128,6 +147,16 @@ class ModelProbe:
             healthy = isinstance(body, dict) and body.get("status") == "healthy"
         except (httpx.HTTPError, ValueError):
             healthy = False
+        info: dict[str, Any] = {}
+        try:
+            status, raw = await fetch(client, "GET", f"{url}/info", timeout=self.timeout_s)
+            if status == 200:
+                info = parse_info(raw)
+        except ChatReplyError as exc:
+            await self.emitter.dead(f"{url}/info", raw[:4096], f"bad info reply: {exc}",
+                                    key=name)
+        except (httpx.HTTPError, ReplyError):
+            pass  # /info is descriptive: its absence costs no score
         results: list[tuple[bool, bool, float | None]] = []
         for prompt, expected in known_answer_prompts(self.rng, self.prompts):
             t0 = time.perf_counter()
@@ -162,7 +191,7 @@ class ModelProbe:
             endpoint_url=url, available=healthy,
             latency_ms=statistics.median(lats) if lats else None, score=score(comp),
             quality=comp["quality"], speed=comp["speed"], availability=comp["availability"],
-            participation=comp["participation"])
+            participation=comp["participation"], **info)
 
     async def sweep(self, client: httpx.AsyncClient) -> None:
         events = await asyncio.gather(*(self.probe(client, n, u) for n, u in self.endpoints))

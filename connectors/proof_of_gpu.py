@@ -21,7 +21,8 @@ The protocol, in one round (the coordinator's job and its proof):
    verified class is flagged ``spoofed``; ranking uses the verified class.
 
 A rig that did not compute C can only pass by guessing the sampled entries: with 8 rows x
-16 entries, a C that is wrong in a fraction f of its entries passes with (1-f)^128.  The
+64 entries, a C that is wrong in a fraction f of its entries passes with (1-f)^512 (0.6 % at
+f = 1 %; bench/proof_of_gpu.py measures it).  The
 seconds are the rig's own word: the verifier bounds them by its own clock when it has one
 (``elapsed_s``: a claim faster than the wall-clock allows is refused), and the work is sized
 so that computing dominates that clock.
@@ -62,7 +63,7 @@ class Challenge:
     precision: str = "fp16"
     reps: int = 10
     rows: int = 8
-    entries_per_row: int = 16
+    entries_per_row: int = 64
 
     def __post_init__(self) -> None:
         if not (0 <= self.seed <= M32 and 64 <= self.n <= 32768 and 1 <= self.reps <= 1000
@@ -77,7 +78,7 @@ class Challenge:
             return cls(seed=int(params["seed"]), n=int(params.get("n", 2048)),
                        precision=str(params.get("precision", "fp16")),
                        reps=int(params.get("reps", 10)), rows=int(params.get("rows", 8)),
-                       entries_per_row=int(params.get("entries_per_row", 16)))
+                       entries_per_row=int(params.get("entries_per_row", 64)))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"proof_of_gpu: bad params ({exc})") from None
 

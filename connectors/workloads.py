@@ -99,3 +99,90 @@ def run(workload: str, params: dict[str, Any]) -> tuple[bytes, dict[str, float]]
     if fn is None:
         raise UnknownWorkload(workload)
     return fn(params)
+
+
+def _serve(conn: Any, gpu: int | None) -> None:
+    """The worker process: run workloads sent over ``conn`` until it closes."""
+    import os
+
+    if gpu is not None:  # this process sees only its own card
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    while True:
+        try:
+            name, params = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", *run(name, params)))
+        except UnknownWorkload as exc:
+            conn.send(("unknown", str(exc), {}))
+        except Exception as exc:  # noqa: BLE001 - the job fails with the reason
+            conn.send(("error", f"{type(exc).__name__}: {exc}", {}))
+
+
+class WorkloadRunner:
+    """Runs workloads in a worker process of its own (one per GPU slot), so that a job past
+    its deadline is stopped for real: the process is killed, which frees its GPU, and the
+    next job starts a new one.  The process is started on first use and kept between jobs
+    (torch is imported once)."""
+
+    def __init__(self, gpu: int | None = None) -> None:
+        self.gpu = gpu
+        self.busy = False
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def _ensure(self) -> None:
+        import multiprocessing as mp
+
+        if self._proc is not None and self._proc.is_alive():
+            return
+        ctx = mp.get_context("spawn")  # no fork of a process with threads and CUDA state
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, self.gpu), daemon=True,
+                                 name=f"hashplane-workload-{self.gpu}")
+        self._proc.start()
+        child.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    async def run(self, name: str, params: dict[str, Any], timeout_s: float,
+                  ) -> tuple[bytes, dict[str, float]]:
+        """The workload's output and metrics; TimeoutError after ``timeout_s`` (the worker
+        is killed), UnknownWorkload, or RuntimeError with the workload's own error."""
+        import asyncio
+
+        if name not in WORKLOADS:
+            raise UnknownWorkload(name)
+        self.busy = True
+        try:
+            await asyncio.to_thread(self._ensure)
+            self._conn.send((name, params))
+            ready = await asyncio.to_thread(self._conn.poll, timeout_s)
+            if not ready:
+                self.stop()
+                raise TimeoutError(f"{name} still running after {timeout_s:g} s: stopped "
+                                   "(its worker process was killed, freeing the GPU)")
+            try:
+                kind, out, metrics = self._conn.recv()
+            except (EOFError, OSError):
+                self.stop()
+                raise RuntimeError(f"{name}: the worker process died") from None
+        finally:
+            self.busy = False
+        if kind == "unknown":
+            raise UnknownWorkload(out)
+        if kind == "error":
+            raise RuntimeError(out)
+        return out, metrics
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+            self._proc = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -146,6 +146,11 @@ class EndpointHealthObserved(Event):
     availability: float = Field(default=0.0, ge=0, le=1, description="Availability component")
     participation: float = Field(default=0.0, ge=0, le=1, description="Participation component")
     score: float = Field(default=0.0, ge=0, le=1, description="0.4q + 0.3s + 0.2a + 0.1p")
+    model_name: str = Field(default="", max_length=256, description="/info model_name")
+    model_type: str = Field(default="", max_length=64, description="/info model_type")
+    model_version: str = Field(default="", max_length=64, description="/info version")
+    max_context_length: int | None = Field(default=None, ge=0, description="/info "
+                                           "max_context_length, tokens")
 
 
 class UplinkStatusObserved(Event):

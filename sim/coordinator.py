@@ -11,6 +11,7 @@ returns the first answer, a different body with the same key is 409); every non-
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -66,6 +67,13 @@ class CoordinatorState:
     balances: dict[str, float] = field(default_factory=dict)
     idempotency: dict[str, tuple[str, int, Any]] = field(default_factory=dict)
     paused: bool = False  # scenario: no jobs to hand out
+    job_deadline_s: float = 300.0
+    job_iterations: int = 20
+    heartbeats: int = 0
+    #: scenario: the next N proofs are recorded, but their answers come back only after
+    #: ``proof_reply_delay_s`` (a client with a shorter timeout sees a network blip)
+    slow_proof_replies: int = 0
+    proof_reply_delay_s: float = 2.0
     _seq: Any = field(default_factory=lambda: itertools.count(1))
 
 
@@ -134,6 +142,7 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
         def do(body: dict[str, Any]) -> tuple[int, Any]:
             hb = _validate(Heartbeat, body)
             state.miners[hb.miner_id] = {**hb.model_dump(), "last_seen": _iso(now())}
+            state.heartbeats += 1
             return 200, {"ok": True, "server_time": _iso(now()), "miner_id": hb.miner_id}
 
         return await idempotent(request, do)
@@ -154,8 +163,9 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
         workload = state.job_mix[(n - 1) % len(state.job_mix)]
         job_id = f"job-{n:06d}"
         job = {"id": job_id, "workload": workload, "created_at": _iso(now()),
-               "params": {"size": state.job_size, "iterations": 20, "seed": n, "reps": 3},
-               "deadline_s": 300, "miner": miner, "status": "assigned"}
+               "params": {"size": state.job_size, "iterations": state.job_iterations,
+                          "seed": n, "reps": 3},
+               "deadline_s": state.job_deadline_s, "miner": miner, "status": "assigned"}
         state.jobs[job_id] = job
         state.jobs_issued += 1
         return JSONResponse({k: v for k, v in job.items() if k not in ("miner", "status")})
@@ -181,7 +191,11 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
                          "wallet": wallet, "accepted_at": _iso(now()),
                          **({"verified": verified} if verified is not None else {})}
 
-        return await idempotent(request, do)
+        answer = await idempotent(request, do)
+        if state.slow_proof_replies > 0:
+            state.slow_proof_replies -= 1
+            await asyncio.sleep(state.proof_reply_delay_s)
+        return answer
 
     @app.get("/v1/wallet/balance")
     async def balance(request: Request, wallet: str = "") -> Response:

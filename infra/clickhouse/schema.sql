@@ -184,9 +184,13 @@ CREATE TABLE IF NOT EXISTS hashplane.compute_health (
   `speed` Float64,
   `availability` Float64,
   `participation` Float64,
-  `score` Float64
+  `score` Float64,
+  `model_name` String,
+  `model_type` String,
+  `model_version` String,
+  `max_context_length` Nullable(Int64)
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic compute.health (kafka keeps 7 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.compute_health_mv TO hashplane.compute_health AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'endpoint_url', 'String') AS `endpoint_url`, JSONExtract(payload, 'available', 'Bool') AS `available`, JSONExtract(payload, 'latency_ms', 'Nullable(Float64)') AS `latency_ms`, JSONExtract(payload, 'quality', 'Float64') AS `quality`, JSONExtract(payload, 'speed', 'Float64') AS `speed`, JSONExtract(payload, 'availability', 'Float64') AS `availability`, JSONExtract(payload, 'participation', 'Float64') AS `participation`, JSONExtract(payload, 'score', 'Float64') AS `score` FROM hashplane.events WHERE topic = 'compute.health';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.compute_health_mv TO hashplane.compute_health AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'endpoint_url', 'String') AS `endpoint_url`, JSONExtract(payload, 'available', 'Bool') AS `available`, JSONExtract(payload, 'latency_ms', 'Nullable(Float64)') AS `latency_ms`, JSONExtract(payload, 'quality', 'Float64') AS `quality`, JSONExtract(payload, 'speed', 'Float64') AS `speed`, JSONExtract(payload, 'availability', 'Float64') AS `availability`, JSONExtract(payload, 'participation', 'Float64') AS `participation`, JSONExtract(payload, 'score', 'Float64') AS `score`, JSONExtract(payload, 'model_name', 'String') AS `model_name`, JSONExtract(payload, 'model_type', 'String') AS `model_type`, JSONExtract(payload, 'model_version', 'String') AS `model_version`, JSONExtract(payload, 'max_context_length', 'Nullable(Int64)') AS `max_context_length` FROM hashplane.events WHERE topic = 'compute.health';
 CREATE TABLE IF NOT EXISTS hashplane.uplink_status (
   `event_id` UUID,
   `kind` LowCardinality(String),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import httpx
@@ -260,3 +261,59 @@ async def test_the_coordinator_refuses_a_proof_of_gpu_that_does_not_check_out(
                                   metrics, bent)
     assert "does not hash" in err.value.message
     await client.close()
+
+
+async def test_a_proof_whose_answer_is_lost_is_sent_again_and_credited_once(farm: Farm) -> None:
+    ep = farm.endpoints()["coordinator"]
+    farm.coordinator.job_size = 64
+    farm.coordinator.job_mix = ("torch_bench",)
+    farm.coordinator.slow_proof_replies, farm.coordinator.proof_reply_delay_s = 1, 2.0
+    sink = ListSink()
+    miner = CoordinatorMiner(CoordinatorClient(ep["url"], ep["api_key"], timeout_s=0.5),
+                             Emitter(sink, source="t", site="s"), miner_id="m-1",
+                             wallet="w-lost", retry_s=0.2)
+    final = await miner.poll_once()
+    assert final is not None and final.state == "accepted" and final.credits == 1.0
+    assert farm.coordinator.balances["w-lost"] == 1.0  # the coordinator counted it once
+    states = [e.state for e in sink.events if isinstance(e, ComputeJobChanged)]
+    assert states == ["assigned", "started", "completed", "submitted", "accepted"]
+    for r in miner.runners:
+        r.stop()
+
+
+async def test_a_job_past_its_deadline_is_stopped_and_heartbeats_go_on(farm: Farm) -> None:
+    import asyncio
+    import os
+
+    ep = farm.endpoints()["coordinator"]
+    c = farm.coordinator
+    c.job_mix, c.job_size, c.job_iterations, c.job_deadline_s = ("torch_bench",), 1024, 10_000, 3.0
+    sink = ListSink()
+    miner = CoordinatorMiner(CoordinatorClient(ep["url"], ep["api_key"]),
+                             Emitter(sink, source="t", site="s"), miner_id="m-slow",
+                             wallet="w-1", poll_s=0.2, heartbeat_s=0.25)
+    stop = asyncio.Event()
+    task = asyncio.create_task(miner.run(stop))
+
+    def events(state: str) -> list[ComputeJobChanged]:
+        return [e for e in sink.events if isinstance(e, ComputeJobChanged) and e.state == state]
+
+    while not events("started"):
+        await asyncio.sleep(0.05)
+    beats, pid = c.heartbeats, None
+    while pid is None:
+        pid = miner.runners[0].pid
+        await asyncio.sleep(0.05)
+    while not events("failed"):
+        await asyncio.sleep(0.1)
+    c.job_iterations = 5  # the next job is quick
+    failed = events("failed")[0]
+    assert "stopped" in failed.detail and "killed" in failed.detail
+    assert c.heartbeats - beats >= 4  # about 3 s of a running job at a 0.25 s heartbeat
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 0)
+        raise AssertionError(f"the workload's process {pid} is still alive")
+    while not events("accepted"):  # a new worker takes the next job
+        await asyncio.sleep(0.1)
+    stop.set()
+    await task

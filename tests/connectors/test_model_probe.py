@@ -36,6 +36,19 @@ async def test_probes_score_the_simulated_endpoints(farm: Farm) -> None:
                                        + 0.2 * good.availability + 0.1 * good.participation)
     assert not down.available and down.availability == 0.75  # 3 of 4 health checks passed
     assert down.participation < good.participation and down.score < good.score
+    # /info is recorded with the probe (seed 004's fields)
+    assert (good.model_name, good.model_version, good.max_context_length) == (
+        "sim-llm-1", "1.0.0", 4096)
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'{"model_type": "llm"}', b'{"model_name": 3}',
+                                 b'{"model_name": "m", "max_context_length": -1}',
+                                 b'{"model_name": "m", "max_context_length": true}', b"{"])
+def test_a_malformed_info_reply_is_refused(raw: bytes) -> None:
+    from connectors.model_probe import ChatReplyError, parse_info
+
+    with pytest.raises(ChatReplyError):
+        parse_info(raw)
 
 
 async def test_unreachable_and_garbled_endpoints(farm: Farm) -> None:

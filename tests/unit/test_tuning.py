@@ -237,3 +237,37 @@ def test_grid_best_is_inside_the_box() -> None:
     pts = [list(p) for p in itertools.product(*(np.linspace(0, 1, 5),) * 4)]
     best = max((env.true_score(x).objective, x) for x in pts if env.true_score(x).feasible)
     assert best[0] > env.true_score(env.space.to_unit(env.space.default())).objective
+
+
+def test_a_trials_reward_uses_the_clusters_accepted_shares() -> None:
+    """Seed 000's contribution term: the worker's accepted shares against the whole
+    cluster's in the same window (here an ASIC beside the tuned GPU)."""
+    from agents.rewards import reward as seed_reward
+
+    class WithCluster(Loop):
+        others = 0
+
+        def feed(self, e: object) -> None:
+            super().feed(e)
+            if isinstance(e, ShareCountsObserved) and e.worker == "rig01-gpu0":
+                g = self.state.gpus.get("rig01-gpu0")
+                if g is not None and g.phase == "measuring":
+                    self.others += 40
+                super().feed(ShareCountsObserved(
+                    site="site-1", device_id="asic-1", ts=e.ts, source="sim", worker="asic-1",
+                    pool="p", accepted=40, rejected=0, interval_s=5.0))
+
+    sp = Space.for_card("RTX 3090")
+    start = sp.to_unit(Settings4(350.0, 0.0, 0.0, 22))
+    over = [start[0], 0.4, 0.9, 1.0]  # memory past the card's stable offset: it rejects
+    loop = WithCluster(scripted([over] * 2), TunerParams(
+        trials=1, settle_s=60, window_s=300, max_step=1.0, optimizer="scripted"))
+    loop.run(60 + 300 + 60)
+    t = loop.trials[0]
+    total = t.accepted + t.rejected + t.stale
+    acc, rej = 100 * t.accepted / total, 100 * t.rejected / total
+    assert t.stale + t.rejected > 0  # so the contribution term matters
+    assert t.reward == pytest.approx(seed_reward(rej, acc, t.accepted, t.accepted + loop.others,
+                                                 t.temp_max_c, 90.0))
+    alone = seed_reward(rej, acc, t.accepted, t.accepted, t.temp_max_c, 90.0)
+    assert t.reward < alone  # sharing the cluster, the worker's own shortfall counts

@@ -1,17 +1,26 @@
 """The GPU actuator: ``commands.gpu`` -> RainbowMiner's config files and NVML -> one ack.
 
-``ApplyGpuProfile`` becomes, for one GPU (``GPU#03`` in RainbowMiner's words):
+``ApplyGpuProfile`` becomes, for one GPU (``GPU#03`` in RainbowMiner's words), what
+RainbowMiner's README documents and its code reads (Modules/Core.psm1, MinerAPIs.psm1):
 
-* an OC profile in ``ocprofiles.config.txt`` (``PowerLimit`` as % of the card's default
-  limit, which is how RainbowMiner reads it; ``CoreClockBoost``, ``MemoryClockBoost`` in MHz)
-  named by the command or ``hashplane-GPU03``;
-* that profile as the GPU's ``DefaultOCprofile`` in ``devices.config.txt``;
-* an intensity, when given, as ``-i N`` in the GPU's own ``miners.config.txt`` entry
-  (``<Miner>-GPU#03``, created from the model's entry), which makes RainbowMiner restart the
-  miner, as it does for any miner-parameter change;
-* RainbowMiner's OC reset (``/applyoc``) so the profile applies now, and the power limit
-  set through NVML as well where the driver permits it (a refusal is reported, not fatal:
-  RainbowMiner applies the profile's limit itself).
+* ``config.txt``: ``EnableOCProfiles`` on (RainbowMiner's OC "option 2"; a running miner
+  takes it at its next start, the ack says so) and an ``OCResetInterval`` (RainbowMiner acts
+  on ``/applyoc`` only with one; 3600 s is set when it is 0);
+* ``ocprofiles.config.txt``: the card's own entry ``<Name>-GPU#03`` under every profile name
+  that can be in force for its device model (the running miner's, the model's
+  ``DefaultOCprofile`` or RainbowMiner's fallback to the first profile, the names in
+  miners.config.txt and algorithms.config.txt), each starting from what that name gives the
+  card now: ``PowerLimit`` as % of the card's default limit (RainbowMiner's 20-200 %),
+  ``CoreClockBoost`` and ``MemoryClockBoost`` in MHz.  Whichever profile RainbowMiner picks,
+  this card gets these values and the other cards of the model keep theirs;
+* ``devices.config.txt`` (keyed by device model, e.g. ``RTX3090``): ``DefaultOCprofile`` is
+  set only when no profile exists at all (to ``hashplane``; used from the miner's next start);
+* an intensity, when given, as ``-i N`` in ``miners.config.txt``'s ``<Miner>-<Model>``
+  entry: RainbowMiner's miner parameters are per device model, so it applies to every card of
+  that model on the rig, and the changed command line restarts the miner (the ack says so);
+* RainbowMiner's OC reset (``/applyoc``) so the profile applies to the running miner now, and
+  the power limit through NVML as well where the driver permits it (a refusal is reported,
+  not fatal: RainbowMiner applies the profile's limit itself).
 
 Every file is changed atomically (a temporary file in the same directory, fsync, rename), its
 other keys kept as they were, and always written as valid JSON; a file that is not a JSON
@@ -125,39 +134,117 @@ class GpuActuator:
         except (OSError, httpx.HTTPError) as exc:
             return "failed", f"{type(exc).__name__}: {exc}"
 
+    async def _rig_view(self, rig: Rig, name: str) -> tuple[str, str, set[str]]:
+        """From RainbowMiner's API: the GPU's device model (its devices.config.txt key), the
+        miner running on it and the OC profile names that miner runs with."""
+        base = rig.api_url.rstrip("/")
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            devices = (await http.get(f"{base}/devices")).raise_for_status().json()
+            active = (await http.get(f"{base}/activeminers")).raise_for_status().json()
+        model = next((str(d.get("Model") or "") for d in devices if isinstance(d, dict)
+                      and d.get("Name") == name), "") if isinstance(devices, list) else ""
+        miner, running = "", set()
+        for m in active if isinstance(active, list) else []:
+            if not isinstance(m, dict) or name not in (m.get("DeviceName") or []):
+                continue
+            miner = str(m.get("BaseName") or "")
+            oc = m.get("OCprofile")
+            if isinstance(oc, dict):  # RainbowMiner: device model -> profile name
+                running |= {str(v) for k, v in oc.items() if v and k == model}
+            elif isinstance(oc, list):
+                running |= {str(v) for v in oc if v}
+            elif oc:
+                running.add(str(oc))
+        return model, miner, running
+
     async def _apply(self, rig: Rig, cmd: ApplyGpuProfile, r: GpuReading) -> Outcome:
         lim = self.limits
         notes: list[str] = []
         name = device_name(cmd.gpu_index)
-        profile = cmd.profile or f"hashplane-{name.replace('#', '')}"
+        model, miner, running = await self._rig_view(rig, name)
+        if not model:
+            return "rejected", f"RainbowMiner on {cmd.rig_id} lists no {name}"
         pl = None if cmd.power_limit_w is None else clamp(
             cmd.power_limit_w, r.power_limit_min_w, r.power_limit_max_w, "power limit W", notes)
         core = None if cmd.core_offset_mhz is None else clamp(
             cmd.core_offset_mhz, *lim.core_offset_mhz, "core offset MHz", notes)
         mem = None if cmd.mem_offset_mhz is None else clamp(
             cmd.mem_offset_mhz, *lim.mem_offset_mhz, "memory offset MHz", notes)
+        cfg = rig.config_dir
+        if not (cfg / "config.txt").exists():
+            raise ConfigFileError(f"no config.txt in {cfg}: is it RainbowMiner's Config "
+                                  "directory?")
 
-        def oc(d: dict[str, Any]) -> None:
-            p = dict(d.get(profile) or {})
-            if pl is not None:
-                p["PowerLimit"] = round(100.0 * pl / r.power_limit_default_w)
-            if core is not None:
-                p["CoreClockBoost"] = int(core)
-            if mem is not None:
-                p["MemoryClockBoost"] = int(mem)
-            d[profile] = {"PowerLimit": 0, "CoreClockBoost": "*", "MemoryClockBoost": "*", **p}
+        def config(d: dict[str, Any]) -> None:
+            # OC profiles are RainbowMiner's "option 2"; a running miner takes the switch
+            # when it starts, and /applyoc acts only with an OC reset interval
+            if str(d.get("EnableOCProfiles", "0")).strip().lower() not in ("1", "true"):
+                d["EnableOCProfiles"] = "1"
+                notes.append("EnableOCProfiles was off: turned on in config.txt (RainbowMiner "
+                             "applies profiles from the miner's next start)")
+            try:
+                interval = float(d.get("OCResetInterval") or 0)
+            except (TypeError, ValueError):
+                interval = 0.0
+            if interval <= 0:
+                d["OCResetInterval"] = str(OC_RESET_INTERVAL_S)
+                notes.append(f"OCResetInterval was 0: set to {OC_RESET_INTERVAL_S} s so that "
+                             "/applyoc applies profiles to the running miner")
+
+        await asyncio.to_thread(update_json, cfg / "config.txt", config)
+        names = set(running)
+        profiles = await asyncio.to_thread(read_json, cfg / "ocprofiles.config.txt")
+        miners = await asyncio.to_thread(read_json, cfg / "miners.config.txt")
+        algorithms = await asyncio.to_thread(read_json, cfg / "algorithms.config.txt")
 
         def device(d: dict[str, Any]) -> None:
-            d[name] = {**(d.get(name) or {}), "DefaultOCprofile": profile}
+            got = d.get(model)
+            entry: dict[str, Any] = got if isinstance(got, dict) else {}
+            default = str(entry.get("DefaultOCprofile") or "") or next(
+                (re.sub(r"-.+$", "", k) for k in profiles), "")
+            if not default:  # no profile at all: hashplane's own becomes the default
+                default = DEFAULT_PROFILE
+                d[model] = {**entry, "DefaultOCprofile": default}
+                notes.append(f"devices.config.txt {model} DefaultOCprofile set to {default} "
+                             "(used from the miner's next start)")
+            names.add(default)
 
-        cfg = rig.config_dir
-        await asyncio.to_thread(update_json, cfg / "ocprofiles.config.txt", oc)
         await asyncio.to_thread(update_json, cfg / "devices.config.txt", device)
+        names |= {str(e.get("OCprofile")) for k, v in miners.items() if k.endswith(f"-{model}")
+                  and isinstance(v, list) for e in v if isinstance(e, dict) and e.get("OCprofile")}
+        names |= {str(v.get("OCprofile")) for v in algorithms.values()
+                  if isinstance(v, dict) and v.get("OCprofile")}
+        if cmd.profile:
+            names.add(cmd.profile)
+        pct = None if pl is None else round(100.0 * pl / r.power_limit_default_w)
+        if pct is not None and not 20 <= pct <= 200:  # RainbowMiner's own bounds
+            notes.append(f"PowerLimit {pct} % clamped to RainbowMiner's 20-200 %")
+            pct = min(200, max(20, pct))
+
+        def oc(d: dict[str, Any]) -> None:
+            # the GPU's own entry under every profile name that can be in force for its
+            # model, starting from what that name gives it now: whichever profile
+            # RainbowMiner picks, this card gets these values and the others keep theirs
+            for p in sorted(names):
+                own = f"{p}-{name}"
+                base: dict[str, Any] = next((d[k] for k in (own, f"{p}-{model}", p)
+                             if isinstance(d.get(k), dict)), {})
+                entry = {**NOOP_PROFILE, **base}
+                if pct is not None:
+                    entry["PowerLimit"] = pct
+                if core is not None:
+                    entry["CoreClockBoost"] = str(int(core))
+                if mem is not None:
+                    entry["MemoryClockBoost"] = str(int(mem))
+                d[own] = entry
+
+        await asyncio.to_thread(update_json, cfg / "ocprofiles.config.txt", oc)
         if cmd.intensity is not None:
             i = int(clamp(cmd.intensity, *lim.intensity, "intensity", notes))
-            await asyncio.to_thread(update_json, cfg / "miners.config.txt",
-                                    lambda d: _intensity(d, name, i))
-            notes.append(f"intensity {i} (the miner restarts)")
+            key = await asyncio.to_thread(update_json_value, cfg / "miners.config.txt",
+                                          lambda d: _intensity(d, miner, model, i))
+            notes.append(f"intensity {i} in {key}: every {model} on the rig (RainbowMiner's "
+                         "miner parameters are per device model), the miner restarts")
         async with httpx.AsyncClient(timeout=self.timeout_s) as http:
             (await http.get(f"{rig.api_url.rstrip('/')}/applyoc")).raise_for_status()
         if pl is not None:
@@ -167,20 +254,54 @@ class GpuActuator:
                 notes.append(f"NVML refused the power limit ({exc}); RainbowMiner applies it")
         done = ", ".join(f"{k} {v:g}" for k, v in (("power limit W", pl), ("core MHz", core),
                                                      ("memory MHz", mem)) if v is not None)
-        return "applied", f"profile {profile} on {cmd.rig_id} {name}: {done or 'no change'}" + (
+        return "applied", (f"{', '.join(f'{p}-{name}' for p in sorted(names))} on "
+                           f"{cmd.rig_id} ({model}): {done or 'no change'}") + (
             f"; {'; '.join(notes)}" if notes else "")
 
 
-def _intensity(miners: dict[str, Any], name: str, intensity: int) -> None:
-    """Set ``-i N`` in the GPU's own miner entry, creating it from the model's entry."""
-    own = next((k for k in miners if k.endswith(f"-{name}")), None)
-    if own is None:
-        base = next((k for k, v in miners.items() if isinstance(v, list) and v), None)
-        miner = base.split("-", 1)[0] if base else "TRex"
-        own = f"{miner}-{name}"
-        miners[own] = [dict(e) for e in miners.get(base, [{}])] if base else [{}]
-    entries = miners[own] if isinstance(miners[own], list) and miners[own] else [{}]
+DEFAULT_PROFILE = "hashplane"
+OC_RESET_INTERVAL_S = 3600
+#: a profile that changes nothing (RainbowMiner: 0 % / "*" leave a value alone)
+NOOP_PROFILE: dict[str, Any] = {
+    "PowerLimit": 0, "ThermalLimit": 0, "PriorizeThermalLimit": "0", "MemoryClockBoost": "*",
+    "CoreClockBoost": "*", "LockVoltagePoint": "*", "LockMemoryClock": "*",
+    "LockCoreClock": "*", "PreCmd": "", "PreCmdArguments": "", "PostCmd": "",
+    "PostCmdArguments": ""}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON-object config file ({} when absent); ConfigFileError when it is not one."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigFileError(f"{path.name} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path.name} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def update_json_value(path: Path, change: Callable[[dict[str, Any]], Any]) -> Any:
+    """``update_json`` that returns what ``change`` returned."""
+    out: list[Any] = []
+    update_json(path, lambda d: out.append(change(d)))
+    return out[0]
+
+
+def _intensity(miners: dict[str, Any], miner: str, model: str, intensity: int) -> str:
+    """Set ``-i N`` in the miner's entry for the device model (``<Miner>-<Model>``, as
+    RainbowMiner keys miners.config.txt), creating it when there is none; its key."""
+    key = f"{miner}-{model}" if miner else next(
+        (k for k in miners if k.endswith(f"-{model}")), f"TRex-{model}")
+    got = miners.get(key)
+    entries: list[Any] = got if isinstance(got, list) and got else [
+        {"MainAlgorithm": "*", "SecondaryAlgorithm": "", "Params": "", "MSIAprofile": "",
+         "OCprofile": "", "Difficulty": ""}]
     for e in entries:
-        params = re.sub(r"(?:^|\s)(?:-i|--intensity)\s+\d+", "", str(e.get("Params", ""))).strip()
-        e["Params"] = f"{params} -i {intensity}".strip()
-    miners[own] = entries
+        if isinstance(e, dict):
+            params = re.sub(r"(?:^|\s)(?:-i|--intensity)\s+\d+", "",
+                            str(e.get("Params", ""))).strip()
+            e["Params"] = f"{params} -i {intensity}".strip()
+    miners[key] = entries
+    return key

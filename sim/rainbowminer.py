@@ -11,15 +11,23 @@ API (RainbowMiner's field names; speeds in H/s as RainbowMiner stores them):
   GET /version
   /nvml/...           the simulated NVML of this host (see sim.nvml)
 
-Config (RainbowMiner's JSON files, re-read when their modification time changes):
-  ocprofiles.config.txt  {"<profile>": {"PowerLimit": % of default (0 = default),
-                          "MemoryClockBoost": MHz or "*", "CoreClockBoost": MHz or "*", ...}}
-  miners.config.txt      {"TRex-<DeviceModel>|TRex-GPU#03": [{"MainAlgorithm": "Etchash",
-                          "OCprofile": "<profile>", "Params": "-i 22", ...}]}
-  devices.config.txt     {"GPU#03": {"DefaultOCprofile": "<profile>", ...}}
-As in RainbowMiner, a changed OC profile takes effect when the miner restarts (a changed
-miners.config.txt entry restarts it) or on an OC reset (``/applyoc``).  A miner whose reject
-ratio runs away is restarted by the watchdog and says so in the log.
+Config (RainbowMiner's JSON files under Config/, re-read when they change, read the way
+RainbowMiner's own code reads them: Modules/Core.psm1 and Modules/MinerAPIs.psm1):
+  config.txt             "EnableOCProfiles": "1" (taken when a miner starts),
+                         "OCResetInterval": seconds (0: /applyoc does nothing)
+  ocprofiles.config.txt  {"<Name>[-<Model>|-GPU#nn]": {"PowerLimit": % (0: leave),
+                          "CoreClockBoost": MHz or "*", "MemoryClockBoost": MHz or "*", ...}}
+  devices.config.txt     {"<Model>": {"DefaultOCprofile": "<Name>", ...}}  (e.g. "RTX3090")
+  miners.config.txt      {"<Miner>-<Model>": [{"MainAlgorithm", "Params": "-i 22",
+                          "OCprofile": "<Name>", ...}]}
+  algorithms.config.txt  {"<Algorithm>": {"OCprofile": "<Name>", ...}}
+A miner takes its profile name per device model when it starts (miners.config.txt over
+algorithms.config.txt over devices.config.txt); each card then gets ``<Name>-GPU#nn``, else
+``<Name>-<Model>``, else ``<Name>``.  Profile values apply at a miner start, an OC reset and
+on /applyoc (only with an OC reset interval); a changed command line (Params) restarts the
+miner.  Keys RainbowMiner does not read (a ``GPU#03`` device entry, a ``TRex-GPU#03`` miner)
+are ignored here too.  A miner whose reject ratio runs away is restarted by the watchdog and
+says so in the log.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ REJECT_RESTART_RATIO = 0.10  # RainbowMiner's watchdog restarts above this rejec
 REJECT_MIN_SHARES = 20
 
 
+CONFIG_FILES = ("config.txt", "ocprofiles.config.txt", "miners.config.txt",
+                "devices.config.txt", "algorithms.config.txt")
+
+
 def device_name(index: int) -> str:
     return f"GPU#{index:02d}"
 
@@ -60,10 +72,12 @@ class SimRig:
     started_at: float = 0.0
     restarts: int = 0
     applied_profile: dict[int, str] = field(default_factory=dict)
+    cfg: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oc_enabled: bool = False  # EnableOCProfiles when the miner started
+    running_profiles: dict[str, str] = field(default_factory=dict)  # model -> profile name
     _mtimes: dict[str, int] = field(default_factory=dict)
-    _pending: dict[int, GpuSettings] = field(default_factory=dict)
     _params: dict[str, str] = field(default_factory=dict)
-    _pending_names: dict[int, str] = field(default_factory=dict)
+    _last_oc: float = 0.0
     _now: datetime | None = None
 
     @property
@@ -75,23 +89,28 @@ class SimRig:
         return self.root / "Logs" / "RainbowMiner.txt"
 
     def init_files(self) -> None:
-        """Write RainbowMiner's default config files (no OC) and start the log."""
+        """Write RainbowMiner's config files as a rig set up for OC profiles has them
+        (EnableOCProfiles on, an OC reset interval so that /applyoc acts) and start the
+        log."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        defaults = {
-            "ocprofiles.config.txt": {"Profile1": {
-                "PowerLimit": 0, "ThermalLimit": 0, "PriorizeThermalLimit": "0",
+        models = sorted({g.card.model_key for g in self.gpus})
+        noop = {"PowerLimit": 0, "ThermalLimit": 0, "PriorizeThermalLimit": "0",
                 "MemoryClockBoost": "*", "CoreClockBoost": "*", "LockVoltagePoint": "*",
-                "LockMemoryClock": "*", "LockCoreClock": "*", "PostCmd": "", "PreCmd": ""}},
+                "LockMemoryClock": "*", "LockCoreClock": "*", "PreCmd": "",
+                "PreCmdArguments": "", "PostCmd": "", "PostCmdArguments": ""}
+        defaults = {
+            "config.txt": {"EnableOCProfiles": "1", "OCResetInterval": "3600",
+                           "MSIAprofile": "0", "EnableOCVoltage": "0"},
+            "ocprofiles.config.txt": {f"Profile1-{m}": dict(noop) for m in models},
             "miners.config.txt": {f"{MINER}-{m}": [{
                 "MainAlgorithm": ALGORITHM, "SecondaryAlgorithm": "", "Params": "",
                 "MSIAprofile": "", "OCprofile": "", "Difficulty": "", "Penalty": "",
-                "Disable": "0", "Intensity": ""}] for m in sorted({g.card.model_key
-                                                                   for g in self.gpus})},
-            "devices.config.txt": {device_name(g.index): {
+                "Disable": "0", "Intensity": ""}] for m in models},
+            "devices.config.txt": {m: {
                 "Algorithm": "", "ExcludeAlgorithm": "", "MinerName": "",
                 "ExcludeMinerName": "", "DisableDualMining": "", "DefaultOCprofile": "",
-                "PowerAdjust": "100", "Worker": ""} for g in self.gpus},
+                "PowerAdjust": "100", "Worker": "", "EnableLHR": ""} for m in models},
         }
         for name, content in defaults.items():
             path = self.config_dir / name
@@ -99,11 +118,14 @@ class SimRig:
                 path.write_text(json.dumps(content, indent=2))
         self.poll_config(0.0, force=True)
 
-    # -- config -------------------------------------------------------------------------
+    # -- config: what RainbowMiner reads, and when (Modules/Core.psm1, MinerAPIs.psm1) ----
 
     def _read(self, name: str) -> dict[str, Any]:
+        path = self.config_dir / name
+        if not path.exists():
+            return {}
         try:
-            data = json.loads((self.config_dir / name).read_text() or "{}")
+            data = json.loads(path.read_text() or "{}")
             return data if isinstance(data, dict) else {}
         except (OSError, json.JSONDecodeError) as exc:
             # RainbowMiner keeps its last good config when a file does not parse.
@@ -111,55 +133,85 @@ class SimRig:
             raise
 
     def poll_config(self, t: float, force: bool = False) -> bool:
-        """Re-read the config files if one changed; restart or mark OC pending."""
+        """Re-read the config files that changed (RainbowMiner does at each round).  A
+        changed miner command line (its miners.config.txt Params) restarts the miner;
+        profile names and EnableOCProfiles are taken when a miner starts; profile values
+        when OC is applied (at a start, an OC reset, or /applyoc with an OC reset interval)."""
         mtimes = {}
-        for name in ("ocprofiles.config.txt", "miners.config.txt", "devices.config.txt"):
+        for name in CONFIG_FILES:
             p = self.config_dir / name
             mtimes[name] = p.stat().st_mtime_ns if p.exists() else 0
         if not force and mtimes == self._mtimes:
             return False
         try:
-            profiles = self._read("ocprofiles.config.txt")
-            miners = self._read("miners.config.txt")
-            devices = self._read("devices.config.txt")
+            self.cfg = {name: self._read(name) for name in CONFIG_FILES}
         except (OSError, json.JSONDecodeError):
             self._mtimes = mtimes
             return False
-        changed_miners = mtimes.get("miners.config.txt") != self._mtimes.get(
-            "miners.config.txt")
         self._mtimes = mtimes
-        params = {}
-        for g in self.gpus:
-            entry = _miner_entry(miners, g)
-            prof_name = (entry.get("OCprofile") or "") or str(
-                devices.get(device_name(g.index), {}).get("DefaultOCprofile", "") or "")
-            prof = _profile(profiles, prof_name, g.card.model_key)
-            self._pending[g.index] = _settings(g, prof, entry)
-            self.applied_profile.setdefault(g.index, "")
-            params[device_name(g.index)] = f"{prof_name}|{entry.get('Params', '')}"
-            self._pending_names[g.index] = prof_name
-        if force or (changed_miners and params != self._params):
+        params = {m: str(_miner_entry(self.cfg["miners.config.txt"], m).get("Params", ""))
+                  for m in self.models()}
+        if force or params != self._params:
             self._params = params
             self.restart_miner(t, reason="configuration changed" if not force else "start")
-        self._params = params
         return True
 
+    def models(self) -> list[str]:
+        return sorted({g.card.model_key for g in self.gpus})
+
+    def _profile_names(self) -> dict[str, str]:
+        """The OC profile of each device model for a miner starting now: its miners.config
+        entry, else the algorithm's, else the device's DefaultOCprofile, else the first
+        profile's name (RainbowMiner warns and uses it)."""
+        profiles = self.cfg["ocprofiles.config.txt"]
+        first = next((re.sub(r"-.+$", "", k) for k in profiles), "")
+        algo = self.cfg["algorithms.config.txt"].get(ALGORITHM)
+        out = {}
+        for m in self.models():
+            dev = self.cfg["devices.config.txt"].get(m)
+            out[m] = (str(_miner_entry(self.cfg["miners.config.txt"], m).get("OCprofile") or "")
+                      or (str(algo.get("OCprofile") or "") if isinstance(algo, dict) else "")
+                      or (str(dev.get("DefaultOCprofile") or "") if isinstance(dev, dict)
+                          else "") or first)
+        return out
+
     def apply_oc(self, t: float) -> None:
-        """OC reset: apply pending settings to every card now."""
+        """Set the running miner's OC profiles on its cards (SetOCprofile): per card the
+        profile ``<name>-<GPU#nn>`` if there is one, else ``<name>-<model>``, else
+        ``<name>``; nothing when the miner started with OC profiles off."""
+        if not self.oc_enabled:
+            return
+        profiles = self.cfg["ocprofiles.config.txt"]
         for g in self.gpus:
             g.advance(t)
-            if g.index in self._pending:
-                g.apply(self._pending[g.index])
-                self.applied_profile[g.index] = self._pending_names.get(g.index, "")
+            name = self.running_profiles.get(g.card.model_key, "")
+            if not name:
+                continue
+            prof: dict[str, Any] = next((profiles[k] for k in (f"{name}-{device_name(g.index)}",
+                                               f"{name}-{g.card.model_key}", name)
+                         if isinstance(profiles.get(k), dict)), {})
+            g.apply(_settings(g, prof, _miner_entry(self.cfg["miners.config.txt"],
+                                                    g.card.model_key)))
+            self.applied_profile[g.index] = name
         self.log("INFO", "OC profiles applied")
 
+    def oc_reset_on(self) -> bool:
+        return (_num(self.cfg["config.txt"].get("OCResetInterval")) or 0) > 0
+
     def restart_miner(self, t: float, reason: str) -> None:
-        """Restart the miner: counters reset, pending OC applied."""
+        """Restart the miner: counters reset, its OC profile names and EnableOCProfiles
+        taken now, OC applied."""
         self.restarts += 1
         self.started_at = t
         for g in self.gpus:
             g.advance(t)
             g.reset_counters()
+        self.oc_enabled = _yes(self.cfg["config.txt"].get("EnableOCProfiles"))
+        self.running_profiles = self._profile_names()
+        self._last_oc = t
+        for g in self.gpus:  # a start takes the miner's parameters (intensity) in any case
+            g.apply(_settings(g, {}, _miner_entry(self.cfg["miners.config.txt"],
+                                                  g.card.model_key)))
         self.apply_oc(t)
         self.log("INFO", f"Start miner {MINER}-{self.model_key()} ({ALGORITHM}) on "
                          f"{','.join(device_name(g.index) for g in self.gpus)}: {reason}")
@@ -170,9 +222,14 @@ class SimRig:
     # -- time -----------------------------------------------------------------------------
 
     def tick(self, t: float, now: datetime) -> None:
-        """Advance physics, re-read config, run the reject watchdog."""
+        """Advance physics, re-read config, reset OC when its interval is due, run the
+        reject watchdog."""
         self._now = now
         self.poll_config(t)
+        every = _num(self.cfg.get("config.txt", {}).get("OCResetInterval")) or 0
+        if every > 0 and t - self._last_oc >= every:
+            self._last_oc = t
+            self.apply_oc(t)
         for g in self.gpus:
             g.advance(t)
         for g in self.gpus:
@@ -259,24 +316,19 @@ def _ratio(rejected: int, total: int) -> float:
     return round(rejected / total, 4) if total else 0.0
 
 
-def _miner_entry(miners: dict[str, Any], g: SimGpu) -> dict[str, Any]:
-    for key in (f"{MINER}-{device_name(g.index)}", f"{MINER}-{g.card.model_key}", MINER):
-        entries = miners.get(key)
-        if isinstance(entries, list):
-            for e in entries:
-                if isinstance(e, dict) and e.get("MainAlgorithm", ALGORITHM) in (ALGORITHM, "*"):
-                    return e
+def _miner_entry(miners: dict[str, Any], model: str) -> dict[str, Any]:
+    """The miners.config.txt entry RainbowMiner uses for this miner on a device model
+    (``<Miner>-<Model>``, the algorithm's row or ``*``)."""
+    entries = miners.get(f"{MINER}-{model}")
+    if isinstance(entries, list):
+        for e in entries:
+            if isinstance(e, dict) and e.get("MainAlgorithm", ALGORITHM) in (ALGORITHM, "*"):
+                return e
     return {}
 
 
-def _profile(profiles: dict[str, Any], name: str, model_key: str) -> dict[str, Any]:
-    if not name:
-        return {}
-    for key in (f"{name}-{model_key}", name):
-        p = profiles.get(key)
-        if isinstance(p, dict):
-            return p
-    return {}
+def _yes(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")
 
 
 def _num(value: Any) -> float | None:
@@ -288,19 +340,31 @@ def _num(value: Any) -> float | None:
         return None
 
 
+def _clock(value: Any) -> float | None:
+    """A clock boost as RainbowMiner reads it: digits and minus kept, "*" (or empty): leave."""
+    text = re.sub(r"[^0-9\-]+", "", str(value if value is not None else ""))
+    return float(text) if re.fullmatch(r"-*[0-9]+", text) else None
+
+
 def _settings(g: SimGpu, prof: dict[str, Any], entry: dict[str, Any]) -> GpuSettings:
+    """The card's settings under a profile: PowerLimit % of the default limit when > 0
+    (clamped 20-200 %, as RainbowMiner does), boosts when they are numbers; what the
+    profile leaves alone keeps its present value."""
     pl_pct = _num(prof.get("PowerLimit"))
-    pl = g.card.pl_default_w * pl_pct / 100 if pl_pct else g.card.pl_default_w
-    mem = _num(prof.get("MemoryClockBoost"))
-    core = _num(prof.get("CoreClockBoost"))
+    pl = (g.card.pl_default_w * max(20.0, min(200.0, pl_pct)) / 100 if pl_pct and pl_pct > 0
+          else g.s.power_limit_w)
+    mem = _clock(prof.get("MemoryClockBoost"))
+    core = _clock(prof.get("CoreClockBoost"))
     intensity = 22
     m = re.search(r"(?:-i|--intensity)\s+(\d+)", str(entry.get("Params", "")))
     if m:
         intensity = int(m.group(1))
     elif _num(entry.get("Intensity")):
         intensity = int(float(entry["Intensity"]))
-    return GpuSettings(power_limit_w=pl, core_offset_mhz=core or 0.0,
-                       mem_offset_mhz=mem or 0.0, intensity=intensity)
+    return GpuSettings(power_limit_w=pl,
+                       core_offset_mhz=g.s.core_offset_mhz if core is None else core,
+                       mem_offset_mhz=g.s.mem_offset_mhz if mem is None else mem,
+                       intensity=intensity)
 
 
 def make_rig(index: int, root: Path, cards: list[str], seed: int = 0) -> SimRig:

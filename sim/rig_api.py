@@ -54,6 +54,8 @@ def rig_app(rig: SimRig, clock: Callable[[], float], nvml: SimNvml) -> FastAPI:
     @app.get("/applyoc", response_class=PlainTextResponse)
     def applyoc() -> str:
         rig.poll_config(clock())
+        if not rig.oc_reset_on():  # RainbowMiner acts on it only with an OC reset interval
+            return "Please wait, OC will be applied asap"
         rig.apply_oc(clock())
         return "Please wait, OC will be applied asap"
 

@@ -41,33 +41,86 @@ def command(**kw: Any) -> ApplyGpuProfile:
 
 async def test_profile_reaches_the_card_through_rainbowminer_files(farm: Farm) -> None:
     act, cfg = actuator(farm)
-    gpu = farm.rigs[0].gpus[1]
+    rig = farm.rigs[0]
+    gpu, model = rig.gpus[1], rig.gpus[1].card.model_key
     default = gpu.card.pl_default_w
     status, detail = await act(command(power_limit_w=default * 0.8, core_offset_mhz=100,
                                        mem_offset_mhz=1000))
     assert status == "applied", detail
     assert gpu.s.power_limit_w == pytest.approx(default * 0.8, abs=default * 0.01)
     assert (gpu.s.core_offset_mhz, gpu.s.mem_offset_mhz) == (100, 1000)
-    assert farm.rigs[0].gpus[0].s.power_limit_w == gpu.card.pl_default_w  # the other card
+    assert rig.gpus[0].s.power_limit_w == gpu.card.pl_default_w  # the other card
     profiles = json.loads((cfg / "ocprofiles.config.txt").read_text())
-    assert profiles["hashplane-GPU01"]["PowerLimit"] == 80
-    assert "Profile1" in profiles  # the operator's own profile is kept
+    # the model's default profile is RainbowMiner's first ("Profile1"); the card's own
+    # entry under that name, in RainbowMiner's types
+    own = profiles["Profile1-GPU#01"]
+    assert (own["PowerLimit"], own["CoreClockBoost"], own["MemoryClockBoost"]) == (
+        80, "100", "1000")
+    assert profiles[f"Profile1-{model}"]["PowerLimit"] == 0  # the model's kept as it was
     devices = json.loads((cfg / "devices.config.txt").read_text())
-    assert devices["GPU#01"]["DefaultOCprofile"] == "hashplane-GPU01"
-    assert devices["GPU#01"]["PowerAdjust"] == "100"  # unknown keys kept
-    assert farm.rigs[0].applied_profile[1] == "hashplane-GPU01"
+    assert set(devices) == {model} and devices[model]["DefaultOCprofile"] == ""  # untouched
+    assert rig.applied_profile[1] == "Profile1" and "Profile1-GPU#01 on rig01" in detail
 
 
-async def test_intensity_goes_to_the_gpus_own_miner_entry_and_restarts_the_miner(
+async def test_keys_rainbowminer_does_not_read_change_nothing(farm: Farm) -> None:
+    """What the actuator used to write (a GPU#01 device entry, a TRex-GPU#01 miner): the
+    simulated rig, like RainbowMiner, ignores it."""
+    import asyncio
+
+    act, cfg = actuator(farm)
+    rig, gpu = farm.rigs[0], farm.rigs[0].gpus[1]
+    before = (gpu.s.power_limit_w, gpu.s.mem_offset_mhz, gpu.s.intensity)
+    update_json(cfg / "ocprofiles.config.txt", lambda d: d.update(
+        {"hashplane-GPU01": {"PowerLimit": 60, "MemoryClockBoost": "900"}}))
+    update_json(cfg / "devices.config.txt", lambda d: d.update(
+        {"GPU#01": {"DefaultOCprofile": "hashplane-GPU01"}}))
+    update_json(cfg / "miners.config.txt", lambda d: d.update(
+        {"TRex-GPU#01": [{"MainAlgorithm": "Etchash", "Params": "-i 10"}]}))
+    await asyncio.sleep(0.01)
+    rig.poll_config(1.0)
+    rig.apply_oc(1.0)
+    assert (gpu.s.power_limit_w, gpu.s.mem_offset_mhz, gpu.s.intensity) == before
+    assert (await act(command(mem_offset_mhz=800)))[0] == "applied"  # the right keys work
+    assert gpu.s.mem_offset_mhz == 800
+
+
+async def test_intensity_goes_to_the_models_miner_entry_and_restarts_the_miner(
         farm: Farm) -> None:
     act, cfg = actuator(farm)
-    restarts = farm.rigs[0].restarts
+    rig = farm.rigs[0]
+    model = rig.gpus[1].card.model_key
+    restarts = rig.restarts
     status, detail = await act(command(intensity=30))
     assert status == "applied" and "intensity 30 clamped to 25" in detail
+    assert f"every {model} on the rig" in detail and "the miner restarts" in detail
     miners = json.loads((cfg / "miners.config.txt").read_text())
-    own = [k for k in miners if k.endswith("-GPU#01")]
-    assert own and miners[own[0]][0]["Params"] == "-i 25"
-    assert farm.rigs[0].gpus[1].s.intensity == 25 and farm.rigs[0].restarts > restarts
+    assert miners[f"TRex-{model}"][0]["Params"] == "-i 25"
+    assert not [k for k in miners if "GPU#" in k]
+    assert rig.gpus[1].s.intensity == 25 and rig.restarts > restarts
+    assert rig.gpus[0].s.intensity == 25  # the same model: the same miner parameters
+
+
+async def test_oc_profiles_off_are_turned_on_and_apply_from_the_miners_next_start(
+        farm: Farm) -> None:
+    import asyncio
+
+    act, cfg = actuator(farm)
+    rig, gpu = farm.rigs[0], farm.rigs[0].gpus[1]
+    update_json(cfg / "config.txt", lambda d: d.update(EnableOCProfiles="0",
+                                                       OCResetInterval="0"))
+    await asyncio.sleep(0.01)
+    rig.poll_config(1.0)
+    rig.restart_miner(1.0, "operator restart")  # the miner now runs with OC profiles off
+    status, detail = await act(command(mem_offset_mhz=700))
+    assert status == "applied"
+    assert "EnableOCProfiles was off" in detail and "next start" in detail
+    assert "OCResetInterval was 0: set to 3600 s" in detail
+    config = json.loads((cfg / "config.txt").read_text())
+    assert (config["EnableOCProfiles"], config["OCResetInterval"]) == ("1", "3600")
+    assert gpu.s.mem_offset_mhz == 0  # not while this miner runs
+    rig.poll_config(2.0)
+    rig.restart_miner(2.0, "next start")
+    assert gpu.s.mem_offset_mhz == 700
 
 
 async def test_limits_clamp_and_bad_files_or_targets_are_refused(farm: Farm) -> None:

@@ -40,16 +40,18 @@ async def test_oc_profile_applies_on_miner_restart_like_rainbowminer(farm: Farm)
     rig = farm.rigs[0]
     g = rig.gpus[1]
     cfg = rig.config_dir
+    model = g.card.model_key
     profiles = json.loads((cfg / "ocprofiles.config.txt").read_text())
-    profiles["hp-rig01-gpu1"] = {"PowerLimit": 80, "MemoryClockBoost": 900,
-                                 "CoreClockBoost": -100, "ThermalLimit": 0}
+    # RainbowMiner's per-card profile: "<Name>-GPU#01" (the other card has no entry: nothing)
+    profiles["hp-GPU#01"] = {"PowerLimit": 80, "MemoryClockBoost": "900",
+                             "CoreClockBoost": "-100", "ThermalLimit": 0}
     (cfg / "ocprofiles.config.txt").write_text(json.dumps(profiles))
     rig.tick(farm.t(), farm.clock.now())
     assert g.s.mem_offset_mhz == 0  # an unassigned profile changes nothing
 
     miners = json.loads((cfg / "miners.config.txt").read_text())
-    miners["TRex-GPU#01"] = [{"MainAlgorithm": "Etchash", "OCprofile": "hp-rig01-gpu1",
-                              "Params": "-i 20"}]
+    miners[f"TRex-{model}"] = [{"MainAlgorithm": "Etchash", "OCprofile": "hp",
+                                "Params": "-i 20"}]
     tmp = cfg / "miners.config.txt.tmp"
     tmp.write_text(json.dumps(miners))
     os.replace(tmp, cfg / "miners.config.txt")
@@ -63,7 +65,7 @@ async def test_oc_profile_applies_on_miner_restart_like_rainbowminer(farm: Farm)
         dev = (await c.get("/devices")).json()[1]["Data"]
         assert dev["ClockMem"] == round(g.card.mem_clock_mhz + 900)
         # A profile value change alone waits for an OC reset (/applyoc).
-        profiles["hp-rig01-gpu1"]["MemoryClockBoost"] = 700
+        profiles["hp-GPU#01"]["MemoryClockBoost"] = "700"
         (cfg / "ocprofiles.config.txt").write_text(json.dumps(profiles))
         await asyncio.sleep(0.05)
         rig.tick(farm.t() + 1, farm.clock.now())

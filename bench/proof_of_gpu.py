@@ -71,21 +71,25 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=400, help="cheating rigs per fraction")
     ap.add_argument("--cheat-n", type=int, default=128, help="matrix size of the cheats")
     ap.add_argument("--wrong", type=float, nargs="+", default=[0.01, 0.02, 0.05])
+    ap.add_argument("--entries", type=int, nargs="+",
+                    default=[16, Challenge(seed=0).entries_per_row],
+                    help="entries sampled per opened row (the default challenge's last)")
     a = ap.parse_args()
     torch = _torch()
     where = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
     print(f"proof-of-GPU benchmark ({where})")
     print("honest rig:")
     honest(torch, a.n, a.reps)
-    c = Challenge(seed=0)
-    k = c.rows * c.entries_per_row
-    print(f"cheating rigs ({a.trials} per row, n={a.cheat_n}, {c.rows} rows x "
-          f"{c.entries_per_row} entries = {k} sampled):")
-    for f in a.wrong:
-        ok, ms = false_accepts(torch, a.cheat_n, a.trials, f, c.rows, c.entries_per_row)
-        print(f"  {100 * f:4.1f} % of entries wrong: accepted {ok}/{a.trials} = "
-              f"{ok / a.trials:.4f} (bound (1-f)^{k} = {(1 - f) ** k:.4f}); verify "
-              f"{ms:.1f} ms median")
+    rows = Challenge(seed=0).rows
+    for entries in a.entries:
+        k = rows * entries
+        print(f"cheating rigs ({a.trials} per row, n={a.cheat_n}, {rows} rows x {entries} "
+              f"entries = {k} sampled):")
+        for f in a.wrong:
+            ok, ms = false_accepts(torch, a.cheat_n, a.trials, f, rows, entries)
+            print(f"  {100 * f:4.1f} % of entries wrong: accepted {ok}/{a.trials} = "
+                  f"{ok / a.trials:.4f} (bound (1-f)^{k} = {(1 - f) ** k:.4f}); verify "
+                  f"{ms:.1f} ms median")
 
 
 if __name__ == "__main__":

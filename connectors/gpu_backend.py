@@ -229,6 +229,20 @@ class NvmlBackend:
         except nv.NVMLError as exc:
             raise self._translate(exc, f"GPU {index}: lock clocks") from exc
 
+    def set_application_clocks(self, index: int, mem_mhz: float, graphics_mhz: float,
+                               ) -> tuple[int, int]:
+        """Application clocks (memory, graphics), each clamped to the card's maximum; what
+        was set.  Not every card permits them: ``not_supported`` then."""
+        nv, h = self._nv, self._h(index)
+        try:
+            top_mem = int(nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM))
+            top_gr = int(nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_GRAPHICS))
+            mem, gr = int(min(top_mem, max(0, mem_mhz))), int(min(top_gr, max(0, graphics_mhz)))
+            nv.nvmlDeviceSetApplicationsClocks(h, mem, gr)
+            return mem, gr
+        except nv.NVMLError as exc:
+            raise self._translate(exc, f"GPU {index}: application clocks") from exc
+
     def reset_locked_clocks(self, index: int) -> None:
         nv, h = self._nv, self._h(index)
         try:
@@ -279,6 +293,10 @@ class LocalNvml:
 
     def set_locked_clocks(self, index: int, min_mhz: float, max_mhz: float) -> tuple[int, int]:
         return self._backend().set_locked_clocks(index, min_mhz, max_mhz)
+
+    def set_application_clocks(self, index: int, mem_mhz: float, graphics_mhz: float,
+                               ) -> tuple[int, int]:
+        return self._backend().set_application_clocks(index, mem_mhz, graphics_mhz)
 
     def close(self) -> None:
         if self._nvml is not None:

@@ -282,9 +282,10 @@ def verify(c: Challenge, proof: Any, *, elapsed_s: float | None = None,
         cols = picks(c.seed, root, c.entries_per_row, c.n, b"cols%d" % i)
         k = torch.arange(c.n, dtype=torch.int64)
         a = entries(torch, c.seed, 1, torch.full_like(k, i), k, c.n).to(dtype).double()
-        for j in cols:
-            b = entries(torch, c.seed, 2, k, torch.full_like(k, j), c.n).to(dtype).double()
-            ref = float((a * b).sum())
+        # the sampled columns of B at once, rounded as the rig's inputs were
+        b = entries(torch, c.seed, 2, k[:, None], torch.tensor(cols)[None, :], c.n)
+        refs = (a @ b.to(dtype).double()).tolist()
+        for j, ref in zip(cols, refs, strict=True):
             if not abs(row[j] - ref) <= tol * (1.0 + abs(ref)):
                 v.reasons.append(f"C[{i},{j}] = {row[j]!r}, recomputed {ref:.6g}")
                 return v

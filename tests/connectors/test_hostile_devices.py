@@ -394,8 +394,12 @@ async def test_hostile_model_endpoint(name: str, serve: Serve, expect: str) -> N
     health = [e for e in sink.events if not isinstance(e, RecordDeadLettered)]
     # a probe always reports the endpoint's health: a hostile one scores nothing
     assert len(health) == 1 and health[0].participation == 0.0  # type: ignore[attr-defined]
+    chat = [e for e in letters if e.source_topic.endswith("/api/chat")]
     if expect.startswith("dlq"):
-        assert len(letters) == 1 and expect[4:].lower() in letters[0].reason.lower(), letters
+        assert len(chat) == 1 and expect[4:].lower() in chat[0].reason.lower(), letters
+        # the same garbage on /info is refused there too, with its own reason
+        assert all(e.source_topic.endswith("/info") and "bad info reply" in e.reason
+                   for e in letters if e not in chat)
     else:
         assert not letters
     assert commands_from(health) == []

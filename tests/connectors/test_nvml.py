@@ -87,6 +87,11 @@ def test_locked_clocks_are_clamped_to_the_cards_maximum(libnvml: Path, nvml: Pat
     b.reset_locked_clocks(1)
     assert b.read(1).core_clock_mhz == 1480.0
     assert "locked_clocks 1 1000 1911" in nvml.read_text()
+    assert b.set_application_clocks(1, 9000, 1700) == (5505, 1700)  # memory capped at max
+    assert "application_clocks 1 5505 1700" in nvml.read_text()
+    with pytest.raises(GpuBackendError) as err:  # a card that does not permit them
+        b.set_application_clocks(0, 810, 700)
+    assert err.value.kind == "not_supported"
 
 
 def test_a_refused_setter_says_what_it_needs(libnvml: Path, nvml: Path,

@@ -266,6 +266,15 @@ int nvmlDeviceResetGpuLockedClocks(card *c) {
     return SUCCESS;
 }
 
+int nvmlDeviceSetApplicationsClocks(card *c, unsigned int mem, unsigned int gr) {
+    int rc = setter(c);
+    if (rc) return rc;
+    if (c->max_gr == NA) return NOT_SUPPORTED; /* GeForce cards refuse application clocks */
+    if (gr > c->max_gr || mem > c->max_mem) return INVALID_ARGUMENT;
+    record("application_clocks %d %lld %lld", c->index, mem, gr);
+    return SUCCESS;
+}
+
 int nvmlDeviceSetGpcClkVfOffset(card *c, int mhz) {
     int rc = setter(c);
     if (rc) return rc;

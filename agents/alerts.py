@@ -16,7 +16,8 @@ wake that the miner's telemetry does not show within ``confirm_s``), a silent me
 an unknown supply (critical: the control plane decides nothing then), and a device fault
 (a device whose input a connector dead-lettered: garbage or implausible readings; it clears
 after ``fault_clear_s`` without another), and a GPU fault (critical: NVML could not read a
-card or start at all; it clears the same way).  Silence is judged on the site clock (meter, feed
+card or start at all; it clears the same way), and a GPU's Xid errors (critical for the
+ones NVIDIA's catalogue says need a reset, a reseat or an RMA).  Silence is judged on the site clock (meter, feed
 and headroom events), once a second.
 """
 
@@ -41,6 +42,12 @@ from schemas.events import (
 from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
 
 SOURCE = "agent:alerts"
+#: Xid errors that mean the card needs hands (NVIDIA's Xid catalogue)
+XID_MEANING = {48: "double-bit ECC error", 63: "ECC page retirement / row remap",
+               64: "ECC page retirement / row remap failure", 74: "NVLink error",
+               79: "fell off the bus", 92: "high single-bit ECC rate",
+               94: "contained ECC error", 95: "uncontained ECC error"}
+FATAL_XIDS = frozenset(XID_MEANING)
 _NS = uuid5(NAMESPACE_URL, "hashplane:alerts")
 
 AlertInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
@@ -168,6 +175,16 @@ def conditions(state: AlertState, e: AlertInput, p: AlertParams) -> list[Conditi
         if down or key in state.firing:  # (an inactive, non-firing condition changes nothing)
             out.append(Condition("miner_offline", key, down, "critical",
                                  lambda: f"{e.device_id} reports {getattr(e, 'state', '')}"))
+        if isinstance(e, GpuTelemetryObserved) and e.xid_errors:
+            # NVIDIA's Xid catalogue: these need a reset, a reseat or an RMA, not a retry
+            fatal = sorted(set(e.xid_errors) & FATAL_XIDS)
+            key = f"gpu_xid/{e.device_id}"
+            state.faults[key] = max(now, state.faults.get(key, now))
+            out.append(Condition("gpu_xid", key, True, "critical" if fatal else "warning",
+                                 lambda: f"{e.device_id} reported Xid "
+                                 f"{', '.join(map(str, e.xid_errors))}"
+                                 + (f" ({', '.join(XID_MEANING.get(x, '') for x in fatal)})"
+                                    if fatal else "")))
         temp = e.temp_chip_c if isinstance(e, AsicTelemetryObserved) else e.temp_c
         limit = p.asic_temp_c if asic else p.gpu_temp_c
         if temp is not None and (temp > limit

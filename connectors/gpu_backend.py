@@ -56,6 +56,7 @@ class GpuReading:
     mem_total_mib: float | None = None
     throttle_reasons: tuple[str, ...] = ()
     ecc_uncorrected: int | None = None  # volatile (since the driver loaded)
+    xid_errors: tuple[int, ...] = ()  # Xid critical errors since the previous reading
 
 
 class GpuBackend(Protocol):
@@ -113,6 +114,32 @@ class NvmlBackend:
             raise GpuBackendError(f"NVML library {library}: {exc}", "no_driver") from exc
         except pynvml.NVMLError as exc:
             raise self._translate(exc, "NVML unavailable") from exc
+        self._xids: dict[int, list[int]] = {}
+        self._events: Any = None
+        try:  # Xid critical errors arrive as events; a driver without them: no Xids
+            self._events = pynvml.nvmlEventSetCreate()
+            for i in range(self.count()):
+                pynvml.nvmlDeviceRegisterEvents(self._h(i), pynvml.nvmlEventTypeXidCriticalError,
+                                                self._events)
+        except (pynvml.NVMLError, GpuBackendError):
+            pass
+
+    def _drain_xids(self) -> None:
+        """Collect the Xid events that arrived since the last call (never waits)."""
+        nv = self._nv
+        if self._events is None:
+            return
+        for _ in range(1000):
+            try:
+                e = nv.nvmlEventSetWait_v2(self._events, 0)
+            except nv.NVMLError:  # NVML_ERROR_TIMEOUT: none left
+                return
+            if e.eventType & nv.nvmlEventTypeXidCriticalError:
+                try:
+                    index = int(nv.nvmlDeviceGetIndex(e.device))
+                except nv.NVMLError:
+                    continue
+                self._xids.setdefault(index, []).append(int(e.eventData))
 
     def _translate(self, exc: Any, what: str) -> GpuBackendError:
         nv = self._nv
@@ -165,6 +192,8 @@ class NvmlBackend:
         return lo / 1000.0, hi / 1000.0
 
     def read(self, index: int) -> GpuReading:
+        self._drain_xids()
+        xids = tuple(self._xids.pop(index, ()))
         nv, h = self._nv, self._h(index)
         opt = self._optional
         try:
@@ -195,7 +224,7 @@ class NvmlBackend:
                 mem_used_mib=None if memory is None else memory.used / 2**20,
                 mem_total_mib=None if memory is None else memory.total / 2**20,
                 throttle_reasons=throttle_names(int(reasons or 0)),
-                ecc_uncorrected=None if ecc is None else int(ecc))
+                ecc_uncorrected=None if ecc is None else int(ecc), xid_errors=xids)
         except nv.NVMLError as exc:
             raise self._translate(exc, f"GPU {index}") from exc
 
@@ -260,6 +289,8 @@ class NvmlBackend:
 
     def close(self) -> None:
         try:
+            if self._events is not None:
+                self._nv.nvmlEventSetFree(self._events)
             self._nv.nvmlShutdown()
         except self._nv.NVMLError:
             pass

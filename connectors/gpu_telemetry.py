@@ -74,7 +74,8 @@ def telemetry(r: GpuReading, *, rig_id: str, site: str, ts: Any) -> GpuTelemetry
         power_limit_max_w=max(0.0, r.power_limit_max_w),
         power_limit_default_w=max(0.0, r.power_limit_default_w),
         mem_used_mib=r.mem_used_mib, mem_total_mib=r.mem_total_mib,
-        throttle_reasons=list(r.throttle_reasons), ecc_uncorrected=r.ecc_uncorrected)
+        throttle_reasons=list(r.throttle_reasons), ecc_uncorrected=r.ecc_uncorrected,
+        xid_errors=list(r.xid_errors))
 
 
 class GpuTelemetry:

@@ -88,6 +88,8 @@ class GpuTelemetryObserved(Event):
                                         "event (throttle) reasons, nvidia-smi's names")
     ecc_uncorrected: int | None = Field(default=None, ge=0, description="Uncorrected ECC "
                                         "errors since the driver loaded, where ECC is on")
+    xid_errors: list[int] = Field(default_factory=list, description="NVIDIA Xid critical "
+                                  "errors reported since the previous reading")
 
 
 class ShareCountsObserved(Event):

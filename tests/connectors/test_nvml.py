@@ -156,3 +156,20 @@ def test_the_inventory_says_where_a_rigs_nvml_is() -> None:
                                                               "/opt/nv/libnvidia-ml.so.1")
     with pytest.raises(SiteError, match=r"rigs\[0\]\.nvml"):
         parse_site({"rigs": [{**rig, "nvml": "nvidia"}]}, {})
+
+
+async def test_xid_errors_are_read_once_and_a_fatal_one_is_a_critical_alert(
+        libnvml: Path, nvml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_NVML_XID", "1:79,1:13")
+    b = NvmlBackend(str(libnvml))
+    assert b.read(0).xid_errors == ()
+    assert b.read(1).xid_errors == (79, 13)  # what arrived since the previous reading
+    assert b.read(1).xid_errors == ()  # each once
+    monkeypatch.setenv("FAKE_NVML_XID", "0:48")
+    sink = ListSink()
+    await GpuTelemetry({"rig01": b}, Emitter(sink, source="connector:gpu", site="site-1")).sweep()
+    tel = {e.device_id: e for e in sink.events if isinstance(e, GpuTelemetryObserved)}
+    assert tel["rig01-gpu0"].xid_errors == [48] and tel["rig01-gpu1"].xid_errors == []
+    _, fired = alerts.step(alerts.AlertState(), tel["rig01-gpu0"])
+    xid = [a for a in fired if a.rule == "gpu_xid"]
+    assert xid and xid[0].severity == "critical" and "double-bit ECC" in xid[0].message

@@ -8,6 +8,8 @@
  *                    driver not loaded), "lost=1" (GPU 1 answers NVML_ERROR_GPU_IS_LOST),
  *                    "set=4" (every setter answers NVML_ERROR_NO_PERMISSION)
  *   FAKE_NVML_LOG    file each setter call is appended to ("power_limit 1 200000")
+ *   FAKE_NVML_XID    Xid critical errors the event set reports, once each, in order:
+ *                    "1:79,0:13" (GPU 1 fell off the bus, then GPU 0 a graphics fault)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -289,4 +291,71 @@ int nvmlDeviceSetMemClkVfOffset(card *c, int mhz) {
     c->mem_offset = mhz;
     record("mem_offset %d %lld", c->index, mhz, 0);
     return SUCCESS;
+}
+
+/* -- events: Xid critical errors ------------------------------------------------------ */
+
+typedef struct {
+    card *device;
+    unsigned long long event_type, event_data;
+    unsigned int gpu_instance, compute_instance;
+} event_data;
+
+static int event_set_token;
+static unsigned long long registered[MAX_CARDS];
+static char xid_seen[256];
+static int xid_next;
+
+int nvmlDeviceGetIndex(card *c, unsigned int *index) {
+    int rc = check(c);
+    if (rc) return rc;
+    *index = (unsigned int)c->index;
+    return SUCCESS;
+}
+
+int nvmlEventSetCreate(void **set) {
+    if (ncards < 0) return UNINITIALIZED;
+    *set = &event_set_token;
+    return SUCCESS;
+}
+
+int nvmlEventSetFree(void *set) { (void)set; return SUCCESS; }
+
+int nvmlDeviceRegisterEvents(card *c, unsigned long long types, void *set) {
+    int rc = check(c);
+    if (rc) return rc;
+    if (set != &event_set_token) return INVALID_ARGUMENT;
+    registered[c->index] |= types;
+    return SUCCESS;
+}
+
+int nvmlEventSetWait_v2(void *set, event_data *data, unsigned int timeout_ms) {
+    const char *env = getenv("FAKE_NVML_XID");
+    int k = 0;
+    (void)timeout_ms;
+    if (set != &event_set_token) return INVALID_ARGUMENT;
+    if (!env) env = "";
+    if (strncmp(env, xid_seen, sizeof xid_seen) != 0) { /* a new script: from its start */
+        snprintf(xid_seen, sizeof xid_seen, "%s", env);
+        xid_next = 0;
+    }
+    for (const char *p = env; *p; k++) {
+        int gpu = atoi(p);
+        const char *colon = strchr(p, ':');
+        const char *comma = strchr(p, ',');
+        if (!colon) break;
+        if (k == xid_next) {
+            xid_next++;
+            if (gpu < 0 || gpu >= ncards || !(registered[gpu] & 0x8)) goto next;
+            memset(data, 0, sizeof *data);
+            data->device = &cards[gpu];
+            data->event_type = 0x8; /* nvmlEventTypeXidCriticalError */
+            data->event_data = (unsigned long long)atoll(colon + 1);
+            return SUCCESS;
+        }
+    next:
+        if (!comma) break;
+        p = comma + 1;
+    }
+    return 10; /* NVML_ERROR_TIMEOUT: nothing happened */
 }

@@ -17,8 +17,8 @@ an unknown supply (critical: the control plane decides nothing then), and a devi
 (a device whose input a connector dead-lettered: garbage or implausible readings; it clears
 after ``fault_clear_s`` without another), and a GPU fault (critical: NVML could not read a
 card or start at all; it clears the same way), and a GPU's Xid errors (critical for the
-ones NVIDIA's catalogue says need a reset, a reseat or an RMA).  Silence is judged on the site clock (meter, feed
-and headroom events), once a second.
+ones NVIDIA's catalogue says need a reset, a reseat or an RMA).  Silence is judged on the
+site clock (meter, feed and headroom events), once a second.
 """
 
 from __future__ import annotations

@@ -129,8 +129,9 @@ class CoordinatorClient:
 class CoordinatorMiner:
     """One compute miner: heartbeats, job intake, workloads, proofs, job events.
 
-    ``slots``: how many jobs run at once, one per usable GPU (each in its own worker
-    process that sees only its card), one on a machine without a GPU; the coordinator is
+    ``slots``: how many jobs run at once: one per usable GPU (each in its own worker
+    process that sees only its card) up to ``max_slots`` (what the coordinator account
+    allows, seed 002's MAX_CONCURRENCY), one on a machine without a GPU; the coordinator is
     told (heartbeat ``concurrency``, ``next?slots=``) and hands out at most that many.
     Heartbeats go on while jobs run.  A job is bounded by its deadline (and
     ``job_timeout_s``): past it the worker process is killed, which stops the workload and
@@ -142,7 +143,7 @@ class CoordinatorMiner:
     def __init__(self, client: CoordinatorClient, emitter: Emitter, *, miner_id: str,
                  wallet: str, poll_s: float = 3.0, heartbeat_s: float = 20.0,
                  job_timeout_s: float = 300.0, rig_id: str = "", slots: int | None = None,
-                 retry_s: float = 1.0):
+                 max_slots: int = 1, retry_s: float = 1.0):
         self.client, self.emitter = client, emitter
         self.miner_id, self.wallet = miner_id, wallet
         self.rig_id = rig_id  # the machine whose GPUs run the jobs (scores double while busy)
@@ -151,7 +152,8 @@ class CoordinatorMiner:
         self.paused = False
         gpus = _cuda_devices()
         self.mode = "gpu" if gpus else "cpu"
-        n = slots if slots is not None else max(1, gpus)
+        # one job per usable GPU, as many as the coordinator account allows
+        n = slots if slots is not None else max(1, min(gpus, max_slots))
         self.runners = [workloads.WorkloadRunner(i if gpus else None) for i in range(n)]
         self._last_heartbeat = -1e9
         self._jobs: set[asyncio.Task[Any]] = set()

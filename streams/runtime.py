@@ -217,7 +217,8 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
         miner = coordinator.CoordinatorMiner(
             coordinator.CoordinatorClient(co.url, site.secret(co.api_key_env, environ)), em,
             miner_id=settings.compute_miner_id, wallet=settings.compute_wallet,
-            poll_s=settings.compute_poll_s, rig_id=co.rig)
+            poll_s=settings.compute_poll_s, rig_id=co.rig,
+            max_slots=settings.compute_max_slots)
         cmds = CommandConsumer(settings.kafka_bootstrap, "commands.compute",
                                f"{settings.app_id}-compute-{settings.compute_miner_id}",
                                {settings.compute_miner_id, settings.site}, miner.obey, em,

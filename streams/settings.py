@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     compute_miner_id: str = Field(default="hashplane-miner-1", description="Coordinator miner id")
     compute_wallet: str = Field(default="hashplane-wallet", description="Wallet credited")
     compute_poll_s: float = Field(default=3.0, gt=0, description="Job poll period, s")
+    compute_max_slots: int = Field(default=1, ge=1, le=64, description="Jobs the coordinator "
+                                   "account may run at once (seed 002's MAX_CONCURRENCY); "
+                                   "the miner runs min(this, usable GPUs)")
     uplink_poll_s: float = Field(default=5.0, gt=0, description="Uplink probe period, s")
 
     # Alert sinks (SMS credentials: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, as Twilio reads)

@@ -317,3 +317,21 @@ async def test_a_job_past_its_deadline_is_stopped_and_heartbeats_go_on(farm: Far
         await asyncio.sleep(0.1)
     stop.set()
     await task
+
+
+def test_slots_are_the_usable_gpus_up_to_what_the_account_allows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors import coordinator
+
+    client = CoordinatorClient("http://127.0.0.1:9", "k")
+    emitter = Emitter(ListSink(), source="t", site="s")
+
+    def miner(**kw: object) -> CoordinatorMiner:
+        return CoordinatorMiner(client, emitter, miner_id="m", wallet="w", **kw)  # type: ignore[arg-type]
+
+    assert len(miner().runners) == 1  # no CUDA here: one CPU slot
+    monkeypatch.setattr(coordinator, "_cuda_devices", lambda: 4)  # a 4-GPU rig (no CUDA here)
+    assert len(miner().runners) == 1  # the account allows one (seed 002's default)
+    four = miner(max_slots=8)
+    assert [r.gpu for r in four.runners] == [0, 1, 2, 3] and four.mode == "gpu"
+    assert len(miner(max_slots=2).runners) == 2

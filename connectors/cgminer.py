@@ -212,18 +212,20 @@ class Locations:
 
 def merged_stats(reply: dict[str, Any]) -> dict[str, Any]:
     """Every ``STATS`` row merged into one; kept for the reply last asked about, since a
-    telemetry read asks for it once per value (power, temperatures, fans)."""
-    if _merged[0] is reply:
-        kept: dict[str, Any] = _merged[1]
-        return kept
-    stats: dict[str, Any] = {}
+    telemetry read asks for it once per value (power, temperatures, fans).  The cache is one
+    tuple, read and replaced whole: large replies are parsed in threads."""
+    global _merged
+    last, stats = _merged
+    if last is reply:
+        return stats
+    stats = {}
     for row in _section(reply, "stats", "STATS"):
         stats.update(row)
-    _merged[:] = [reply, stats]
+    _merged = (reply, stats)
     return stats
 
 
-_merged: list[Any] = [None, {}]
+_merged: tuple[Any, dict[str, Any]] = (None, {})
 
 
 def stats_fans(reply: dict[str, Any]) -> list[int]:

@@ -62,12 +62,9 @@ def device_name(index: int) -> str:
 def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Apply ``change`` to a JSON-object file atomically; other keys are kept."""
     try:
-        data = json.loads(path.read_text() or "{}") if path.exists() else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigFileError(f"{path.name} is not valid JSON ({exc}); not overwritten") from None
-    if not isinstance(data, dict):
-        raise ConfigFileError(f"{path.name} is a JSON {type(data).__name__}, not an object; "
-                              "not overwritten")
+        data = read_json(path)
+    except ConfigFileError as exc:
+        raise ConfigFileError(f"{exc}; not overwritten") from None
     change(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

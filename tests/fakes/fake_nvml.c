@@ -277,20 +277,20 @@ int nvmlDeviceSetApplicationsClocks(card *c, unsigned int mem, unsigned int gr) 
     return SUCCESS;
 }
 
-int nvmlDeviceSetGpcClkVfOffset(card *c, int mhz) {
+static int set_offset(card *c, long long *field, int mhz, const char *fmt) {
     int rc = setter(c);
     if (rc) return rc;
-    c->gpc_offset = mhz;
-    record("gpc_offset %d %lld", c->index, mhz, 0);
+    *field = mhz;
+    record(fmt, c->index, mhz, 0);
     return SUCCESS;
 }
 
+int nvmlDeviceSetGpcClkVfOffset(card *c, int mhz) {
+    return set_offset(c, c ? &c->gpc_offset : NULL, mhz, "gpc_offset %d %lld");
+}
+
 int nvmlDeviceSetMemClkVfOffset(card *c, int mhz) {
-    int rc = setter(c);
-    if (rc) return rc;
-    c->mem_offset = mhz;
-    record("mem_offset %d %lld", c->index, mhz, 0);
-    return SUCCESS;
+    return set_offset(c, c ? &c->mem_offset : NULL, mhz, "mem_offset %d %lld");
 }
 
 /* -- events: Xid critical errors ------------------------------------------------------ */

@@ -50,6 +50,7 @@ lint: install
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check schemas streams agents connectors api sim bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

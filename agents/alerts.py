@@ -25,8 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
+from agents.spec import AgentSpec, Durable, members
 from schemas.alerts import AlertFired, AlertResolved, Severity
 from schemas.commands import CommandAcknowledged
 from schemas.envelope import Event
@@ -40,6 +42,7 @@ from schemas.events import (
     UplinkStatusObserved,
 )
 from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
+from schemas.settings import Settings
 
 SOURCE = "agent:alerts"
 #: Xid errors that mean the card needs hands (NVIDIA's Xid catalogue)
@@ -54,6 +57,10 @@ AlertInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTele
               | ShareRatioComputed | UplinkStatusObserved | ComputeJobChanged
               | EnergyHeadroomComputed | CommandAcknowledged | RecordDeadLettered)
 Alert = AlertFired | AlertResolved
+#: An alert fires from its ``AlertFired`` until an ``AlertResolved`` of the same dedup key:
+#: the last of the two says.  The history queries read firing alerts by this rule
+#: (streams/queries.py).
+FIRING = AlertFired.__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,3 +358,40 @@ def fold(events: Iterable[AlertInput], p: AlertParams = AlertParams()) -> tuple[
         state, produced = step(state, e, p)
         out += produced
     return state, out
+
+
+def params(s: Settings) -> AlertParams:
+    """Alert thresholds from Settings."""
+    return AlertParams(
+        freq_warn_hz=s.alert_freq_warn_hz, freq_crit_hz=s.alert_freq_crit_hz,
+        load_pct=s.alert_load_pct, asic_temp_c=s.alert_asic_temp_c,
+        gpu_temp_c=s.alert_gpu_temp_c, gpu_temp_crit_c=s.reward_temp_max_c,
+        reject_pct=s.alert_reject_pct, reject_min_shares=s.alert_reject_min_shares,
+        offline_intervals=s.alert_offline_intervals, asic_poll_s=s.asic_poll_s,
+        gpu_poll_s=s.rig_poll_s, feed_stale_s=s.feed_stale_s,
+        uplink_down_after=s.uplink_down_after, job_failures=s.alert_job_failures,
+        job_window_s=s.alert_job_window_s, cooldown_s=s.alert_cooldown_s,
+        confirm_s=s.alert_confirm_s, meter_stale_s=s.meter_stale_s,
+        fault_clear_s=s.alert_fault_clear_s)
+
+
+def accepts(e: Event) -> bool:
+    """Share ratios: the reject rule reads closed 1-minute worker windows only."""
+    return not isinstance(e, ShareRatioComputed) or (
+        e.scope == "worker" and e.final and e.window_s == 60)
+
+
+def _save(state: AlertState, key: str) -> list[Any] | None:
+    v = state.firing.get(key)
+    return None if v is None else list(v)
+
+
+def _load(state: AlertState, key: str, v: Any) -> None:
+    state.firing[key] = (str(v[0]), str(v[1]), float(v[2]))
+
+
+#: The firing alerts are durable: a restarted worker resolves what it fired before.
+SPEC = AgentSpec[AlertState, AlertParams](
+    name="alerts", source=SOURCE, inputs=members(AlertInput), params=params,
+    state=AlertState, step=step, accepts=accepts,
+    durable=Durable(table="alerts_firing", keys=lambda s: s.firing, save=_save, load=_load))

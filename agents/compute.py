@@ -18,12 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
-from agents.compute_score import base_score, endpoint_score, rig_score
+from agents.spec import AgentSpec, Durable, members
 from schemas.commands import PauseComputeIntake, ResumeComputeIntake
+from schemas.compute_score import base_score, endpoint_score, rig_score
 from schemas.events import ComputeJobChanged, EndpointHealthObserved, GpuTelemetryObserved
 from schemas.metrics import ComputeScoreComputed, EnergyHeadroomComputed
+from schemas.settings import Settings
 
 SOURCE = "agent:compute"
 _NS = uuid5(NAMESPACE_URL, "hashplane:compute")
@@ -55,6 +58,7 @@ class ComputeState:
     scored: dict[str, float] = field(default_factory=dict)  # rig -> last published score
     #: rig -> the GPU class a coordinator verified from its proof of GPU ("": none listed)
     verified: dict[str, str] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # durable keys changed ("": the gate)
 
 
 def step(state: ComputeState, event: ComputeInput, p: GateParams = GateParams(),
@@ -85,6 +89,7 @@ def gate(state: ComputeState, e: EnergyHeadroomComputed,
     if not state.paused:
         if e.headroom_kw < p.pause_kw:
             state.paused, state.ok_since = True, None
+            state.dirty.add("")
             return [_gate_cmd(PauseComputeIntake, e, p,
                               f"headroom {e.headroom_kw:.1f} kW < {p.pause_kw:g} kW")]
         return []
@@ -95,6 +100,7 @@ def gate(state: ComputeState, e: EnergyHeadroomComputed,
     if now - state.ok_since < p.hold_s:
         return []
     state.paused, state.ok_since = False, None
+    state.dirty.add("")
     return [_gate_cmd(ResumeComputeIntake, e, p,
                       f"headroom >= {p.resume_kw:g} kW for {p.hold_s:g} s")]
 
@@ -146,3 +152,33 @@ def fold(events: Iterable[ComputeInput], p: GateParams = GateParams()) -> tuple[
         state, produced = step(state, e, p)
         out += produced
     return state, out
+
+
+def params(s: Settings) -> GateParams:
+    """Gate configuration from Settings."""
+    return GateParams(miner_id=s.compute_miner_id, pause_kw=s.gate_pause_kw,
+                      resume_kw=s.gate_resume_kw, hold_s=s.gate_hold_s, ttl_s=s.command_ttl_s)
+
+
+def _load(state: ComputeState, _: str, paused: Any) -> None:
+    state.paused = bool(paused)
+
+
+#: The gate is durable (the site's own table entry): a restarted worker keeps intake paused.
+SPEC = AgentSpec[ComputeState, GateParams](
+    name="compute", source=SOURCE, inputs=members(ComputeInput), params=params,
+    state=ComputeState, step=step,
+    durable=Durable(table="compute_gate", keys=lambda _: ("",),
+                    save=lambda s, _: s.paused, load=_load))
+
+
+def _endpoint_step(state: None, event: EndpointHealthObserved, p: None,
+                   position: tuple[int, int] | None = None,
+                   ) -> tuple[None, list[ComputeScoreComputed]]:
+    return state, [endpoint_metric(event)]
+
+
+#: Seed-004 score of every model endpoint probe, on compute.health's own partitions.
+ENDPOINT_SPEC = AgentSpec[None, None](
+    name="endpoint_scores", source=SOURCE, inputs=(EndpointHealthObserved,),
+    params=lambda _: None, state=lambda: None, step=_endpoint_step, scope="partition")

@@ -24,7 +24,9 @@ Operator cap: a ``CapSiteLoad`` command (topic ``commands.site``) caps the targe
 ``limit_kw`` until it is lifted or its ``duration_s`` ends; the fold acks it (one ack per
 command id, applied or expired) and publishes the headroom at once so the scheduler acts.
 
-Time is event time: "now" is the time of the meter or feed reading being folded.
+Time is event time: "now" is the time of the meter or feed reading being folded.  The live
+agent adds one guard on processing time (``publishable``: the clock is its input), which
+the fold of recorded history does not apply.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
+from agents.spec import AgentSpec, Durable, members
 from schemas.commands import CapSiteLoad, CommandAcknowledged
+from schemas.envelope import Event
 from schemas.events import (
     AsicTelemetryObserved,
     FeedPowerMeasured,
@@ -42,6 +48,7 @@ from schemas.events import (
     GridMeasured,
 )
 from schemas.metrics import EnergyHeadroomComputed
+from schemas.settings import Settings
 
 SOURCE = "agent:energy"
 _NS = uuid5(NAMESPACE_URL, "hashplane:energy")
@@ -65,6 +72,8 @@ class EnergyParams:
     emit_s: float = 1.0
     feeds: tuple[str, ...] = ()  # the site's configured supply feeds (ids)
     meter_stale_s: float = 0.0  # > 0: no decision without a meter reading this recent
+    warmup_s: float = 0.0  # live agent: nothing published this long after its first event
+    max_age_s: float = 0.0  # live agent: no headroom from a reading older than this (0: off)
 
     def bands(self, nominal_hz: float) -> list[tuple[float, float]]:
         """Bands of a grid, shallowest edge first."""
@@ -91,6 +100,8 @@ class EnergyState:
     last_reading: GridMeasured | FeedPowerMeasured | None = None
     first_feed_ts: float | None = None  # event time of the first feed reading folded
     meter_ts: float | None = None  # event time of the last grid reading
+    live_since: float | None = None  # live agent: processing time of its first event
+    dirty: set[str] = field(default_factory=set)  # durable keys changed ("cap")
 
     def cap(self, now: float) -> float | None:
         """The operator cap in force at ``now``."""
@@ -167,6 +178,7 @@ def step(state: EnergyState, event: EnergyInput,
     cap_ended = state.cap_kw is not None and t >= state.cap_until
     if cap_ended:
         state.cap_kw, state.cap_until = None, float("inf")
+        state.dirty.add("cap")
     if not band_changed and not cap_ended and t - state.last_emit < p.emit_s:
         return state, []
     if state.feeds and not any(t - ts <= p.feed_stale_s for _, ts in state.feeds.values()):
@@ -193,6 +205,7 @@ def cap(state: EnergyState, c: CapSiteLoad, p: EnergyParams) -> list[EnergyOutpu
     state.cap_kw = c.limit_kw
     state.cap_until = (c.ts.timestamp() + c.duration_s
                        if c.limit_kw is not None and c.duration_s is not None else float("inf"))
+    state.dirty.add("cap")
     detail = ("cap lifted" if c.limit_kw is None else
               f"site load capped at {c.limit_kw:g} kW"
               + (f" for {c.duration_s:g} s" if c.duration_s is not None else " until lifted"))
@@ -263,3 +276,53 @@ def fold(events: Iterable[EnergyInput], p: EnergyParams = EnergyParams()) -> tup
         state, produced = step(state, e, p)
         out += produced
     return state, out
+
+
+def publishable(state: EnergyState, event: Event, out: list[Event], now: datetime,
+                p: EnergyParams) -> list[Event]:
+    """What the live agent publishes of a step's outputs at processing time ``now``.
+
+    After a (re)start the agent folds a backlog whose partitions arrive out of event-time
+    step (one feed's partition read to the present while another's is still seconds
+    behind): supply and load folded that way are short, and a scheduler acting on them would
+    shed or wake ASICs for nothing.  No headroom is published for ``warmup_s`` after the
+    first event, nor from a reading older than ``max_age_s``; the scheduler keeps its plan
+    meanwhile, as when the supply is unknown.  An operator's cap is acked with its latency
+    from issue to decision."""
+    t = now.timestamp()
+    if state.live_since is None:
+        state.live_since = t
+    warm = t - state.live_since >= p.warmup_s
+
+    def held(o: EnergyHeadroomComputed) -> bool:
+        return not warm or (p.max_age_s > 0 and (now - o.ts).total_seconds() > p.max_age_s)
+
+    return [o.model_copy(update={"latency_ms": max(
+                0.0, (now - event.issued_at).total_seconds() * 1000.0)})
+            if isinstance(o, CommandAcknowledged) and isinstance(event, CapSiteLoad) else o
+            for o in out if not (isinstance(o, EnergyHeadroomComputed) and held(o))]
+
+
+def params(s: Settings) -> EnergyParams:
+    """Headroom configuration from Settings."""
+    return EnergyParams(
+        margin_kw=s.energy_margin_kw, bands_50hz=tuple(s.bands_50hz),
+        bands_60hz=tuple(s.bands_60hz), hysteresis_hz=s.band_hysteresis_hz, hold_s=s.band_hold_s,
+        feed_stale_s=s.feed_stale_s, device_stale_s=s.device_stale_s, emit_s=s.energy_emit_s,
+        feeds=tuple(s.supply_feeds), meter_stale_s=s.meter_stale_s,
+        warmup_s=s.energy_warmup_s, max_age_s=s.energy_max_age_s)
+
+
+def _save_cap(state: EnergyState, _: str) -> list[float] | None:
+    return None if state.cap_kw is None else [state.cap_kw, min(state.cap_until, 1e18)]
+
+
+def _load_cap(state: EnergyState, _: str, v: Any) -> None:
+    state.cap_kw, state.cap_until = v[0], float(v[1])
+
+
+SPEC = AgentSpec[EnergyState, EnergyParams](
+    name="energy", source=SOURCE, inputs=members(EnergyInput), params=params,
+    state=EnergyState, step=step, live=publishable,
+    durable=Durable(table="energy_caps", keys=lambda _: ("cap",), save=_save_cap,
+                    load=_load_cap, ledger=(CapSiteLoad,)))

@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 from uuid import NAMESPACE_URL, uuid5
 
+from agents.spec import AgentSpec, Durable, members
 from schemas.commands import CommandAcknowledged, SwitchAsicPool
 from schemas.envelope import Event
 from schemas.events import AsicTelemetryObserved, UplinkStatusObserved
+from schemas.settings import Settings
 
 SOURCE = "agent:failover"
 _NS = uuid5(NAMESPACE_URL, "hashplane:failover")
@@ -154,3 +156,27 @@ def fold(events: Iterable[FailoverInput], p: FailoverParams = FailoverParams()) 
         state, produced = step(state, e, p)
         out += produced
     return state, out
+
+
+def params(s: Settings) -> FailoverParams:
+    """Failover configuration from Settings."""
+    return FailoverParams(local_pool_url=s.local_pool_url, down_after=s.uplink_down_after,
+                          hold_down_s=s.uplink_hold_down_s, ttl_s=s.command_ttl_s)
+
+
+def _save(state: FailoverState, device: str) -> str | None:
+    m = state.miners.get(device)
+    return m.home if m is not None and m.home else None
+
+
+def _load(state: FailoverState, device: str, home: Any) -> None:
+    state.miners.setdefault(device, Miner()).home = str(home)
+
+
+#: Home pools are durable: after a restart mid-outage every miner is on the local pool and
+#: only the table remembers where each came from.
+SPEC = AgentSpec[FailoverState, FailoverParams](
+    name="failover", source=SOURCE, inputs=members(FailoverInput), params=params,
+    state=FailoverState, step=step,
+    durable=Durable(table="failover_home_pools", keys=lambda s: s.miners, save=_save,
+                    load=_load, ledger=(AsicTelemetryObserved,)))

@@ -31,9 +31,11 @@ from datetime import timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from agents.spec import AgentSpec, Durable, members
 from schemas.commands import CommandAcknowledged, SleepAsic, WakeAsic
 from schemas.events import AsicTelemetryObserved
 from schemas.metrics import EnergyHeadroomComputed
+from schemas.settings import Settings
 
 SOURCE = "agent:scheduler"
 _NS = uuid5(NAMESPACE_URL, "hashplane:scheduler")
@@ -42,6 +44,11 @@ ON_STATES = frozenset({"running", "waking"})
 CONTROLLABLE = frozenset({"running", "waking", "sleeping"})
 
 SchedulerInput = EnergyHeadroomComputed | AsicTelemetryObserved | CommandAcknowledged
+
+#: A cycle (seed 000's wear count) is one applied sleep; the last one is the ASIC's last-off.
+#: The history queries count cycles by the same rule (streams/queries.py).
+CYCLE_KIND, CYCLE_STATUS = SleepAsic.__name__, "applied"
+WAKE_KIND = WakeAsic.__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +128,7 @@ def step(state: SchedulerState, event: SchedulerInput, p: SchedulerParams = Sche
 
 
 def _ack(state: SchedulerState, ack: CommandAcknowledged) -> None:
-    if ack.command_kind not in ("SleepAsic", "WakeAsic"):
+    if ack.command_kind not in (CYCLE_KIND, WAKE_KIND):
         return
     cid = str(ack.command_id)
     if cid in state.acked:
@@ -135,11 +142,11 @@ def _ack(state: SchedulerState, ack: CommandAcknowledged) -> None:
     if a.pending is not None and a.pending[0] == cid:
         a.pending = None
         state.dirty.add(ack.device_id)
-    if ack.status != "applied":
+    if ack.status != CYCLE_STATUS:
         return
     t = ack.ts.timestamp()
     a.seen = max(a.seen, t)  # a telemetry read older than the ack no longer says the state
-    if ack.command_kind == "SleepAsic":
+    if ack.command_kind == CYCLE_KIND:
         a.cycles += 1
         a.last_off = t if a.last_off is None else max(a.last_off, t)
         a.state = "sleeping"
@@ -231,3 +238,27 @@ def fold(events: Iterable[SchedulerInput], p: SchedulerParams = SchedulerParams(
         state, produced = step(state, e, p)
         out += produced
     return state, out
+
+
+def params(s: Settings) -> SchedulerParams:
+    """Scheduler configuration from Settings."""
+    return SchedulerParams(
+        min_on_s=s.sched_min_on_s, min_off_s=s.sched_min_off_s,
+        hysteresis_kw=s.sched_hysteresis_kw, wake_batch=s.sched_wake_batch,
+        wake_interval_s=s.sched_wake_interval_s, default_kw=s.asic_default_w / 1000.0,
+        ttl_s=s.command_ttl_s)
+
+
+def _save(state: SchedulerState, device: str) -> list[Any] | None:
+    a = state.asics.get(device)
+    return None if a is None else a.durable()
+
+
+#: The commands in flight are durable before they go out (``commit_first``): a worker
+#: killed right after a decision restarts knowing what it had sent, and does not send it
+#: again.
+SPEC = AgentSpec[SchedulerState, SchedulerParams](
+    name="scheduler", source=SOURCE, inputs=members(SchedulerInput), params=params,
+    state=SchedulerState, step=step, commit_first=True,
+    durable=Durable(table="scheduler_asics", keys=lambda s: s.asics, save=_save, load=restore,
+                    ledger=(CommandAcknowledged,)))

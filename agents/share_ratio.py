@@ -19,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from agents.spec import AgentSpec
 from schemas.events import ShareCountsObserved
 from schemas.metrics import Scope, ShareRatioComputed
+from schemas.settings import Settings
 
 SOURCE = "agent:share_ratio"
 SEEN_IDS = 16  # producer re-sends arrive close together: a short memory is enough
@@ -212,3 +214,46 @@ def fold(events: Iterable[ShareCountsObserved], scopes: Sequence[Scope] = ("work
                                          subject=subject, **kw)
             out += produced
     return states, out
+
+
+@dataclass(frozen=True, slots=True)
+class RatioParams:
+    """Window configuration (from Settings)."""
+
+    windows: tuple[int, ...] = (60,)
+    grace_s: int = 30
+    update_s: int = 0
+
+
+def params(s: Settings) -> RatioParams:
+    """Window configuration from Settings."""
+    return RatioParams(tuple(s.share_windows_s), s.share_grace_s, s.share_update_s)
+
+
+def device_step(saved: dict[str, Any], event: ShareCountsObserved, p: RatioParams,
+                position: tuple[int, int] | None = None,
+                ) -> tuple[dict[str, Any], list[ShareRatioComputed]]:
+    """Fold one event into its device's entry (worker and device scope, as primitives).
+
+    A worker's state lives on its device's partition: a worker name shared by several
+    devices is aggregated at pool and site scope, not here.  The entry is returned
+    unchanged (the same object) when nothing in it changed."""
+    changed: dict[str, Any] = {}
+    out: list[ShareRatioComputed] = []
+    for scope in ("worker", "device"):
+        subject = SUBJECTS[scope](event)
+        key = f"{scope}/{subject}"
+        before = SubjectState.from_primitive(saved.get(key))
+        after, metrics = step(before, event, scope=scope, subject=subject, position=position,
+                              windows=p.windows, grace_s=p.grace_s, update_s=p.update_s)
+        if after is not before:
+            changed[key] = after.to_primitive()
+        out += metrics
+    return ({**saved, **changed} if changed else saved), out
+
+
+#: Worker and device ratios on the shares topic's own partitions (one table entry per
+#: device holds both scopes' windows).
+SPEC = AgentSpec[dict[str, Any], RatioParams](
+    name="share_ratio", source=SOURCE, inputs=(ShareCountsObserved,), params=params,
+    state=dict, step=device_step, scope="partition", partition_table="share_ratio_devices")

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import gymnasium as gym
@@ -29,7 +30,6 @@ import torch
 from agents.optimizers import REJECT_FLOOR, _composite, targets
 from agents.rewards import reward as seed_reward
 from agents.tuning import Observation, Settings4, Space
-from streams.history import HistoryStore
 
 FORMAT = "hashplane-tuner/1"
 OUTCOMES = ("hashrate", "temp", "log_reject")
@@ -47,14 +47,9 @@ class Checkpoint:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> state dicts
 
 
-def trials(store: HistoryStore, since: datetime, until: datetime) -> dict[str, list[Observation]]:
-    """Tuning trials of [since, until) per card family (deduplicated, oldest first)."""
-    rows = store.query_dicts(
-        f"SELECT card, power_limit_w, core_offset_mhz, mem_offset_mhz, intensity, objective, "
-        f"temp_max_c, accepted, rejected, stale, hashrate_mhs FROM ("
-        f"SELECT * FROM {store.database}.metrics_rewards WHERE kind = 'TuningTrialEvaluated' "
-        f"AND ts >= {{s:DateTime64(3, 'UTC')}} AND ts < {{u:DateTime64(3, 'UTC')}} "
-        f"LIMIT 1 BY event_id) ORDER BY ts, event_id", {"s": since, "u": until})
+def observations(rows: Iterable[dict[str, Any]]) -> dict[str, list[Observation]]:
+    """Stored tuning trials (``streams.queries.tuning_trials``, oldest first) as the
+    optimisers' observations, per card family."""
     out: dict[str, list[Observation]] = {}
     for r in rows:
         space = Space.for_card(str(r["card"]))
@@ -94,10 +89,10 @@ def next_path(out_dir: Path) -> tuple[int, Path]:
     return v, out_dir / f"tuner-v{v:04d}.pt"
 
 
-def train(store: HistoryStore, since: datetime, until: datetime, out_dir: Path,
+def train(data: dict[str, list[Observation]], since: datetime, until: datetime, out_dir: Path,
           min_trials: int = 5) -> Checkpoint:
-    """Fit the per-family models on the trials of [since, until) and save a checkpoint."""
-    data = trials(store, since, until)
+    """Fit the per-family models on the trials of [since, until) (``observations``) and save
+    a checkpoint."""
     usable = {f: obs for f, obs in data.items() if len(obs) >= min_trials}
     if not usable:
         counts = {f: len(o) for f, o in data.items()}
@@ -184,7 +179,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 class OfflineTuningEnv(gym.Env[np.ndarray, np.ndarray]):
     """A gymnasium environment built from replayed history: a checkpoint's GPs (trained on
     stored trials of one card family) stand in for the card.  Same spaces and reward as
-    sim/gpu_env.GpuTuningEnv: observation = last predicted window + settings, action =
+    bench/gpu_env.GpuTuningEnv: observation = last predicted window + settings, action =
     bounded change of the four knobs, reward = seed 000's; outcomes are posterior samples,
     so the environment is as noisy as the model is unsure."""
 

@@ -33,13 +33,15 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 from uuid import NAMESPACE_URL, uuid5
 
 from agents.rewards import reward as seed_reward
+from agents.spec import AgentSpec, members
 from schemas.commands import ApplyGpuProfile, CommandAcknowledged
 from schemas.events import GpuTelemetryObserved, ShareCountsObserved
 from schemas.metrics import TuningTrialEvaluated
+from schemas.settings import Settings
 
 SOURCE = "agent:tuner"
 _NS = uuid5(NAMESPACE_URL, "hashplane:tuner")
@@ -198,6 +200,9 @@ class TunerParams:
     ttl_s: float = 30.0
     ack_timeout_s: float = 120.0
     optimizer: str = "botorch"
+    devices: frozenset[str] = frozenset()  # the GPUs in tuning mode (the live agent)
+    #: warm-start observations per card family (from a trained checkpoint)
+    prior: dict[str, list[Observation]] = field(default_factory=dict)
 
 
 @dataclass
@@ -227,6 +232,7 @@ class TunerState:
     """GPUs in tuning mode (by device id)."""
 
     gpus: dict[str, GpuTuning] = field(default_factory=dict)
+    optimizers: dict[str, Any] = field(default_factory=dict)  # the live agent's, per family
 
 
 TunerInput = GpuTelemetryObserved | ShareCountsObserved | CommandAcknowledged
@@ -364,3 +370,51 @@ def _trial_event(g: GpuTuning, e: GpuTelemetryObserved, t: float, m: Measurement
         temp_max_c=m.temp_max_c, accepted=m.accepted, rejected=m.rejected, stale=m.stale,
         reward=round(sc.reward, 6), objective=round(sc.objective, 6),
         efficiency_mh_per_j=round(sc.efficiency, 6), feasible=sc.feasible, outcome=outcome)
+
+
+def params(s: Settings) -> TunerParams:
+    """Online tuning configuration from Settings (and the checkpoint's warm start)."""
+    prior: dict[str, list[Observation]] = {}
+    if s.tuner_checkpoint:
+        from agents.tuner_training import load_checkpoint
+
+        prior = load_checkpoint(s.tuner_checkpoint).observations
+    return TunerParams(
+        trials=s.tuner_trials, settle_s=s.tuner_settle_s, window_s=s.tuner_window_s,
+        max_step=s.tuner_max_step, temp_max_c=s.reward_temp_max_c,
+        reject_max_pct=s.tuner_reject_max_pct, ttl_s=max(s.command_ttl_s, 30.0),
+        optimizer=s.tuner_optimizer, devices=frozenset(s.tuner_gpus), prior=prior)
+
+
+def agent_step(state: TunerState, event: TunerInput,
+               p: TunerParams) -> tuple[TunerState, list[TunerOutput]]:
+    """``step`` for the GPUs in ``p.devices``, proposing with one optimizer per family.
+
+    Every worker's share counts are folded (the cluster term) while a GPU is being tuned;
+    nothing else but the tuned GPUs' telemetry and acks reaches the fold."""
+    from agents import optimizers
+
+    def propose(family: str, history: list[Observation]) -> list[float]:
+        if family not in state.optimizers:
+            state.optimizers[family] = optimizers.make(
+                p.optimizer, seed=len(state.optimizers), prior=p.prior.get(family, ()),
+                temp_max_c=p.temp_max_c, reject_max_pct=p.reject_max_pct)
+        return list(state.optimizers[family].propose(history))
+
+    if isinstance(event, ShareCountsObserved):
+        if state.gpus:
+            step(state, event, p.devices, propose, p)  # counting only: no proposal
+        return state, []
+    if event.device_id not in p.devices:
+        return state, []
+    return step(state, event, p.devices, propose, p)
+
+
+def _slow(state: TunerState, event: Any, p: TunerParams) -> bool:
+    """A tuned GPU's telemetry or ack may fit a GP (~1 s): off the event loop."""
+    return not isinstance(event, ShareCountsObserved) and event.device_id in p.devices
+
+
+SPEC = AgentSpec[TunerState, TunerParams](
+    name="tuner", source=SOURCE, inputs=members(TunerInput), params=params,
+    state=TunerState, step=agent_step, offload=_slow, enabled=lambda s: bool(s.tuner_gpus))

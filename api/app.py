@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -23,10 +24,12 @@ from api.context import ApiContext
 from api.live import LiveFeed
 from api.metrics import HashplaneCollector, exposition
 from api.models import ErrorBody, Health, RestoredState
+from schemas.settings import Settings
 from streams.history import HistoryStore
 from streams.publish import Publisher
 from streams.replay import restore
-from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 try:
     VERSION = version("hashplane")
@@ -99,6 +102,13 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
             return JSONResponse(status_code=422, content={"detail": [
                 {"loc": [], "msg": exc.detail, "type": "value_error"}]})
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not an outage (those are 503, api/context.py): 500, its traceback logged."""
+        log.error("unhandled error answering %s %s", request.method, request.url.path,
+                  exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": "internal error (logged)"})
 
     reader, operator = Depends(require(ring, "read")), Depends(require(ring, "operator"))
 

@@ -1,8 +1,10 @@
 """What the API's routes share: settings, the history store, the live feed, a publisher.
 
 Reads run on the API's own connections to the store, a small pool (``api_store_connections``),
-never on the sink's: a slow read never holds a lock the sink or the other routes need.  An
-error of the store is logged with its text and the SQL; the client gets a 503 without them.
+never on the sink's: a slow read never holds a lock the sink or the other routes need.  What
+they ask is in streams/queries.py (``ApiContext.queries``).  An error of the store is
+logged with its text and the SQL; the client gets a 503 without them.  Any other exception
+is a bug: it propagates, is logged with its traceback and answered 500.
 """
 
 from __future__ import annotations
@@ -17,15 +19,12 @@ from typing import Any
 from fastapi import HTTPException
 
 from api.live import LiveFeed
-from streams.history import HistoryStore
+from schemas.settings import Settings
+from streams.history import STORE_ERRORS, HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
+from streams.queries import SETTINGS, Queries
 
 log = logging.getLogger(__name__)
-
-# Output columns are named like the stored ones; let argMax(x, ...) see the column x.
-QUERY_SETTINGS = {"prefer_column_name_to_alias": 1, "join_use_nulls": 1}
-
 
 @dataclass
 class Snapshots:
@@ -96,16 +95,21 @@ class ApiContext:
     def db(self) -> str:
         return self.settings.clickhouse_database
 
+    @property
+    def queries(self) -> Queries:
+        """The named history queries, read through this context's pool."""
+        return Queries(self.q, self.db)
+
     async def q(self, sql: str, params: dict[str, Any] | None = None,
                 settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a query off the event loop on a pooled connection; a store failure is a 503
-        (its text logged, not sent), not a crash."""
+        (its text logged, not sent), not a crash; anything else propagates (a 500)."""
         pool = self.pool()
         store = await pool.get()
         try:
             return await asyncio.to_thread(store.query_dicts, sql, params or {},
-                                           {**QUERY_SETTINGS, **(settings or {})})
-        except Exception as exc:
+                                           {**SETTINGS, **(settings or {})})
+        except STORE_ERRORS as exc:
             log.error("history read failed: %s\n%s", str(exc)[:2000], sql[:2000])
             raise HTTPException(503, "history store unavailable") from exc
         finally:

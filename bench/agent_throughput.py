@@ -34,7 +34,7 @@ import faust
 from faust.worker import Worker
 from ingest import raw_consume  # bench/ is on the path of a script run from bench/
 
-from agents import energy, share_ratio, workers
+from agents import energy, share_ratio
 from schemas.envelope import Event
 from schemas.events import (
     AsicTelemetryObserved,
@@ -43,10 +43,11 @@ from schemas.events import (
     ShareCountsObserved,
 )
 from schemas.registry import topic_of
+from schemas.settings import Settings
+from streams import worker as runner
 from streams.app import TOPIC_HEADER, create_app, decoded
 from streams.broker import EmbeddedBroker
 from streams.codec import encode, encode_key
-from streams.settings import Settings
 from streams.topics import SITE_FEED, ensure_topics
 
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
@@ -122,7 +123,7 @@ async def run_agent(settings: Settings, name: str, register: Callable[[faust.App
     app = create_app(settings, app_id=f"bench-{name}", broker_commit_interval=1.0,
                      broker_client_id=f"bench-{name}")
     sent = [0]
-    publish = workers.topic_publisher(app)
+    publish = runner.topic_publisher(app)
 
     async def counting(e: Event) -> None:
         sent[0] += 1
@@ -164,8 +165,8 @@ def noop(topics: tuple[str, ...]) -> Callable[[faust.App], Any]:
 
 
 AGENTS: dict[str, Callable[[Settings], Callable[[faust.App], Any]]] = {
-    "share-ratio": lambda s: lambda app: lambda a, p: workers.register_share_ratio(a, s, p),
-    "energy": lambda s: lambda app: lambda a, p: workers.register_energy(a, s, p),
+    "share-ratio": lambda s: lambda app: lambda a, p: runner.register(a, s, share_ratio.SPEC, p),
+    "energy": lambda s: lambda app: lambda a, p: runner.register(a, s, energy.SPEC, p),
     "noop-shares": lambda s: noop(("shares",)),
     "noop-site": lambda s: noop((SITE_FEED, "grid.readings", "power.readings")),
 }
@@ -230,7 +231,7 @@ async def main(n: int) -> None:
         work, as_records(site, feed=True), [SITE_FEED, "grid.readings", "power.readings"],
         "energy", "noop-site")
     t0 = time.perf_counter()
-    energy.fold(site, workers.energy_params(s))  # type: ignore[arg-type]
+    energy.fold(site, energy.params(s))  # type: ignore[arg-type]
     step_s = time.perf_counter() - t0
     rows.append(("energy headroom (telemetry, meter, feeds)", t, out, raw_s, noop_s, step_s))
 

@@ -42,12 +42,12 @@ except Exception as exc:  # noqa: BLE001 - report and go on to the other checks
     print(f"NVML check failed: {type(exc).__name__}: {exc}")
     failed.append(f"NVML: {exc}")
 
-section("proof of GPU (connectors/proof_of_gpu.py)")
+section("proof of GPU (schemas/proof_of_gpu.py)")
 from connectors.workloads import _torch
 torch = _torch()
 cuda = torch.cuda.is_available()
 print(f"torch {torch.__version__}, CUDA {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available'}")
-from connectors.proof_of_gpu import Challenge, prove, verify
+from schemas.proof_of_gpu import Challenge, prove, verify
 n = 8192 if cuda else 512
 f32 = None
 for precision in ("fp32", "fp16"):

@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.events import ShareCountsObserved
+from schemas.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.codec import encode
 from streams.history import HistoryStore
 from streams.runtime import settings_env
-from streams.settings import Settings
 from streams.topics import committed_total, ensure_topics
 
 TOPIC = "shares"

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.proof_of_gpu import Challenge, commit, matrix, prove, verify
 from connectors.workloads import _torch
+from schemas.proof_of_gpu import Challenge, commit, matrix, prove, verify
 
 
 def honest(torch: object, n: int, reps: int) -> None:

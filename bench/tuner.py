@@ -40,7 +40,7 @@ import numpy as np
 
 from agents.optimizers import make
 from agents.tuning import Observation
-from sim.gpu_env import GpuTuningEnv
+from bench.gpu_env import GpuTuningEnv
 
 CARDS = ("RTX 3090", "RTX 4090", "A100", "H100")
 METHODS = ("botorch", "tpe", "bandit", "random")

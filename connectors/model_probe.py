@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from agents.compute_score import ENDPOINT_WEIGHTS, endpoint_score
 from connectors.base import Emitter, ReplyError, every, fetch, load_json
+from schemas.compute_score import ENDPOINT_WEIGHTS, endpoint_score
 from schemas.events import EndpointHealthObserved
 
 SOURCE = "connector:model-probe"

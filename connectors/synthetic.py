@@ -10,15 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from schemas.envelope import Event
 from schemas.events import ShareCountsObserved
-from streams.publish import Publisher
 
 log = logging.getLogger(__name__)
 SOURCE = "connector:synthetic"
+
+
+class Offer(Protocol):
+    """Where the ticks go (the stack's publisher)."""
+
+    async def offer(self, events: Sequence[Event]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ def tick(workers: list[SyntheticWorker], rng: random.Random, ts: datetime, inter
     return out
 
 
-async def run_synthetic(publisher: Publisher, stop: asyncio.Event, *, site: str,
+async def run_synthetic(publisher: Offer, stop: asyncio.Event, *, site: str,
                         workers: int = 16, interval_s: float = 2.0, seed: int = 7,
                         clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
     """Publish a tick of share counts every ``interval_s`` until ``stop``."""

@@ -2,7 +2,7 @@
 
 ``torch_bench`` is seed 002's benchmark (chained matmuls, CUDA when present, CPU here);
 ``gpu_matmul_bench`` is seed 001's FP32 and FP16 matmul benchmark as a proof of GPU the
-coordinator checks (connectors/proof_of_gpu.py).  ``torch_bench``'s output is deterministic
+coordinator checks (schemas/proof_of_gpu.py).  ``torch_bench``'s output is deterministic
 for a job's parameters (a checksum of the result); timings go in the metrics.
 """
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agents.compute_score import identify
+from schemas.compute_score import identify
 
 
 class UnknownWorkload(KeyError):
@@ -21,15 +21,10 @@ class UnknownWorkload(KeyError):
 
 
 def _torch() -> Any:
-    """torch, imported when a job first runs (it is heavy).  Its import warns that pynvml
-    (the package the design names) is deprecated; that is not the operator's business."""
-    import warnings
+    """torch, imported when a job first runs (it is heavy)."""
+    from schemas.proof_of_gpu import load_torch
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*pynvml.*")
-        import torch
-
-    return torch
+    return load_torch()
 
 
 def _device(torch: Any) -> str:
@@ -62,9 +57,9 @@ def torch_bench(params: dict[str, Any]) -> tuple[bytes, dict[str, float]]:
 
 def gpu_matmul_bench(params: dict[str, Any]) -> tuple[bytes, dict[str, float]]:
     """Seed 001's FP32/FP16 matmul benchmark as a proof of GPU a validator can check
-    (connectors/proof_of_gpu.py): the challenge's seed and size in ``params``; the output is
+    (schemas/proof_of_gpu.py): the challenge's seed and size in ``params``; the output is
     the proof of each precision, the metrics its throughput."""
-    from connectors.proof_of_gpu import Challenge, prove
+    from schemas.proof_of_gpu import Challenge, prove
 
     torch = _torch()
     base = {"seed": int(params.get("seed", 0)) & 0xFFFFFFFF,

@@ -209,10 +209,10 @@ def coordinator_app(state: CoordinatorState, now: Callable[[], datetime]) -> Fas
 
 
 def check_proof(job: dict[str, Any], p: Proof) -> dict[str, Any]:
-    """A validator's check of a proof of GPU (connectors/proof_of_gpu.py): the output must
+    """A validator's check of a proof of GPU (schemas/proof_of_gpu.py): the output must
     be what the sha names, and each precision's product must check out; the verified class
     and throughput, or CoordError 422 PROOF_INVALID with the reason."""
-    from connectors.proof_of_gpu import Challenge, verify
+    from schemas.proof_of_gpu import Challenge, verify
 
     def invalid(why: str) -> CoordError:
         return CoordError(422, "PROOF_INVALID", why, {"id": p.id})

@@ -23,8 +23,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from connectors.stratum_pool import StratumPool
 from sim.antminer import AntminerApi, AntminerWeb, serve_web
+from sim.asgi import WebDevice
 from sim.asic import MODELS, PoolSlot, SimAsic
 from sim.braiins import BraiinsApi
 from sim.cgminer import CgminerApi, serve_rpc
@@ -36,13 +36,13 @@ from sim.luxos import LuxosApi
 from sim.meter import REGISTERS, GridModel, MeterServer
 from sim.model_endpoints import ModelEndpoint, model_app
 from sim.nvml import SimNvml
+from sim.pool import UpstreamPool
 from sim.rainbowminer import SimRig, make_rig
 from sim.rig_api import rig_app
 from sim.scenarios import SCENARIOS
 from sim.stratum import MinerSession
 from sim.vnish import VnishApi, VnishWeb
 from sim.whatsminer import WhatsminerApi
-from streams.httpserve import HttpService
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,17 @@ class Farm:
         self.clock = SimClock(c.speed)
         self.rng = random.Random(c.seed)
         self.grid = GridModel(nominal_hz=c.nominal_hz, seed=c.seed)
-        self.pool = StratumPool()
+        self.pool = UpstreamPool()
         self.meter = MeterServer(self.grid, load_kw=self.load_kw, clock=self.t)
         self.coordinator = CoordinatorState(api_keys={c.coordinator_api_key})
         self.models = [ModelEndpoint(f"sim-llm-{i + 1}", latency_ms=150 + 150 * i,
                                      failure_rate=0.01 + 0.03 * i, quality=0.95 - 0.15 * i,
                                      seed=c.seed + i) for i in range(c.model_endpoints)]
         self._servers: list[asyncio.Server] = []
-        self._http: list[HttpService] = []
+        self._http: list[WebDevice] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._broker: Any = None
-        self.uplink_http: HttpService | None = None
+        self.uplink_http: WebDevice | None = None
         self.sessions: dict[int, MinerSession] = {}
         self._running = True
 
@@ -169,7 +169,7 @@ class Farm:
         self._build()
         await self._start_asics()
         for rig in self.rigs:
-            svc = HttpService(rig_app(rig, self.t, SimNvml(rig, self.t)))
+            svc = WebDevice(rig_app(rig, self.t, SimNvml(rig, self.t)))
             await svc.start()
             rig.api_url = svc.url
             self._http.append(svc)
@@ -177,16 +177,16 @@ class Farm:
         if not c.mqtt_external:
             c.mqtt_port = c.mqtt_port or _free_port(c.mqtt_host)
             self._broker = await start_embedded_broker(c.mqtt_host, c.mqtt_port)
-        self.coordinator_http = HttpService(coordinator_app(self.coordinator, self.clock.now))
+        self.coordinator_http = WebDevice(coordinator_app(self.coordinator, self.clock.now))
         await self.coordinator_http.start()
         self._http.append(self.coordinator_http)
         self.model_http = []
         for ep in self.models:
-            svc = HttpService(model_app(ep, self.clock.now))
+            svc = WebDevice(model_app(ep, self.clock.now))
             await svc.start()
             self.model_http.append(svc)
             self._http.append(svc)
-        self.uplink_http = HttpService(_uplink_app())
+        self.uplink_http = WebDevice(_uplink_app())
         await self.uplink_http.start()
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="farm-tick"))
         if c.scenario:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from connectors.gpu_backend import GpuBackendError
-from sim.nvml import SimNvml
+from sim.nvml import NvmlError, SimNvml
 from sim.rainbowminer import RBM_VERSION, SimRig
 
 
@@ -61,13 +59,13 @@ def rig_app(rig: SimRig, clock: Callable[[], float], nvml: SimNvml) -> FastAPI:
 
     @app.get("/nvml/devices")
     def nvml_devices() -> list[dict[str, Any]]:
-        return [asdict(nvml.read(i)) for i in range(nvml.count())]
+        return [nvml.read(i) for i in range(nvml.count())]
 
     @app.get("/nvml/devices/{index}")
     def nvml_device(index: int) -> dict[str, Any]:
         try:
-            return asdict(nvml.read(index))
-        except GpuBackendError as exc:
+            return nvml.read(index)
+        except NvmlError as exc:
             raise HTTPException(404, str(exc)) from exc
 
     @app.post("/nvml/devices/{index}/power-limit")
@@ -76,9 +74,9 @@ def rig_app(rig: SimRig, clock: Callable[[], float], nvml: SimNvml) -> FastAPI:
             raise HTTPException(404, f"GPU {index}: no such device")
         try:
             nvml.set_power_limit(index, body.watts)
-        except GpuBackendError as exc:
+        except NvmlError as exc:
             raise HTTPException(422, str(exc)) from exc
-        return asdict(nvml.read(index))
+        return nvml.read(index)
 
     @app.post("/nvml/devices/{index}/clock-offsets")
     def nvml_clock_offsets(index: int, body: ClockOffsets) -> dict[str, Any]:
@@ -86,8 +84,8 @@ def rig_app(rig: SimRig, clock: Callable[[], float], nvml: SimNvml) -> FastAPI:
             raise HTTPException(404, f"GPU {index}: no such device")
         try:
             nvml.set_clock_offsets(index, body.core_mhz, body.mem_mhz)
-        except GpuBackendError as exc:
+        except NvmlError as exc:
             raise HTTPException(422, str(exc)) from exc
-        return asdict(nvml.read(index))
+        return nvml.read(index)
 
     return app

@@ -4,12 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from sim.farm import Farm
+from sim.asic import SimAsic
+from sim.feeds import Feed
+from sim.meter import GridModel
+from sim.rainbowminer import SimRig
 
-Action = Callable[["Farm"], Awaitable[None] | None]
+
+class Site(Protocol):
+    """What a scenario may act on: the farm's physics and its uplink, nothing of how the
+    farm serves its devices (sim/farm.py implements it)."""
+
+    grid: GridModel
+    feeds: list[Feed]
+    feed_capacity0: dict[str, float]  # each feed's nameplate capacity at the start
+    rigs: list[SimRig]
+    asics: list[SimAsic]
+
+    def t(self) -> float:
+        """Simulated seconds."""
+        ...
+
+    async def set_uplink(self, up: bool) -> None:
+        """Cut or restore the internet."""
+        ...
+
+
+Action = Callable[[Site], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -20,34 +42,34 @@ class Step:
 
 
 def _grid(hz: float | None, ramp: float = 0.5) -> Action:
-    def act(f: Farm) -> None:
+    def act(f: Site) -> None:
         f.grid.ramp_hz_per_s = ramp
         f.grid.setpoint_hz = None if hz is None else hz * f.grid.nominal_hz / 50.0
     return act
 
 
 def _feed(index: int, factor: float) -> Action:
-    def act(f: Farm) -> None:
+    def act(f: Site) -> None:
         feed = f.feeds[index]
         feed.capacity_kw = f.feed_capacity0[feed.feed_id] * factor
     return act
 
 
 def _uplink(up: bool) -> Action:
-    async def act(f: Farm) -> None:
+    async def act(f: Site) -> None:
         await f.set_uplink(up)
     return act
 
 
 def _ambient(rig: int, delta_c: float) -> Action:
-    def act(f: Farm) -> None:
+    def act(f: Site) -> None:
         for g in f.rigs[rig % len(f.rigs)].gpus:
             g.ambient_c = 28.0 + delta_c
     return act
 
 
 def _overclock(rig: int, gpu: int, past_stable: float | None) -> Action:
-    def act(f: Farm) -> None:
+    def act(f: Site) -> None:
         from sim.gpu import GpuSettings
 
         g = f.rigs[rig % len(f.rigs)].gpus[gpu]
@@ -58,7 +80,7 @@ def _overclock(rig: int, gpu: int, past_stable: float | None) -> Action:
 
 
 def _crash(first: int, n: int, back: bool) -> Action:
-    def act(f: Farm) -> None:
+    def act(f: Site) -> None:
         t = f.t()
         for a in f.asics[first:first + n]:
             if back:

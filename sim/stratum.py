@@ -1,6 +1,5 @@
-"""The simulated miners' Stratum side: ``MinerSession`` (a miner's real session to a pool)
-and the farm's upstream pool, which is hashplane's own Stratum v1 server
-(``connectors.stratum_pool.StratumPool``) standing in for the internet pool.
+"""The simulated miners' Stratum side: ``MinerSession``, a miner's real session to a pool
+(the farm's upstream pool, sim/pool.py, or hashplane's local pool after a failover).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import logging
 import secrets
 from typing import Any
 
-from connectors.stratum_pool import parse_pool_url
+from sim.pool import pool_address
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class MinerSession:
 
     async def _run(self) -> None:
         a, slot = self.asic, self.asic.pools[self.pool_index]
-        where = parse_pool_url(slot.url)
+        where = pool_address(slot.url)
         try:
             if where is None:
                 raise OSError(f"no endpoint in {slot.url}")

@@ -11,8 +11,8 @@ import faust
 
 from schemas.envelope import Event
 from schemas.plausibility import implausible
+from schemas.settings import Settings
 from streams.codec import DecodeError, dead_letter, decode, dlq_id, encode, encode_key
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from streams.settings import Settings
+from schemas.settings import Settings
 from streams.supervise import run
 
 
@@ -83,9 +83,9 @@ def cmd_ddl(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from agents.workers import build_app
     from streams.restore import RecoveryGuard, prepare_changelogs
     from streams.topics import ensure_topics_retrying
+    from streams.worker import build_app
 
     s = _settings(args)
     _logging(s.log_level)
@@ -202,7 +202,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     try:
         t0 = time.monotonic()
         fold = rebuild(store, s, _when(args.since), _when(args.until),
-                       devices=_csv(args.devices), strict=args.strict)
+                       devices=_csv(args.devices))
         took = time.monotonic() - t0
     finally:
         store.close()
@@ -215,6 +215,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_tuner(args: argparse.Namespace) -> int:
     from agents import tuner_training as tt
     from streams.history import HistoryStore
+    from streams.queries import tuning_trials
 
     s = _settings(args)
     out_dir = Path(args.dir) if args.dir else s.data_dir / "tuner"
@@ -223,7 +224,8 @@ def cmd_tuner(args: argparse.Namespace) -> int:
         since, until = _when(args.since), _when(args.until)
         if args.action == "train":
             try:
-                ck = tt.train(store, since, until, out_dir)
+                ck = tt.train(tt.observations(tuning_trials(store, since, until)), since,
+                              until, out_dir)
             except ValueError as exc:
                 print(f"hashplane tuner train: {exc}", file=sys.stderr)
                 return 1
@@ -234,7 +236,7 @@ def cmd_tuner(args: argparse.Namespace) -> int:
         if not paths:
             print(f"hashplane tuner evaluate: no checkpoints in {out_dir}", file=sys.stderr)
             return 1
-        data = tt.trials(store, since, until)
+        data = tt.observations(tuning_trials(store, since, until))
     finally:
         store.close()
     if not data:
@@ -704,7 +706,6 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--from", dest="since", required=True, help="as for replay")
     rb.add_argument("--to", dest="until", default="now")
     rb.add_argument("--devices", default=None, help="comma-separated device ids")
-    rb.add_argument("--strict", action="store_true", help="validate every stored record")
     rb.set_defaults(func=cmd_rebuild)
 
     tu = sub.add_parser("tuner", help="train and compare the GPU tuner's models")

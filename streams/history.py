@@ -30,11 +30,17 @@ from uuid import UUID
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.registry import TOPICS
 from streams.ddl import create_typed_table, create_typed_view, typed_columns
 
 log = logging.getLogger(__name__)
+
+#: What a failing store raises: ClickHouse's errors (a query refused, a server error, the
+#: embedded engine's) and the connection's (refused, reset, timed out).  Anything else from
+#: a read is a bug, not an outage.
+STORE_ERRORS: tuple[type[BaseException], ...] = (ClickHouseError, OSError)
 
 EVENT_COLUMNS = (
     "event_id", "topic", "kind", "schema_version", "site", "device_id", "ts", "ingested_at",

@@ -9,9 +9,9 @@
   firing alerts, the operator's load cap, the compute gate.  Same functions, same order of
   decisions, so the rebuilt state equals the live one (tests/integration/test_replay.py).
 
-Stored records were validated when they were consumed (invalid ones went to dlq), so
-rebuild decodes them without validating again (``fast_decode``: orjson + ``model_construct``,
-about 10x cheaper than validation); ``strict=True`` validates every record instead.
+Stored records are decoded by the one codec (streams/codec.py): pydantic-core validates
+each straight from its bytes, which measured as fast as building the model without
+validation (``model_construct``), so there is no second, unvalidated path.
 """
 
 from __future__ import annotations
@@ -20,29 +20,18 @@ import asyncio
 import gc
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import orjson
-from pydantic import BaseModel
 
-from agents import alerts, compute, energy, failover, scheduler
-from agents.workers import alert_params, energy_params, scheduler_params
-from schemas.commands import CapSiteLoad, CommandAcknowledged
+from agents.registry import durable_site_agents
+from agents.spec import AgentSpec, table_key
 from schemas.envelope import Event
-from schemas.events import AsicTelemetryObserved
-from schemas.registry import BY_NAME, TOPICS, kind_of
+from schemas.registry import BY_NAME, TOPICS, topic_of
+from schemas.settings import Settings
 from streams.codec import decode
 from streams.history import HistoryStore
-from streams.settings import Settings
-
-#: Topics the site state is folded from (the site agents' inputs).
-SITE_TOPICS = ("dlq", "grid.readings", "power.readings", "asic.telemetry", "gpu.telemetry",
-               "uplink.status", "compute.jobs", "metrics.energy", "commands.site",
-               "commands.acks")
-
 
 # -- reading the log --------------------------------------------------------------------------
 
@@ -71,166 +60,80 @@ def read_log(store: HistoryStore, since: datetime, until: datetime,
         start = end
 
 
-# -- decoding without validating again --------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Plan:
-    model: type[BaseModel]
-    topic: str
-    version: int
-    times: tuple[str, ...]
-    uuids: tuple[str, ...]
-    defaults: dict[str, Any]  # fields a payload may lack (added later with a default)
-    required: frozenset[str]
-
-
-def _plans() -> dict[str, _Plan]:
-    plans: dict[str, _Plan] = {}
-    for spec in TOPICS:
-        for model in spec.models:
-            fields = model.model_fields
-            hints = {n: str(f.annotation) for n, f in fields.items()}
-            plans[kind_of(model)] = _Plan(
-                model, spec.name, int(fields["schema_version"].default),
-                tuple(n for n, h in hints.items() if "atetime" in h),
-                tuple(n for n, h in hints.items() if "UUID" in h),
-                {n: f.get_default(call_default_factory=True) for n, f in fields.items()
-                 if not f.is_required()},
-                frozenset(n for n, f in fields.items() if f.is_required()))
-    return plans
-
-
-_PLANS = _plans()
-_set = object.__setattr__
-
-
-def fast_decode(payload: bytes, topic: str = "") -> Event:
-    """A stored (already validated) payload as its model, without validating it again.
-
-    Builds the instance the way pydantic's ``model_construct`` does, minus its per-field
-    work: the payload was validated when the sink consumed it.  A payload of another schema
-    version (or missing a required field) takes the validating path, with upcasting."""
-    d = orjson.loads(payload)
-    plan = _PLANS.get(d.get("kind", ""))
-    if plan is None or d.get("schema_version") != plan.version or not plan.required <= d.keys():
-        return decode(plan.topic if plan is not None else topic, payload)
-    for name in plan.times:
-        v = d.get(name)
-        if isinstance(v, str):
-            d[name] = datetime.fromisoformat(v)
-    for name in plan.uuids:
-        v = d.get(name)
-        if isinstance(v, str):
-            d[name] = UUID(v)
-    if len(d) != len(plan.model.model_fields):
-        d = {**plan.defaults, **d}
-    obj = plan.model.__new__(plan.model)
-    _set(obj, "__dict__", d)
-    _set(obj, "__pydantic_fields_set__", set(d))
-    _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
-    return obj  # type: ignore[return-value]
-
-
 # -- the site fold ----------------------------------------------------------------------------
 
-@dataclass
+def site_topics() -> tuple[str, ...]:
+    """The topics the site state is folded from: the durable site agents' inputs."""
+    wanted = {topic_of(cls).name for a in durable_site_agents() for cls in a.inputs}
+    return tuple(t.name for t in TOPICS if t.name in wanted)
+
+
+#: Topics the site state is folded from (the durable site agents' inputs).
+SITE_TOPICS = site_topics()
+
+
 class SiteFold:
-    """The site agents' states, folded from recorded events with their step functions."""
+    """The durable site agents' states (agents/registry.py), folded from recorded events
+    with their own step functions and parameters: nothing of an agent is restated here."""
 
-    settings: Settings
-    energy: dict[str, energy.EnergyState] = field(default_factory=dict)
-    scheduler: dict[str, scheduler.SchedulerState] = field(default_factory=dict)
-    failover: dict[str, failover.FailoverState] = field(default_factory=dict)
-    alerts: dict[str, alerts.AlertState] = field(default_factory=dict)
-    compute: dict[str, compute.ComputeState] = field(default_factory=dict)
-    events: int = 0
-    _route_cache: dict[type, list[Any]] = field(default_factory=dict, repr=False)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.specs = [a for a in durable_site_agents() if a.enabled(settings)]
+        self.params = {a.name: a.params(settings) for a in self.specs}
+        self.states: dict[str, dict[str, Any]] = {a.name: {} for a in self.specs}
+        self.events = 0
+        self._routes: dict[type, list[AgentSpec[Any, Any]]] = {}
 
-    def __post_init__(self) -> None:
-        s = self.settings
-        self._energy_p = energy_params(s)
-        self._sched_p = scheduler_params(s)
-        self._fail_p = failover.FailoverParams(
-            local_pool_url=s.local_pool_url, down_after=s.uplink_down_after,
-            hold_down_s=s.uplink_hold_down_s, ttl_s=s.command_ttl_s)
-        self._alert_p = alert_params(s)
-        self._gate_p = compute.GateParams(
-            miner_id=s.compute_miner_id, pause_kw=s.gate_pause_kw, resume_kw=s.gate_resume_kw,
-            hold_s=s.gate_hold_s, ttl_s=s.command_ttl_s)
+    def state(self, agent: str, site: str) -> Any:
+        """One agent's state of one site (a fresh one if it has seen nothing)."""
+        states = self.states[agent]
+        if site not in states:
+            states[site] = next(a for a in self.specs if a.name == agent).state()
+        return states[site]
+
+    def _fold(self, spec: AgentSpec[Any, Any], e: Event) -> None:
+        states = self.states[spec.name]
+        s = states.get(e.site)
+        if s is None:
+            s = spec.state()
+        states[e.site], _ = spec.step(s, e, self.params[spec.name])
 
     def feed(self, e: Event) -> None:
-        """Fold one event into every site agent that reads it (as agents/workers.py routes)."""
+        """Fold one event into every agent that reads it (each spec's own input union)."""
         self.events += 1
-        for fold in self._routes(type(e)):
-            fold(e)
+        routes = self._routes.get(type(e))
+        if routes is None:
+            routes = self._routes[type(e)] = [a for a in self.specs
+                                              if isinstance(e, a.inputs)]
+        for spec in routes:
+            if spec.accepts is None or spec.accepts(e):
+                self._fold(spec, e)
 
     def feed_ledger(self, e: Event) -> None:
-        """Fold an old event into the long-lived state only: an ack into the scheduler's
-        cycles and last-off/on, an operator's cap into the energy fold, a miner's last
-        telemetry on its own pool into its home pool (``restore``)."""
+        """Fold an old event into the long-lived state only: into each agent whose
+        ``durable.ledger`` names its kind (acks into cycles and last-off/on, an operator's
+        cap, a miner's last telemetry on its own pool into its home pool: ``restore``)."""
         self.events += 1
-        site = e.site
-        if isinstance(e, CommandAcknowledged):
-            scheduler.step(self.scheduler.setdefault(site, scheduler.SchedulerState()), e,
-                           self._sched_p)
-        elif isinstance(e, CapSiteLoad):
-            energy.step(self.energy.setdefault(site, energy.EnergyState()), e, self._energy_p)
-        elif isinstance(e, AsicTelemetryObserved):
-            failover.step(self.failover.setdefault(site, failover.FailoverState()), e,
-                          self._fail_p)
-
-    def _routes(self, cls: type[Event]) -> list[Any]:
-        routes = self._route_cache.get(cls)
-        if routes is not None:
-            return routes
-        routes = []  # each agent's own input union (agents/*.py) decides, as in the worker
-        if issubclass(cls, energy.EnergyInput):
-            routes.append(lambda e: energy.step(
-                self.energy.setdefault(e.site, energy.EnergyState()), e, self._energy_p))
-        if issubclass(cls, scheduler.SchedulerInput):
-            routes.append(lambda e: scheduler.step(
-                self.scheduler.setdefault(e.site, scheduler.SchedulerState()), e,
-                self._sched_p))
-        if issubclass(cls, failover.FailoverInput):
-            routes.append(lambda e: failover.step(
-                self.failover.setdefault(e.site, failover.FailoverState()), e, self._fail_p))
-        if issubclass(cls, compute.ComputeInput):
-            routes.append(lambda e: compute.step(
-                self.compute.setdefault(e.site, compute.ComputeState()), e, self._gate_p))
-        if issubclass(cls, alerts.AlertInput):
-            routes.append(lambda e: alerts.step(
-                self.alerts.setdefault(e.site, alerts.AlertState()), e, self._alert_p))
-        self._route_cache[cls] = routes
-        return routes
+        for spec in self.specs:
+            if spec.durable is not None and isinstance(e, spec.durable.ledger):
+                self._fold(spec, e)
 
     def tables(self) -> dict[str, dict[str, Any]]:
         """The durable state under the Faust tables' names and keys (``site/key``)."""
-        out: dict[str, dict[str, Any]] = {"scheduler_asics": {}, "failover_home_pools": {},
-                                          "alerts_firing": {}, "energy_caps": {},
-                                          "compute_gate": {}}
-        for site, s in self.scheduler.items():
-            for d, a in s.asics.items():
-                if (kept := a.durable()) is not None:
-                    out["scheduler_asics"][f"{site}/{d}"] = kept
-        for site, f in self.failover.items():
-            for d, m in f.miners.items():
-                if m.home:
-                    out["failover_home_pools"][f"{site}/{d}"] = m.home
-        for site, al in self.alerts.items():
-            for k, v in al.firing.items():
-                out["alerts_firing"][f"{site}/{k}"] = list(v)
-        for site, en in self.energy.items():
-            if en.cap_kw is not None:
-                out["energy_caps"][f"{site}/cap"] = [en.cap_kw, min(en.cap_until, 1e18)]
-        for site, c in self.compute.items():
-            if c.paused:
-                out["compute_gate"][site] = True
+        out: dict[str, dict[str, Any]] = {}
+        for spec in self.specs:
+            d = spec.durable
+            assert d is not None
+            table = out.setdefault(d.table, {})
+            for site, s in self.states[spec.name].items():
+                for k in list(d.keys(s)):
+                    if (v := d.save(s, k)) not in (None, False):
+                        table[table_key(site, k)] = v
         return out
 
 
 def rebuild(store: HistoryStore, settings: Settings, since: datetime, until: datetime,
-            devices: Iterable[str] | None = None, strict: bool = False) -> SiteFold:
+            devices: Iterable[str] | None = None) -> SiteFold:
     """Fold [since, until) of the log through the site agents' step functions.
 
     The cyclic garbage collector is paused meanwhile: a fold allocates millions of small
@@ -241,7 +144,7 @@ def rebuild(store: HistoryStore, settings: Settings, since: datetime, until: dat
     gc.disable()
     try:
         for topic, _, payload in read_log(store, since, until, SITE_TOPICS, devices):
-            fold.feed(decode(topic, payload) if strict else fast_decode(payload, topic))
+            fold.feed(decode(topic, payload))
     finally:
         if was:
             gc.enable()
@@ -269,7 +172,7 @@ def restore(store: HistoryStore, settings: Settings, until: datetime | None = No
             for topic, _, payload in read_log(store, first, start,
                                               ("commands.acks", "commands.site"),
                                               chunk=timedelta(days=31)):
-                fold.feed_ledger(fast_decode(payload, topic))
+                fold.feed_ledger(decode(topic, payload))
         homes = store.query(
             f"SELECT payload FROM {db}.events WHERE topic = 'asic.telemetry' AND ts < "
             f"{{s:DateTime64(3, 'UTC')}} AND (device_id, ts) IN (SELECT device_id, max(ts) "
@@ -277,10 +180,10 @@ def restore(store: HistoryStore, settings: Settings, until: datetime | None = No
             f"NOT IN ('', {{local:String}}) GROUP BY device_id) LIMIT 1 BY device_id",
             {"s": start, "local": settings.local_pool_url})
         for (payload,) in homes:
-            fold.feed_ledger(fast_decode(payload.encode() if isinstance(payload, str)
-                                         else payload, "asic.telemetry"))
+            fold.feed_ledger(decode("asic.telemetry", payload.encode()
+                                    if isinstance(payload, str) else payload))
         for topic, _, payload in read_log(store, start, until, SITE_TOPICS):
-            fold.feed(fast_decode(payload, topic))
+            fold.feed(decode(topic, payload))
     finally:
         if was:
             gc.enable()

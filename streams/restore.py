@@ -33,15 +33,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from agents.registry import durable_site_agents
 from schemas.alerts import AlertFired, AlertResolved
-from streams.settings import Settings
+from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The site agents' Faust tables that hold durable state (agents/workers.py), all with one
-#: partition.  Persistent names (STYLE.md 12).
-SITE_TABLES = ("scheduler_asics", "failover_home_pools", "alerts_firing", "energy_caps",
-               "compute_gate")
+#: The site agents' Faust tables that hold durable state (their specs' ``durable.table``),
+#: all with one partition.  Persistent names (STYLE.md 12).
+SITE_TABLES = tuple(a.durable.table for a in durable_site_agents() if a.durable is not None)
 
 Tables = dict[str, dict[str, Any]]
 

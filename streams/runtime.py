@@ -29,12 +29,12 @@ import uvicorn
 from api.app import create_api
 from api.auth import generate_key
 from connectors.synthetic import run_synthetic
+from schemas.settings import Settings
 from schemas.site import Site
 from streams.broker import BrokerError, EmbeddedBroker, free_port, port_in_use, wait_ready
 from streams.history import HistoryStore
 from streams.httpserve import QuietServer, serve_in_thread
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.sink import HistorySink
 from streams.supervise import Supervisor, terminate
 from streams.topics import ensure_topics

@@ -34,10 +34,10 @@ from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
 from schemas.plausibility import implausible
 from schemas.registry import TOPICS
+from schemas.settings import Settings
 from streams.codec import DecodeError, dead_letter, decode_record, dlq_id, encode
 from streams.history import HistoryStore, StoredKey
 from streams.publish import Publisher, PublishError
-from streams.settings import Settings
 from streams.topics import BrokerUnavailable, start_client
 
 log = logging.getLogger(__name__)

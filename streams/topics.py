@@ -30,7 +30,7 @@ C = TypeVar("C", bound=_Client)
 FETCH_MAX_WAIT_MS = 100
 
 #: Internal topics (not part of the contract, not stored): the site agents' single-partition
-#: feed of the partitioned topics they fold (see agents/workers.py).
+#: feed of the partitioned topics they fold (see streams/worker.py).
 SITE_FEED = "hashplane.site-feed"
 INTERNAL: tuple[tuple[str, int, int], ...] = ((SITE_FEED, 1, 24 * 3_600_000),)
 

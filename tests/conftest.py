@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from schemas.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.history import HistoryStore
-from streams.settings import Settings
 from streams.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent

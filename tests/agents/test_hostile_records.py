@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from agents import workers
+from agents import energy as energy_agent
+from agents import scheduler as scheduler_agent
 from schemas.commands import SleepAsic, WakeAsic
 from schemas.events import RecordDeadLettered
 from schemas.metrics import EnergyHeadroomComputed
@@ -46,7 +47,7 @@ async def test_nonsense_readings_are_dead_lettered_and_never_decide(settings) ->
         ("power.readings", raw(feed(1.5, 20), capacity_kw=1e12)),
         ("power.readings", raw(feed(1.6, 20), power_kw="__nan__")),
     ]
-    agent, published = make(s, workers.register_energy)
+    agent, published = make(s, energy_agent.SPEC)
     await put_raw(agent, base + hostile + [("grid.readings", encode(grid(2, 50.0)))])
     letters = [e for e in published if isinstance(e, RecordDeadLettered)]
     metrics = [e for e in published if isinstance(e, EnergyHeadroomComputed)]
@@ -64,12 +65,12 @@ async def test_nonsense_readings_are_dead_lettered_and_never_decide(settings) ->
 
 async def test_a_one_hertz_reading_sheds_nothing(settings) -> None:  # type: ignore[no-untyped-def]
     s = settings.model_copy(update={"supply_feeds": ["f1"]})
-    energy, metrics = make(s, workers.register_energy)
+    energy, metrics = make(s, energy_agent.SPEC)
     await put_raw(energy, [("asic.telemetry", encode(tele(0, "a0"))),
                            ("power.readings", encode(feed(0, 20))),
                            ("grid.readings", encode(grid(0.5, 50.0))),
                            ("grid.readings", raw(grid(1, 50.0), frequency_hz=1.0))])
-    scheduler, commands = make(s, workers.register_scheduler)
+    scheduler, commands = make(s, scheduler_agent.SPEC)
     await put_raw(scheduler, [("asic.telemetry", encode(tele(0, "a0")))] + [
         ("metrics.energy", encode(m)) for m in metrics
         if isinstance(m, EnergyHeadroomComputed)])

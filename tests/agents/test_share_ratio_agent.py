@@ -6,13 +6,14 @@ from datetime import timedelta
 
 import pytest
 
-from agents.workers import register_share_ratio
+from agents import share_ratio
 from schemas.envelope import Event
 from schemas.events import RecordDeadLettered, ShareCountsObserved
 from schemas.metrics import ShareRatioComputed
+from schemas.settings import Settings
 from streams.app import create_app
 from streams.codec import encode
-from streams.settings import Settings
+from streams.worker import register
 from tests.factories import T0, sample
 
 
@@ -27,7 +28,7 @@ def harness(tmp_path):  # type: ignore[no-untyped-def]
     async def record(event: Event) -> None:
         published.append(event)
 
-    agent = register_share_ratio(app, settings, publish=record)
+    agent = register(app, settings, share_ratio.SPEC, publish=record)
     return agent, published
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from agents import workers
+from agents import alerts, compute, energy, failover, scheduler, site_shares, tuning
 from agents.energy import fold as energy_fold
 from agents.scheduler import fold as scheduler_fold
+from agents.spec import AgentSpec
 from schemas.alerts import AlertFired
 from schemas.commands import CommandAcknowledged, PauseComputeIntake, SleepAsic, SwitchAsicPool
 from schemas.envelope import Event
@@ -35,9 +36,10 @@ from schemas.metrics import (
     ShareRatioComputed,
 )
 from schemas.registry import topic_of
+from schemas.settings import Settings
+from streams import worker
 from streams.app import TOPIC_HEADER, create_app
 from streams.codec import encode
-from streams.settings import Settings
 from tests.factories import T0
 
 
@@ -49,7 +51,9 @@ def settings(tmp_path):  # type: ignore[no-untyped-def]
                     sched_min_off_s=0, sched_hysteresis_kw=0, uplink_hold_down_s=10)
 
 
-def make(settings: Settings, register: Any) -> tuple[Any, list[Event]]:
+def make(settings: Settings, what: Any) -> tuple[Any, list[Event]]:
+    """An agent spec run by the worker's runner (or a register function), publishing into a
+    list."""
     app = create_app(settings, app_id="agent-test")
     app.finalize()
     published: list[Event] = []
@@ -57,7 +61,9 @@ def make(settings: Settings, register: Any) -> tuple[Any, list[Event]]:
     async def record(event: Event) -> None:
         published.append(event)
 
-    return register(app, settings, publish=record), published
+    if isinstance(what, AgentSpec):
+        return worker.register(app, settings, what, publish=record), published
+    return what(app, settings, publish=record), published
 
 
 async def put_all(agent: Any, events: list[Event]) -> None:
@@ -91,9 +97,9 @@ def feed(sec: float, cap: float) -> FeedPowerMeasured:
 async def test_energy_agent_publishes_what_the_step_function_computes(settings) -> None:  # type: ignore[no-untyped-def]
     settings = settings.model_copy(update={"supply_feeds": ["f1"]})
     events: list[Any] = [feed(0, 20), tele(0, "a0"), tele(0, "a1"), grid(1, 50.0), grid(2, 49.7)]
-    agent, published = make(settings, workers.register_energy)
+    agent, published = make(settings, energy.SPEC)
     await put_all(agent, events)
-    _, expected = energy_fold(events, workers.energy_params(settings))
+    _, expected = energy_fold(events, energy.params(settings))
     # no headroom on the feed alone: without a meter reading the grid is unknown
     assert published == expected and [m.ts for m in expected] == [at(1), at(2)]
     assert published[-1].band == "below-49.8Hz" and published[-1].load_kw == 6.0
@@ -104,11 +110,11 @@ async def test_scheduler_agent_commands_and_persists_cycles_from_acks(settings) 
                                supply_kw=20, margin_kw=0, available_kw=20, load_kw=6,
                                asic_load_kw=6, gpu_load_kw=0, headroom_kw=14, target_load_kw=3)
     events: list[Any] = [tele(0, "a0"), tele(0, "a1"), e]
-    _, (cmd,) = scheduler_fold(events, workers.scheduler_params(settings))
+    _, (cmd,) = scheduler_fold(events, scheduler.params(settings))
     ack = CommandAcknowledged(site="site-1", device_id=cmd.device_id, ts=at(2), source="act",
                               command_id=cmd.command_id, command_kind="SleepAsic",
                               status="applied", latency_ms=3, actuator="t")
-    agent, published = make(settings, workers.register_scheduler)
+    agent, published = make(settings, scheduler.SPEC)
     await put_all(agent, events)
     table = agent.app.tables["scheduler_asics"]
     # the command in flight is kept too: a restarted scheduler waits for its ack
@@ -122,7 +128,7 @@ async def test_scheduler_agent_commands_and_persists_cycles_from_acks(settings) 
 async def test_failover_agent_switches_to_the_local_pool(settings) -> None:  # type: ignore[no-untyped-def]
     down = [UplinkStatusObserved(site="site-1", device_id="uplink", ts=at(s), source="t",
                                  target="x", up=False) for s in (1, 2)]
-    agent, published = make(settings, workers.register_failover)
+    agent, published = make(settings, failover.SPEC)
     await put_all(agent, [tele(0, "a0"), *down])
     assert [(type(c), c.pool_url) for c in published] == [  # type: ignore[attr-defined]
         (SwitchAsicPool, settings.local_pool_url)]
@@ -137,7 +143,7 @@ async def test_site_shares_agent_pool_site_ratios_and_rewards(settings) -> None:
                                 rig_id="rig", gpu_index=0, card="RTX 4090", power_w=300,
                                 power_limit_w=450, temp_c=92, core_clock_mhz=1,
                                 mem_clock_mhz=1)
-    agent, published = make(settings, workers.register_site_shares)
+    agent, published = make(settings, site_shares.SPEC)
     await put_all(agent, [sh(1, "g1", 19, 1), sh(2, "a1", 80, 0), temp, sh(95, "a1", 1, 0)])
     ratios = [m for m in published if isinstance(m, ShareRatioComputed) and m.final]
     assert {(m.scope, m.accepted, m.rejected) for m in ratios} == {("pool", 99, 1),
@@ -155,12 +161,12 @@ async def test_compute_and_alert_agents(settings) -> None:  # type: ignore[no-un
     gpu = GpuTelemetryObserved(site="site-1", device_id="rig-gpu0", ts=at(0), source="t",
                                rig_id="rig", gpu_index=0, card="H100", power_w=300,
                                power_limit_w=700, temp_c=60, core_clock_mhz=1, mem_clock_mhz=1)
-    agent, published = make(settings, workers.register_compute)
+    agent, published = make(settings, compute.SPEC)
     await put_all(agent, [gpu, short])
     assert [type(m) for m in published] == [ComputeScoreComputed, PauseComputeIntake]
     assert agent.app.tables["compute_gate"]["site-1"] is True
 
-    agent, published = make(settings, workers.register_alerts)
+    agent, published = make(settings, alerts.SPEC)
     await put_all(agent, [grid(0, 49.6), short])
     assert [(m.rule, m.severity) for m in published if isinstance(m, AlertFired)] == [
         ("grid_frequency_low", "warning"), ("load_near_supply", "critical")]
@@ -174,7 +180,7 @@ async def test_site_feed_forwards_validated_records_and_dead_letters_bad_ones(se
     async def forward(key: bytes, value: bytes, headers: dict[str, bytes]) -> None:
         sent.append((key, value, headers))
 
-    agent, published = make(settings, partial(workers.register_site_feed, forward=forward))
+    agent, published = make(settings, partial(worker.register_site_feed, forward=forward))
     async with agent.test_context() as a:
         await a.put(encode(tele(0, "a0")), key=b"a0",
                     headers={TOPIC_HEADER: b"asic.telemetry"})
@@ -186,7 +192,7 @@ async def test_site_feed_forwards_validated_records_and_dead_letters_bad_ones(se
 async def test_tuner_agent_commands_a_bounded_first_trial_for_gpus_in_tuning_mode(
         settings: Settings) -> None:
     s = settings.model_copy(update={"tuner_gpus": ["rig01-gpu0"], "tuner_optimizer": "random"})
-    agent, published = make(s, workers.register_tuner)
+    agent, published = make(s, tuning.SPEC)
     gpu = [GpuTelemetryObserved(
         site="site-1", device_id=d, ts=at(1), source="t", rig_id="rig01", gpu_index=i,
         card="NVIDIA GeForce RTX 3090", hashrate_mhs=110, power_w=300, power_limit_w=350,
@@ -203,7 +209,7 @@ async def test_tuner_agent_commands_a_bounded_first_trial_for_gpus_in_tuning_mod
 
 def test_the_worker_runs_the_tuner_only_when_gpus_are_in_tuning_mode(
         settings: Settings) -> None:
-    names = {a.name for a in workers.build_app(settings).agents.values()}
+    names = {a.name for a in worker.build_app(settings).agents.values()}
     assert not any("tuner" in n for n in names)
     tuned = settings.model_copy(update={"tuner_gpus": ["rig01-gpu0"]})
-    assert any("tuner" in a.name for a in workers.build_app(tuned).agents.values())
+    assert any("tuner" in a.name for a in worker.build_app(tuned).agents.values())

@@ -8,10 +8,10 @@ import hashlib
 import httpx
 import pytest
 
-from agents.compute_score import gpu_score, identify
 from connectors.base import Emitter, ListSink
 from connectors.coordinator import CoordinatorClient, CoordinatorError, CoordinatorMiner
 from connectors.workloads import UnknownWorkload, run
+from schemas.compute_score import gpu_score, identify
 from schemas.events import ComputeJobChanged
 from sim.farm import Farm
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from schemas.settings import Settings
 from streams.broker import free_port
 from streams.codec import DecodeError, decode
-from streams.settings import Settings
 from tests.conftest import HASHPLANE, child_env
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from schemas.commands import CommandAcknowledged, SleepAsic, WakeAsic
+from schemas.settings import Settings
 from sim.farm import Farm
 from streams.publish import Publisher
-from streams.settings import Settings
 from tests.conftest import until
 from tests.faults.conftest import Broker, Proc, read_topic
 from tests.sim.conftest import farm_config

@@ -22,9 +22,9 @@ import pytest
 from schemas.commands import CommandAcknowledged
 from schemas.envelope import Event
 from schemas.events import AsicTelemetryObserved, GridMeasured, ShareCountsObserved
+from schemas.settings import Settings
 from streams.history import HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.topics import committed_total
 from tests.conftest import until
 from tests.factories import T0

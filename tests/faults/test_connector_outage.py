@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AsicTelemetryObserved, GridMeasured
+from schemas.settings import Settings
 from sim.farm import Farm
-from streams.settings import Settings
 from tests.conftest import until
 from tests.faults.conftest import Broker, Proc, read_topic
 from tests.sim.conftest import farm_config

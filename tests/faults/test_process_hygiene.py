@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas.settings import Settings
 from streams.broker import free_port
-from streams.settings import Settings
 from tests.conftest import HASHPLANE, ROOT
 from tests.faults.conftest import Broker
 

@@ -20,10 +20,10 @@ import pytest
 
 from schemas.commands import SleepAsic, WakeAsic
 from schemas.envelope import Event
+from schemas.settings import Settings
 from sim.farm import Farm
 from streams.history import HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
 from tests.conftest import until
 from tests.faults.conftest import Broker, Proc
 from tests.faults.test_broker_restart import site_events

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
+from schemas.settings import Settings
 from streams.broker import free_port
 from streams.history import HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.sink import HistorySink
 from streams.topics import committed_total
 from tests.conftest import until

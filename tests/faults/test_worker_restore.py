@@ -26,10 +26,10 @@ import pytest
 from schemas.commands import CapSiteLoad, CommandAcknowledged, SleepAsic
 from schemas.envelope import Event
 from schemas.events import AsicTelemetryObserved, FeedPowerMeasured, GridMeasured
+from schemas.settings import Settings
 from streams.broker import free_port
 from streams.publish import Publisher
 from streams.restore import changelog_topic
-from streams.settings import Settings
 from tests.conftest import until
 from tests.faults.conftest import Broker, Proc, read_topic
 

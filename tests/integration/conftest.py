@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings
+from schemas.settings import Settings
 from tests.conftest import HASHPLANE, child_env
 
 

@@ -24,11 +24,11 @@ from schemas.metrics import (
     ShareRatioComputed,
     TuningTrialEvaluated,
 )
+from schemas.settings import Settings
 from streams.codec import decode
 from streams.history import HistoryStore
 from streams.httpserve import HttpService
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.sink import HistorySink
 from tests.conftest import until
 

@@ -16,9 +16,9 @@ from hypothesis import settings as hsettings
 from schemathesis.checks import positive_data_acceptance
 
 from api.app import create_api
+from schemas.settings import Settings
 from streams.history import HistoryStore
 from streams.httpserve import HttpService
-from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from agents import energy, failover, scheduler
-from agents.workers import energy_params, scheduler_params
 from schemas.alerts import AlertFired
 from schemas.envelope import Event
 from schemas.events import (
@@ -29,9 +28,9 @@ from schemas.events import (
     UplinkStatusObserved,
 )
 from schemas.registry import topic_of
+from schemas.settings import Settings
 from streams.codec import decode
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.topics import SITE_FEED, committed_total
 from tests.conftest import until
 from tests.factories import T0
@@ -111,8 +110,8 @@ async def test_recorded_stream_yields_exactly_the_step_functions_commands(
         await publish_phase(pub, s.kafka_bootstrap, list(uplink), "uplink.status", 0)
 
     # What the pure functions say, folded in the same order.
-    _, metrics = energy.fold([*fleet, *feeds, *dip], energy_params(s))
-    _, sched = scheduler.fold([*fleet, *metrics], scheduler_params(s))
+    _, metrics = energy.fold([*fleet, *feeds, *dip], energy.params(s))
+    _, sched = scheduler.fold([*fleet, *metrics], scheduler.params(s))
     _, switches = failover.fold([*fleet, *uplink], failover.FailoverParams(
         local_pool_url=s.local_pool_url, down_after=s.uplink_down_after,
         hold_down_s=s.uplink_hold_down_s, ttl_s=s.command_ttl_s))

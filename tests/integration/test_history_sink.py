@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from schemas.events import ShareCountsObserved
+from schemas.settings import Settings
 from streams.history import HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.sink import HistorySink
 from streams.topics import committed_total
 from tests.conftest import HASHPLANE, child_env, until

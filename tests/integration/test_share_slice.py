@@ -15,10 +15,10 @@ from agents.share_ratio import fold
 from api.app import create_api
 from schemas.events import ShareCountsObserved
 from schemas.metrics import ShareRatioComputed
+from schemas.settings import Settings
 from streams.codec import decode
 from streams.history import HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
 from streams.sink import HistorySink
 from tests.conftest import HASHPLANE, child_env, until
 from tests.factories import T0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,16 +16,22 @@ import torch
 from agents import optimizers
 from agents import tuner_training as tt
 from agents.tuning import Space
+from bench.gpu_env import GpuTuningEnv
 from schemas.metrics import TuningTrialEvaluated
-from sim.gpu_env import GpuTuningEnv
+from schemas.settings import Settings
 from streams.history import HistoryStore
 from streams.publish import Publisher
-from streams.settings import Settings
+from streams.queries import tuning_trials
 from streams.sink import HistorySink
 from tests.conftest import HASHPLANE, child_env, until
 
 pytestmark = pytest.mark.integration
 T = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+
+def train(store: Any, since: Any, until: Any, out: Any) -> Any:
+    """The CLI's ``tuner train``: the stored trials of a range, fitted."""
+    return tt.train(tt.observations(tuning_trials(store, since, until)), since, until, out)
 
 
 def recorded_trials(card: str, seed: int, n: int, start: datetime) -> list[TuningTrialEvaluated]:
@@ -61,15 +68,15 @@ async def test_train_checkpoints_and_evaluate_them_on_replayed_trials(
     stop.set()
     await task
 
-    data = tt.trials(store, T, T + timedelta(hours=3))
+    data = tt.observations(tuning_trials(store, T, T + timedelta(hours=3)))
     assert {f: len(o) for f, o in data.items()} == {"RTX 3090": 32, "A100": 3}
     out = settings.data_dir / "tuner"
-    v1 = tt.train(store, T, T + timedelta(minutes=59), out)  # the first run only
-    v2 = tt.train(store, T, T + timedelta(hours=3), out)  # everything
+    v1 = train(store, T, T + timedelta(minutes=59), out)  # the first run only
+    v2 = train(store, T, T + timedelta(hours=3), out)  # everything
     assert (v1.version, v1.path.name, v2.path.name) == (1, "tuner-v0001.pt", "tuner-v0002.pt")
     assert v1.trained_on["trials"] == {"RTX 3090": 12}  # A100: 3 trials, under the minimum
     with pytest.raises(ValueError, match="no card family has 5 tuning trials"):
-        tt.train(store, T - timedelta(days=2), T - timedelta(days=1), out)
+        train(store, T - timedelta(days=2), T - timedelta(days=1), out)
 
     back = tt.load_checkpoint(v2.path)
     assert back.version == 2 and len(back.observations["RTX 3090"]) == 32

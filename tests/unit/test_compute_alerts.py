@@ -10,9 +10,9 @@ import pytest
 from agents.alerts import AlertParams
 from agents.alerts import fold as alert_fold
 from agents.compute import GateParams, endpoint_metric, fold
-from agents.compute_score import base_score, rig_score
 from schemas.alerts import AlertFired, AlertResolved
 from schemas.commands import PauseComputeIntake, ResumeComputeIntake
+from schemas.compute_score import base_score, rig_score
 from schemas.events import (
     AsicTelemetryObserved,
     ComputeJobChanged,

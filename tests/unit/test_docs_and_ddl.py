@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from schemas.registry import TOPICS, topic
+from schemas.settings import Settings
 from streams.cli import build_parser
 from streams.ddl import typed_columns
 from streams.history import ddl_script
-from streams.settings import Settings
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""The proof of GPU (connectors/proof_of_gpu.py): an honest rig passes, a product it did not
+"""The proof of GPU (schemas/proof_of_gpu.py): an honest rig passes, a product it did not
 compute or a commitment it bent fails, a name it does not deliver is flagged."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from agents.compute_score import ACHIEVED, REFERENCE_TFLOPS
-from connectors.proof_of_gpu import Challenge, classify, commit, matrix, prove, verify
+from schemas.compute_score import ACHIEVED, REFERENCE_TFLOPS
+from schemas.proof_of_gpu import Challenge, classify, commit, matrix, prove, verify
 
 N = 256
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from faust.transport import by_url
 
+from schemas.settings import Settings
 from streams import kafka_transport
 from streams.app import create_app
-from streams.settings import Settings
 from streams.topics import FETCH_MAX_WAIT_MS
 
 

@@ -14,11 +14,11 @@ from gymnasium.utils.env_checker import check_env
 
 from agents import optimizers, tuning
 from agents.tuning import Measurement, Settings4, Space, TunerParams, bounded, score
+from bench.gpu_env import GpuTuningEnv
 from schemas.commands import ApplyGpuProfile, CommandAcknowledged
 from schemas.events import GpuTelemetryObserved, ShareCountsObserved
 from schemas.metrics import TuningTrialEvaluated
 from sim.gpu import GpuSettings
-from sim.gpu_env import GpuTuningEnv
 from tests.factories import T0
 
 

@@ -16,7 +16,7 @@ The protocol, in one round (the coordinator's job and its proof):
    entries of each opened row (positions again from the root) in float64 from the same
    rounded inputs, and accepts when they agree within the precision's tolerance.  TFLOPS
    is 2 n^3 reps / seconds; the card class is the listed GPU whose expected throughput is
-   nearest (``agents.compute_score.identify``), with memory telling apart the classes of
+   nearest (``schemas.compute_score.identify``), with memory telling apart the classes of
    equal throughput (H200 141 GB and H100 80GB HBM3).  A reported name that is not the
    verified class is flagged ``spoofed``; ranking uses the verified class.
 
@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.compute_score import GPU_BASE_SCORES, identify
+from schemas.compute_score import GPU_BASE_SCORES, identify
 
 M32 = 0xFFFFFFFF
 PRECISIONS = ("fp32", "fp16")
@@ -161,13 +161,23 @@ def picks(seed: int, root: bytes, count: int, bound: int, salt: bytes) -> list[i
     return out
 
 
+def load_torch() -> Any:
+    """torch, imported when first needed (it is heavy); its import warns that pynvml is
+    deprecated, which is not the operator's business."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*pynvml.*")
+        import torch
+
+    return torch
+
+
 def prove(c: Challenge, torch: Any | None = None) -> dict[str, Any]:
     """Answer a challenge on this machine's GPU (CPU when it has none: bf16 stands in for
     fp16, which CPUs do not multiply fast)."""
     if torch is None:
-        from connectors.workloads import _torch
-
-        torch = _torch()
+        torch = load_torch()
     cuda = bool(torch.cuda.is_available())
     dev = "cuda" if cuda else "cpu"
     dtype = {"fp32": torch.float32, "fp16": torch.float16 if cuda else torch.bfloat16}[
@@ -234,9 +244,7 @@ def verify(c: Challenge, proof: Any, *, elapsed_s: float | None = None,
     verified FP32 throughput from an fp32 challenge, for identifying its class from both
     precisions (seed 001's benchmark); without it an fp16 answer is matched on fp16 alone."""
     if torch is None:
-        from connectors.workloads import _torch
-
-        torch = _torch()
+        torch = load_torch()
     v = Verdict(valid=False)
     try:
         root = bytes.fromhex(str(proof["root"]))
@@ -305,7 +313,7 @@ def classify(precision: str, tflops: float, memory_gb: float,
              fp32_tflops: float | None = None) -> str | None:
     """The listed GPU a measured throughput (and memory) identifies, None when no listed
     card is within a factor of two."""
-    from agents.compute_score import ACHIEVED, REFERENCE_TFLOPS
+    from schemas.compute_score import ACHIEVED, REFERENCE_TFLOPS
 
     if precision == "fp16" and fp32_tflops is not None:
         best, _ = identify(fp32_tflops, tflops)
@@ -327,6 +335,6 @@ def classify(precision: str, tflops: float, memory_gb: float,
 
 
 def _listed(name: str) -> str | None:
-    from agents.compute_score import base_score
+    from schemas.compute_score import base_score
 
     return base_score(name)[0]

@@ -1,5 +1,8 @@
 """A gymnasium environment over the simulated GPU physics (sim/gpu.py), for the tuner.
 
+It binds the tuner's search space and score (agents/tuning.py) to the simulator, so it lives
+with the benchmarks, not in sim/ (which knows nothing of the product).
+
 Observation: the card's last window (peak temperature, mean power, mean hashrate, reject %,
 accepted %) and its current settings, all normalised.  Action: a bounded change of the four
 knobs (each in [-1, 1] x ``max_step`` of its range).  Reward: seed 000's reward of the

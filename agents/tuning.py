@@ -392,7 +392,13 @@ def agent_step(state: TunerState, event: TunerInput,
 
     Every worker's share counts are folded (the cluster term) while a GPU is being tuned;
     nothing else but the tuned GPUs' telemetry and acks reaches the fold."""
-    from agents import optimizers
+    if isinstance(event, ShareCountsObserved):
+        if state.gpus:
+            step(state, event, p.devices, _no_proposal, p)  # counting only
+        return state, []
+    if event.device_id not in p.devices:
+        return state, []
+    from agents import optimizers  # torch: imported in the offloaded step, not on the loop
 
     def propose(family: str, history: list[Observation]) -> list[float]:
         if family not in state.optimizers:
@@ -401,13 +407,11 @@ def agent_step(state: TunerState, event: TunerInput,
                 temp_max_c=p.temp_max_c, reject_max_pct=p.reject_max_pct)
         return list(state.optimizers[family].propose(history))
 
-    if isinstance(event, ShareCountsObserved):
-        if state.gpus:
-            step(state, event, p.devices, propose, p)  # counting only: no proposal
-        return state, []
-    if event.device_id not in p.devices:
-        return state, []
     return step(state, event, p.devices, propose, p)
+
+
+def _no_proposal(family: str, history: list[Observation]) -> list[float]:
+    raise AssertionError("share counts never propose")
 
 
 def _slow(state: TunerState, event: Any, p: TunerParams) -> bool:

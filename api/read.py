@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
@@ -142,7 +142,7 @@ def router(ctx: ApiContext) -> APIRouter:
         """ASICs: last telemetry, cycles and last-off (folded from applied acks; recomputed
         at most once a second per query)."""
         async def now() -> Asics:
-            rows = await _asics(ctx, seen_within_s, None, state, limit + 1, offset)
+            rows = await ctx.queries.asics(seen_within_s, None, state, limit + 1, offset)
             return Asics(page=page(limit, offset, len(rows)),
                          asics=[Asic.model_validate(x) for x in rows[:limit]])
 
@@ -152,7 +152,7 @@ def router(ctx: ApiContext) -> APIRouter:
     @r.get("/asics/{device_id}", response_model=Asic, tags=["fleet"])
     async def asic(device_id: Device) -> Asic:
         """One ASIC (404 when it never reported)."""
-        rows = await _asics(ctx, 10 * 365 * 86_400, device_id, None, 1, 0)
+        rows = await ctx.queries.asics(10 * 365 * 86_400, device_id, None, 1, 0)
         if not rows:
             raise HTTPException(404, f"no telemetry from ASIC {device_id!r}")
         return Asic.model_validate(rows[0])
@@ -383,11 +383,6 @@ async def _energy_latest(ctx: ApiContext) -> EnergyPoint | None:
 
 async def _firing(ctx: ApiContext) -> list[Alert]:
     return [Alert.model_validate(x) for x in await ctx.queries.firing_alerts()]
-
-
-async def _asics(ctx: ApiContext, seen_within_s: int, device: str | None, state: str | None,
-                 n: int, offset: int) -> list[dict[str, Any]]:
-    return await ctx.queries.asics(seen_within_s, device, state, n, offset)
 
 
 async def _commands(ctx: ApiContext, s: datetime, u: datetime, device: str | None,

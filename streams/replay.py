@@ -84,13 +84,6 @@ class SiteFold:
         self.events = 0
         self._routes: dict[type, list[AgentSpec[Any, Any]]] = {}
 
-    def state(self, agent: str, site: str) -> Any:
-        """One agent's state of one site (a fresh one if it has seen nothing)."""
-        states = self.states[agent]
-        if site not in states:
-            states[site] = next(a for a in self.specs if a.name == agent).state()
-        return states[site]
-
     def _fold(self, spec: AgentSpec[Any, Any], e: Event) -> None:
         states = self.states[spec.name]
         s = states.get(e.site)

@@ -98,7 +98,8 @@ async def test_cycles_and_firing_alerts_follow_the_agents_rules(store: HistorySt
 
 
 async def test_a_store_failure_is_503_and_a_bug_is_500(
-        store: HistoryStore, tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+        store: HistoryStore, tmp_path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(data_dir=tmp_path, api_keys={"r": "read"}, api_store_connections=1)
     ctx = ApiContext(settings, store)
 
@@ -122,16 +123,11 @@ async def test_a_store_failure_is_503_and_a_bug_is_500(
     app = create_api(settings, store, live=False)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        real = Queries.gpus
-
         async def broken(self: Queries, *a: Any) -> Any:
             raise KeyError("a programming error")
 
-        Queries.gpus = broken  # type: ignore[method-assign]
-        try:
-            with caplog.at_level(logging.ERROR):
-                r = await client.get("/v1/gpus", headers={"Authorization": "Bearer r"})
-        finally:
-            Queries.gpus = real  # type: ignore[method-assign]
+        monkeypatch.setattr(Queries, "gpus", broken)
+        with caplog.at_level(logging.ERROR):
+            r = await client.get("/v1/gpus", headers={"Authorization": "Bearer r"})
     assert r.status_code == 500
     assert "a programming error" in caplog.text  # logged with its traceback

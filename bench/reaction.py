@@ -11,7 +11,13 @@ Faust worker with every agent, the history sink).  Each dip steps the simulated 
 49.4 Hz (the deepest default band: target load 0) at a recorded instant; the clock stops at
 the arrival of the last ``applied`` SleepAsic ack on ``commands.acks``.  Then the grid
 returns to 50 Hz and the fleet is woken before the next dip.  The floor, measured in the same
-run: one meter poll period plus one RPC round trip to a miner.
+run: one meter poll period plus one request to every miner of the fleet, all in flight
+(bounded by the actuator's concurrency): what the meter's cadence, the wire and the
+simulated miners allow before any of hashplane runs.  ``--trace`` prints, per dip, when the
+low reading, the shed headroom, the commands and the acks arrived, and the worker's slow
+folds with their breakdown (step, table, changelog flush, publish); ``--profile DIR``
+samples the stack's processes with py-spy.  The resident memory of the stack's processes
+(``up``: connectors, actuator, sink, API; ``worker``: the agents) is printed at the end.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +94,27 @@ class Acks:
         await self.consumer.stop()
 
 
+def print_trace(acks: Acks, t0: float, w0: float, seen: int) -> None:
+    """When the low reading, the shed headroom, the commands and the acks arrived (s after
+    the step), and when the commands were issued and acked by their own timestamps."""
+    for topic in ("grid.readings", "metrics.energy", "commands.asic"):
+        arr = [at - t0 for at, tp, e in acks.other if tp == topic and at > t0
+               and (topic != "grid.readings" or e.frequency_hz < 49.5)
+               and (topic != "metrics.energy" or e.band != "normal")]
+        print(f"  {topic}: first {min(arr, default=-1):.3f} last "
+              f"{max(arr, default=-1):.3f} n={len(arr)}")
+    sl = [a for _, a in acks.got[seen:] if a.command_kind == "SleepAsic"]
+    if not sl:
+        print("  no SleepAsic ack")
+        return
+    issued = sorted(a.ts.timestamp() - a.latency_ms / 1000 - w0 for a in sl)
+    acked = sorted(a.ts.timestamp() - w0 for a in sl)
+    arrived = sorted(at - t0 for at, a in acks.got[seen:] if a.command_kind == "SleepAsic")
+    print(f"  issued {issued[0]:.3f}..{issued[-1]:.3f} acked {acked[0]:.3f}..{acked[-1]:.3f} "
+          f"arrived {arrived[0]:.3f}..{arrived[-1]:.3f} "
+          f"statuses {sorted({a.status for a in sl})}")
+
+
 async def until(pred: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not pred():
@@ -106,10 +135,74 @@ FLEETS: dict[str, dict[str, int]] = {
     "mixed": {"luxos": 1, "braiins": 1, "antminer": 1, "whatsminer": 1, "vnish": 1}}
 
 
+def stack_pids(up: subprocess.Popen[bytes]) -> list[int]:
+    """``up`` and its children (the worker)."""
+    return [up.pid, *map(int, subprocess.run(["pgrep", "-P", str(up.pid)], text=True,
+                                             capture_output=True).stdout.split())]
+
+
+def process_name(pid: int) -> str:
+    """The hashplane subcommand a process runs (up, worker), else "proc"."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return argv[3].decode() if len(argv) > 3 and argv[1:3] == [b"-m", b"streams.cli"] \
+        else "proc"
+
+
+def start_profiles(up: subprocess.Popen[bytes], out: Path, tag: str) -> list[Any]:
+    """py-spy (the bench extra) sampling ``up`` and its children (the worker) until stopped:
+    raw stacks, one file per process (``summarize`` prints where the time went)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit("--profile needs py-spy: pip install -e '.[bench]'")
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(spy), "record", "--nonblocking", "-r", "100", "-f", "raw",
+                              "-p", str(pid), "-o",
+                              str(out / f"{tag}-{process_name(pid)}-{pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for pid in stack_pids(up)]
+
+
+def summarize(path: Path, top: int = 12) -> None:
+    """The functions of hashplane's own code (and the engines it calls) that the samples
+    of one process were in, by share of samples (inclusive)."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        frames = {f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1].split(":")[0]
+                  for f in stack.split(";")
+                  if any(k in f for k in ("chdb", "aiokafka/producer", "aiokafka/consumer"))
+                  or ("site-packages" not in f and "cli.py" not in f
+                      and any(k in f for k in ("streams/", "agents/", "connectors/")))}
+        counts.update(dict.fromkeys(frames, int(n)))
+    print(f"  {path.name}: {total} samples")
+    for name, n in counts.most_common(top):
+        print(f"    {100 * n / max(1, total):5.1f}%  {name})")
+
+
+def resident_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def stop_profiles(spies: list[Any]) -> None:
+    for p in spies:
+        p.send_signal(signal.SIGINT)
+    for p in spies:
+        p.wait(30)
+
+
 async def run(n: int, dips: int, work: Path, trace: bool = False,
-              fleet: str = "luxos") -> dict[str, Any]:
+              fleet: str = "luxos", profile: Path | None = None) -> dict[str, Any]:
     farm = Farm(FarmConfig(asics=n, gpu_rigs=0, model_endpoints=0, data_dir=work / "sim",
-                           asic_base_ip="127.1.0.1", speed=30.0, firmware_mix=FLEETS[fleet]))
+                           asic_base_ip="127.1.0.1", speed=30.0, firmware_mix=FLEETS[fleet],
+                           coordinator=False))
     await farm.start()
     broker = EmbeddedBroker(log_file=work / "broker.log")
     await broker.start()
@@ -130,16 +223,28 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
     acks = Acks(broker.bootstrap)
     await acks.start()
     rtts: list[float] = []
+    fleet_rtts: list[float] = []
     try:
         a0 = farm.asics[0]
         for _ in range(20):
             t = time.perf_counter()
             await rpc(a0.host, farm.config.asic_port, "summary")
             rtts.append(time.perf_counter() - t)
+        sem = asyncio.Semaphore(512)  # the actuator's default concurrency
+
+        async def one(host: str) -> None:
+            async with sem:
+                await rpc(host, farm.config.asic_port, "summary")
+
+        for _ in range(3):
+            t = time.perf_counter()
+            await asyncio.gather(*(one(a.host) for a in farm.asics))
+            fleet_rtts.append(time.perf_counter() - t)
         await asyncio.sleep(25)  # the worker joins; telemetry tells the scheduler the fleet
         last: list[float] = []
         every: list[float] = []
         failed: list[int] = []  # dips whose acks did not all arrive in 60 s: how many did
+        spies = start_profiles(up, profile, f"{n}-{fleet}") if profile else []
         for _ in range(dips):
             await until(lambda: all(a.state in ("running", "waking") for a in farm.asics),
                         120, "the fleet awake")
@@ -160,27 +265,30 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
                         if a.command_kind == "SleepAsic" and a.status == "applied"}
                 print(f"  {fleet} dip {len(last) + len(failed) + 1}: {exc} ({len(done)} of "
                       f"{n} acked)", flush=True)
+                if trace:
+                    print_trace(acks, t0, w0, seen)
                 failed.append(len(done))
                 step_grid(farm, 50.0)
                 continue
             times = [at - t0 for at in slept()]
             if trace:
-                for topic in ("grid.readings", "metrics.energy", "commands.asic"):
-                    arr = [at - t0 for at, tp, e in acks.other if tp == topic and at > t0
-                           and (topic != "grid.readings" or e.frequency_hz < 49.5)
-                           and (topic != "metrics.energy" or e.band != "normal")]
-                    print(f"  {topic}: first {min(arr, default=-1):.3f} last "
-                          f"{max(arr, default=-1):.3f} n={len(arr)}")
-                sl = [a for _, a in acks.got[seen:] if a.command_kind == "SleepAsic"]
-                issued = sorted(a.ts.timestamp() - a.latency_ms / 1000 - w0 for a in sl)
-                acked = sorted(a.ts.timestamp() - w0 for a in sl)
-                print(f"issued {issued[0]:.3f}..{issued[-1]:.3f} acked {acked[0]:.3f}.."
-                      f"{acked[-1]:.3f} arrived {min(times):.3f}..{max(times):.3f}")
+                print_trace(acks, t0, w0, seen)
             last.append(max(times))
             every += times
             step_grid(farm, 50.0)
+        stop_profiles(spies)
+        if profile:
+            for f in sorted(profile.glob(f"{n}-{fleet}-*.txt")):
+                summarize(f)
+        rss = {process_name(pid): resident_kib(pid) for pid in stack_pids(up)}
+        if trace:  # the worker logs each fold slower than streams.worker.SLOW_S
+            slow = [line.split(": ", 1)[-1] for line in (work / "data" / "worker.log")
+                    .read_text(errors="replace").splitlines() if " took " in line]
+            print("  slow folds in the worker:", *slow[-12:], sep="\n    ")
         return {"n": n, "fleet": fleet, "last": last, "every": every, "failed": failed,
-                "floor": METER_POLL_S + statistics.median(rtts), "rtt": statistics.median(rtts)}
+                "floor": METER_POLL_S + statistics.median(fleet_rtts),
+                "fleet_rpc": statistics.median(fleet_rtts), "rtt": statistics.median(rtts),
+                "rss": rss}
     finally:
         await acks.stop()
         up.terminate()
@@ -192,7 +300,8 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
         await farm.stop()
 
 
-async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str]) -> None:
+async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str],
+               profile: Path | None = None) -> None:
     print(f"hashplane reaction benchmark: {dips} dips per fleet, {os.cpu_count()} cores; "
           f"grid stepped to 49.4 Hz -> last applied SleepAsic ack; fleets: "
           + "; ".join(f"{f} ({', '.join(FLEETS[f])})" for f in fleets))
@@ -200,9 +309,9 @@ async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str]) -> N
     for n in sizes:
         for fleet in fleets:
             rows.append(await run(n, dips, Path(tempfile.mkdtemp(
-                prefix=f"hashplane-react-{n}-{fleet}-")), trace, fleet))
+                prefix=f"hashplane-react-{n}-{fleet}-")), trace, fleet, profile))
     print(f"\n{'ASICs':>6} {'fleet':>6} {'last ack p50':>13} {'p99':>7} {'every ack p50':>14} "
-          f"{'p99':>7} {'floor':>7}  (poll {METER_POLL_S:g} s + RPC)")
+          f"{'p99':>7} {'floor':>7}  (poll {METER_POLL_S:g} s + every miner's RPC in flight)")
     for r in rows:
         if not r["last"]:
             print(f"{r['n']:>6} {r['fleet']:>6} no dip completed ({len(r['failed'])} failed)")
@@ -214,7 +323,10 @@ async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str]) -> N
         print(f"{r['n']:>6} {r['fleet']:>6} {pct(r['last'], 50):>12.3f}s "
               f"{pct(r['last'], 99):>6.3f}s "
               f"{pct(r['every'], 50):>13.3f}s {pct(r['every'], 99):>6.3f}s "
-              f"{r['floor']:>6.3f}s  (RPC {1000 * r['rtt']:.1f} ms)")
+              f"{r['floor']:>6.3f}s  (fleet RPC {r['fleet_rpc']:.3f} s, one RPC "
+              f"{1000 * r['rtt']:.1f} ms; x floor {pct(r['last'], 99) / r['floor']:.1f}; "
+              + ", ".join(f"{k} RSS {v / 1024:.0f} MiB" for k, v in r["rss"].items())
+              + ")")
     print("\ngoal: last-ack p99 <= 1 s at 1,000 ASICs (seed 003 asked < 2 s for 160)")
 
 
@@ -226,5 +338,7 @@ if __name__ == "__main__":
                     help="LuxOS-only and/or the five firmwares mixed (default both)")
     ap.add_argument("--trace", action="store_true",
                     help="per dip: when the reading, the headroom, the commands and acks arrived")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="sample the stack's processes with py-spy during the dips, into DIR")
     args = ap.parse_args()
-    asyncio.run(main(args.asics, args.dips, args.trace, args.fleets))
+    asyncio.run(main(args.asics, args.dips, args.trace, args.fleets, args.profile))

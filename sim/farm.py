@@ -80,6 +80,9 @@ class FarmConfig:
     mqtt_external: bool = False
     model_endpoints: int = 3
     coordinator_api_key: str = "hp-miner-key"
+    #: whether the inventory names the coordinator (its jobs run on the stack's own host:
+    #: an ASIC-only benchmark leaves it out)
+    coordinator: bool = True
     feed_headroom: float = 1.25  # total feed capacity / full load
     tick_s: float = 1.0  # simulated seconds between sensor publications
     scenario: str | None = None
@@ -377,7 +380,8 @@ class Farm:
             "coordinator": {"url": e["coordinator"]["url"],
                             # its jobs run on the host of hashplane's stack, not on
                             # one of the simulated rigs: no coordinator.rig
-                            "api_key_env": self.COORDINATOR_KEY_ENV},
+                            "api_key_env": self.COORDINATOR_KEY_ENV}
+            if self.config.coordinator else None,
             "model_endpoints": e["model_endpoints"],
             "uplink": {"url": e["uplink"]["url"]} if e["uplink"]["url"] else None,
         })

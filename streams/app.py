@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -57,16 +58,38 @@ async def send(topic: faust.TopicT, event: Event) -> None:
 
 #: Header naming the contract topic a forwarded record came from (the site feed).
 TOPIC_HEADER = "hashplane-topic"
+#: Header marking a site-feed record that holds a batch of forwarded records (``pack``).
+BATCH_HEADER = "hashplane-batch"
+
+
+def _header(ev: faust.types.EventT[Any], name: str) -> bytes | None:
+    headers = ev.headers or {}
+    raw = headers.get(name) if isinstance(headers, dict) else \
+        next((v for k, v in headers if k == name), None)
+    return raw.encode() if isinstance(raw, str) else raw
 
 
 def record_topic(ev: faust.types.EventT[Any], default: str | None = None) -> str:
     """The contract topic of a record: the forwarding header, else the topic it is on."""
-    headers = ev.headers or {}
-    raw = headers.get(TOPIC_HEADER) if isinstance(headers, dict) else \
-        next((v for k, v in headers if k == TOPIC_HEADER), None)
+    raw = _header(ev, TOPIC_HEADER)
     if raw:
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return raw.decode()
     return default or ev.message.topic
+
+
+def pack(entries: list[tuple[str, bytes]]) -> bytes:
+    """One site-feed record holding many: a line per record, its topic, a space, its JSON
+    (the codec's JSON has no raw newline)."""
+    return b"\n".join(t.encode() + b" " + v for t, v in entries)
+
+
+def unpack(value: bytes) -> list[tuple[str, bytes]]:
+    """The (topic, JSON) records of a ``pack``ed batch."""
+    out = []
+    for line in value.split(b"\n"):
+        name, _, raw = line.partition(b" ")
+        out.append((name.decode("utf-8", "replace"), raw))
+    return out
 
 
 def _timestamp_ms(msg: Any) -> int | None:
@@ -75,32 +98,72 @@ def _timestamp_ms(msg: Any) -> int | None:
     return None if ts is None else round(float(ts) * 1000)
 
 
+Publish = Callable[[Event], Awaitable[None]]
+
+
+async def decode_one(ev: faust.types.EventT[Any], name: str, raw: bytes | None,
+                     publish: Publish, site: str, source: str, checked: bool = False,
+                     ) -> Event | None:
+    """One record decoded (and checked for plausibility unless ``checked``: the site feed
+    forwards only what passed); an undecodable one is published to dlq and None returned."""
+    try:
+        event = decode(name, raw)
+        if not checked and (why := implausible(event, datetime.now(UTC))) is not None:
+            raise DecodeError(f"implausible: {why}")
+        return event
+    except DecodeError as exc:
+        msg = ev.message
+        if name == "dlq":  # never a letter about a letter (it would loop)
+            log.error("undecodable record on dlq at %s:%s: %s", msg.partition, msg.offset,
+                      exc.reason)
+            return None
+        letter = dead_letter(
+            source_topic=name, raw=raw, reason=exc.reason, site=site,
+            source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,
+            offset=msg.offset,
+            event_id=dlq_id(name, msg.partition, msg.offset, _timestamp_ms(msg), raw))
+        log.warning("dead-lettered %s@%s:%s: %s", name, msg.partition, msg.offset,
+                    exc.reason)
+        await publish(letter)
+        return None
+
+
+#: The last site-feed batches decoded in this process, by the record's value (every site
+#: agent of a worker reads the same feed records: the first to reach one decodes it).
+_BATCHES: OrderedDict[int, tuple[bytes, list[Event]]] = OrderedDict()
+_BATCHES_KEPT = 64
+
+
+async def _unbatched(ev: faust.types.EventT[Any], publish: Publish, site: str,
+                     source: str) -> list[Event]:
+    value = ev.value
+    hit = _BATCHES.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    events = [e for name, raw in unpack(value)
+              if (e := await decode_one(ev, name, raw, publish, site, source, checked=True))
+              is not None]
+    _BATCHES[id(value)] = (value, events)
+    while len(_BATCHES) > _BATCHES_KEPT:
+        _BATCHES.popitem(last=False)
+    return events
+
+
 async def decoded(
-    stream: faust.StreamT[Any], topic_name: str | None, publish: Callable[[Event], Awaitable[None]],
+    stream: faust.StreamT[Any], topic_name: str | None, publish: Publish,
     site: str, source: str,
 ) -> AsyncIterator[Event]:
     """Yield the stream's records decoded; publish undecodable ones to dlq and go on.
 
-    ``topic_name`` None: a multi-topic stream, each record's topic from ``record_topic``.
+    ``topic_name`` None: a multi-topic stream, each record's topic from ``record_topic``;
+    a site-feed batch (``BATCH_HEADER``) yields each of its records.
     """
     async for ev in stream.events():
-        name = record_topic(ev, topic_name)
-        try:
-            event = decode(name, ev.value)
-            if (why := implausible(event, datetime.now(UTC))) is not None:
-                raise DecodeError(f"implausible: {why}")
+        if topic_name is None and _header(ev, BATCH_HEADER):
+            for event in await _unbatched(ev, publish, site, source):
+                yield event
+            continue
+        event = await decode_one(ev, record_topic(ev, topic_name), ev.value, publish, site,
+                                 source)
+        if event is not None:
             yield event
-        except DecodeError as exc:
-            msg = ev.message
-            if name == "dlq":  # never a letter about a letter (it would loop)
-                log.error("undecodable record on dlq at %s:%s: %s", msg.partition, msg.offset,
-                          exc.reason)
-                continue
-            letter = dead_letter(
-                source_topic=name, raw=ev.value, reason=exc.reason, site=site,
-                source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,
-                offset=msg.offset,
-                event_id=dlq_id(name, msg.partition, msg.offset, _timestamp_ms(msg), ev.value))
-            log.warning("dead-lettered %s@%s:%s: %s", name, msg.partition, msg.offset,
-                        exc.reason)
-            await publish(letter)

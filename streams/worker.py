@@ -8,11 +8,12 @@ and publishes the outputs on their registry topics.
   and scale out with them (share ratios, endpoint scores).
 * **Site-scoped** agents fold a whole site, which needs every partition of several topics
   in one place.  ``site_feed`` forwards the records of the partitioned topics they read,
-  validated and unchanged, to the single-partition internal topic ``hashplane.site-feed``
-  (the source topic rides in a header); each site agent reads it together with the
-  single-partition topics of its input union (grid, feeds, uplink, energy, ...).
-  Control-path records (meter -> energy -> scheduler) are on single-partition topics, so
-  they never take the forwarding hop.
+  validated, to the single-partition internal topic ``hashplane.site-feed``, many to a
+  record (``streams.app.pack``: each with its source topic, gathered for a few ms).  Each
+  site agent reads the feed in one lane and the single-partition topics of its input union
+  (grid, feeds, uplink, energy, acks...) in another, both folding into one state:
+  control-path records (meter -> energy -> scheduler) never take the forwarding hop and
+  never wait behind the feed's telemetry.
 
 Which topics an agent reads follows from its input union through the registry; nothing
 here names an agent.  Site agents keep their working state in memory (rebuilt from live
@@ -23,8 +24,11 @@ table (changelog-backed), loaded on a site's first event.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import faust
@@ -34,9 +38,22 @@ from agents.spec import AgentSpec, table_key
 from schemas.envelope import Event
 from schemas.registry import TOPICS, topic, topic_of
 from schemas.settings import Settings
-from streams.app import TOPIC_HEADER, create_app, decoded, raw_topic, send
-from streams.codec import encode
+from streams.app import (
+    BATCH_HEADER,
+    create_app,
+    decode_one,
+    decoded,
+    pack,
+    raw_topic,
+    record_topic,
+)
+from streams.codec import encode, encode_key
 from streams.topics import SITE_FEED
+
+log = logging.getLogger(__name__)
+
+#: An event whose fold (step, table, publish) takes longer is logged with the breakdown.
+SLOW_S = 0.1
 
 Publish = Callable[[Event], Awaitable[None]]
 Forward = Callable[[bytes, bytes, dict[str, bytes]], Awaitable[Any]]
@@ -49,11 +66,14 @@ def wall_clock() -> datetime:
 
 
 def topic_publisher(app: faust.App) -> Publish:
-    """Publish an event on its registry topic through the app's producer."""
-    topics = {spec.name: raw_topic(app, spec.name) for spec in TOPICS}
+    """Publish an event on its registry topic through the app's producer (straight to its
+    batching, without Faust's per-message channel machinery: a scheduler's 1,000 commands
+    of a grid dip go out in milliseconds, not seconds)."""
 
     async def publish(event: Event) -> None:
-        await send(topics[topic_of(type(event)).name], event)
+        spec = topic_of(type(event))
+        await app.producer.send(spec.name, encode_key(event, spec), encode(event), None, None,
+                                None)
 
     return publish
 
@@ -62,6 +82,21 @@ async def publish_all(publish: Publish, events: Iterable[Event]) -> None:
     """Send a step's outputs in order."""
     for e in events:
         await publish(e)
+
+
+async def flush_changelog(app: faust.App) -> None:
+    """Send the table writes Faust buffered and wait until the broker has them.
+
+    Faust's own ``producer.flush`` hands its buffer to the producer one message per event
+    loop turn, each turn shared with every other agent: 1,000 table writes of a grid dip
+    took 0.2-1 s.  Here they go to the producer in one go, in the order they were written
+    (writes queued in the same loop turn: the buffer's own sender has not taken any of
+    them), then the producer is flushed."""
+    buffer = app.producer.buffer
+    pending = buffer.pending
+    while not pending.empty():
+        await buffer._send_pending(pending.get_nowait())
+    await app.producer.flush()
 
 
 def input_topics(spec: AgentSpec[Any, Any]) -> list[str]:
@@ -86,13 +121,20 @@ def enabled(settings: Settings) -> list[AgentSpec[Any, Any]]:
     return [a for a in AGENTS if a.enabled(settings)]
 
 
+#: The site feed gathers what it forwards into one record per batch: at most
+#: ``FEED_BATCH`` records, forwarded at the latest ``FEED_LINGER_S`` after the first (the
+#: site agents then pay Faust's per-record cost once per batch, not once per reading).
+FEED_BATCH, FEED_LINGER_S = 1000, 0.005
+
+
 def register_site_feed(app: faust.App, settings: Settings, publish: Publish | None = None,
                        forward: Forward | None = None) -> faust.types.AgentT[Any]:
-    """Forward what the site agents fold of the partitioned topics to the site feed
-    (validated; undecodable records go to dlq here, once)."""
+    """Forward what the site agents fold of the partitioned topics to the site feed, in
+    batches (validated; undecodable records go to dlq here, once)."""
     publish = publish or topic_publisher(app)
     feed = app.topic(SITE_FEED, key_serializer="raw", value_serializer="raw")
     readers = [s for s in site_agents() if s.enabled(settings)]
+    key = settings.site.encode()
 
     async def to_feed(key: bytes, value: bytes, headers: dict[str, bytes]) -> Any:
         return await feed.send(key=key, value=value, headers=headers)
@@ -103,11 +145,18 @@ def register_site_feed(app: faust.App, settings: Settings, publish: Publish | No
 
     @app.agent(channel, name="site_feed")
     async def site_feed_agent(stream: faust.StreamT[Any]) -> None:
-        async for event in decoded(stream, None, publish, settings.site, "agent:site_feed"):
-            if not any(s.wants(event) for s in readers):
-                continue
-            name = topic_of(type(event)).name
-            await forward(event.site.encode(), encode(event), {TOPIC_HEADER: name.encode()})
+        # take_events acks a batch's source records only after the body is done with it:
+        # a crash before the batch is forwarded leaves them to be read again
+        async for records in stream.take_events(FEED_BATCH, within=FEED_LINGER_S):
+            entries = []
+            for ev in records:
+                name = record_topic(ev)
+                event = await decode_one(ev, name, ev.value, publish, settings.site,
+                                         "agent:site_feed")
+                if event is not None and any(s.wants(event) for s in readers):
+                    entries.append((topic_of(type(event)).name, encode(event)))
+            if entries:
+                await forward(key, pack(entries), {BATCH_HEADER: b"1"})
 
     return site_feed_agent
 
@@ -119,16 +168,13 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
     each event (agent tests pass a recorder instead of a broker)."""
     if spec.scope == "partition":
         return _partition_agent(app, settings, spec, publish)
-    flush = app.producer.flush if publish is None and spec.commit_first else None
+    flush = partial(flush_changelog, app) if publish is None and spec.commit_first else None
     out_to = publish or topic_publisher(app)
     p = spec.params(settings)
     durable = spec.durable
     table = app.Table(durable.table, default=lambda: None, partitions=1) \
         if durable is not None else None
     states: dict[str, Any] = {}
-    channel = app.topic(SITE_FEED, *direct_topics(spec), key_serializer="raw",
-                        value_serializer="raw")
-
     def state_of(site: str) -> Any:
         s = states.get(site)
         if s is None:
@@ -143,17 +189,18 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
                         durable.load(s, k[len(site) + 1:], v)
         return s
 
-    @app.agent(channel, name=spec.name)
-    async def agent(stream: faust.StreamT[Any]) -> None:
+    async def fold(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, None, out_to, settings.site, spec.source):
             if not spec.wants(event):
                 continue
+            t0 = time.perf_counter()
             s = state_of(event.site)
             if spec.offload is not None and spec.offload(s, event, p):
                 s, out = await asyncio.to_thread(spec.step, s, event, p)
             else:
                 s, out = spec.step(s, event, p)
             states[event.site] = s
+            t1 = time.perf_counter()
             if table is not None and durable is not None:
                 for k in s.dirty:
                     table[table_key(event.site, k)] = durable.save(s, k)
@@ -161,11 +208,25 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
             out = list(out)
             if spec.live is not None:
                 out = spec.live(s, event, out, clock(), p)
+            t2 = time.perf_counter()
             if out and flush is not None:
                 await flush()  # the state is durable before what it decided goes out
+            t3 = time.perf_counter()
             await publish_all(out_to, out)
+            if (t4 := time.perf_counter()) - t0 > SLOW_S:
+                log.warning("%s: %s took %.0f ms (step %.0f, table %.0f, flush %.0f, publish "
+                            "%d: %.0f)", spec.name, event.kind, 1000 * (t4 - t0),
+                            1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2), len(out),
+                            1000 * (t4 - t3))
 
-    return agent
+    # Two lanes into one state: the single-partition topics (the control path: meter,
+    # headroom, acks) are never queued behind the site feed's telemetry.
+    lanes = [(spec.name, direct_topics(spec)),
+             (f"{spec.name}-feed", [SITE_FEED] if forwarded_topics([spec]) else [])]
+    lanes = [(name, topics) for name, topics in lanes if topics]
+    agents = [app.agent(app.topic(*topics, key_serializer="raw", value_serializer="raw"),
+                        name=name)(fold) for name, topics in lanes]
+    return agents[0]
 
 
 def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],

@@ -38,7 +38,7 @@ from schemas.metrics import (
 from schemas.registry import topic_of
 from schemas.settings import Settings
 from streams import worker
-from streams.app import TOPIC_HEADER, create_app
+from streams.app import BATCH_HEADER, TOPIC_HEADER, create_app, pack, unpack
 from streams.codec import encode
 from tests.factories import T0
 
@@ -181,11 +181,13 @@ async def test_site_feed_forwards_validated_records_and_dead_letters_bad_ones(se
         sent.append((key, value, headers))
 
     agent, published = make(settings, partial(worker.register_site_feed, forward=forward))
+    good = tele(0, "a0")
     async with agent.test_context() as a:
-        await a.put(encode(tele(0, "a0")), key=b"a0",
-                    headers={TOPIC_HEADER: b"asic.telemetry"})
+        await a.put(encode(good), key=b"a0", headers={TOPIC_HEADER: b"asic.telemetry"})
         await a.put(b"{oops", key=b"a1", headers={TOPIC_HEADER: b"asic.telemetry"})
-    assert [(k, h[TOPIC_HEADER]) for k, _, h in sent] == [(b"site-1", b"asic.telemetry")]
+    # one batch record for what arrived together, each record with its source topic
+    assert [(k, h) for k, _, h in sent] == [(b"site-1", {BATCH_HEADER: b"1"})]
+    assert unpack(sent[0][1]) == [("asic.telemetry", encode(good))]
     assert [type(m) for m in published] == [RecordDeadLettered]
 
 
@@ -213,3 +215,20 @@ def test_the_worker_runs_the_tuner_only_when_gpus_are_in_tuning_mode(
     assert not any("tuner" in n for n in names)
     tuned = settings.model_copy(update={"tuner_gpus": ["rig01-gpu0"]})
     assert any("tuner" in a.name for a in worker.build_app(tuned).agents.values())
+
+
+async def test_a_site_agent_folds_a_feed_batch_as_the_records_it_holds(settings) -> None:  # type: ignore[no-untyped-def]
+    """The feed's batches (many readings in one record) fold exactly as the readings one by
+    one would; the meter's readings come on the agent's other lane."""
+    settings = settings.model_copy(update={"supply_feeds": ["f1"]})
+    telemetry = [tele(0, f"a{i}") for i in range(50)]
+    events: list[Any] = [feed(0, 200), *telemetry, grid(1, 50.0), grid(2, 49.7)]
+    agent, published = make(settings, energy.SPEC)
+    async with agent.test_context() as a:
+        await a.put(encode(events[0]), key=b"f1", headers={TOPIC_HEADER: b"power.readings"})
+        await a.put(pack([("asic.telemetry", encode(t)) for t in telemetry]), key=b"site-1",
+                    headers={BATCH_HEADER: b"1"})
+        for g in events[-2:]:
+            await a.put(encode(g), key=b"meter", headers={TOPIC_HEADER: b"grid.readings"})
+    _, expected = energy_fold(events, energy.params(settings))
+    assert published == expected and published[-1].load_kw == 150.0

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import energy, failover, scheduler
 from schemas.alerts import AlertFired
@@ -86,13 +86,46 @@ async def consume(bootstrap: str, topics: list[str], n: int, settle_s: float = 3
 
 async def publish_phase(pub: Publisher, bootstrap: str, events: list[Event],
                         barrier: str, before: int) -> int:
-    """Publish, then wait until the agents committed past these records of ``barrier``."""
+    """Publish, then wait until the agents committed past these records of ``barrier``.
+
+    ``SITE_FEED``: the records reach the agents in the feed's batches, so the barrier is the
+    source topic committed by the feed to its end, then the feed committed to its end
+    (``before`` is not used)."""
     await pub.publish_many(events)
-    target = before + (len(events) if topic_of(type(events[0])).name == barrier
-                       or barrier == SITE_FEED else 0)
+    if barrier == SITE_FEED:
+        source = topic_of(type(events[0])).name
+        for name in (source, SITE_FEED):
+            end = await records_on(bootstrap, name)
+            await until(lambda name=name, end=end: committed_total_ge(bootstrap, name, end),
+                        60, what=f"agents committed {end} records of {name}")
+        return 0
+    target = before + (len(events) if topic_of(type(events[0])).name == barrier else 0)
     await until(lambda: committed_total_ge(bootstrap, barrier, target), 60,
                 what=f"agents committed {target} records of {barrier}")
     return target
+
+
+async def records_on(bootstrap: str, topic_name: str) -> int:
+    """How many records ``topic_name`` holds (the fetch high watermarks, which are exact
+    on Tansu where ListOffsets is not)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic_name, p)
+               for p in sorted(consumer.partitions_for_topic(topic_name) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        total = 0
+        for tp in tps:
+            for _ in range(50):  # one fetch answers it, empty or not
+                if consumer.highwater(tp) is not None:
+                    break
+                await consumer.getmany(tp, timeout_ms=200)
+            total += consumer.highwater(tp) or 0
+        return total
+    finally:
+        await consumer.stop()
 
 
 async def committed_total_ge(bootstrap: str, topic_name: str, n: int) -> bool:

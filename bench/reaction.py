@@ -179,8 +179,8 @@ def summarize(path: Path, top: int = 12) -> None:
                       and any(k in f for k in ("streams/", "agents/", "connectors/")))}
         counts.update(dict.fromkeys(frames, int(n)))
     print(f"  {path.name}: {total} samples")
-    for name, n in counts.most_common(top):
-        print(f"    {100 * n / max(1, total):5.1f}%  {name})")
+    for name, hits in counts.most_common(top):
+        print(f"    {100 * hits / max(1, total):5.1f}%  {name})")
 
 
 def resident_kib(pid: int) -> int:

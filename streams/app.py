@@ -160,8 +160,8 @@ async def decoded(
     """
     async for ev in stream.events():
         if topic_name is None and _header(ev, BATCH_HEADER):
-            for event in await _unbatched(ev, publish, site, source):
-                yield event
+            for each in await _unbatched(ev, publish, site, source):
+                yield each
             continue
         event = await decode_one(ev, record_topic(ev, topic_name), ev.value, publish, site,
                                  source)

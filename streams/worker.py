@@ -95,7 +95,7 @@ async def flush_changelog(app: faust.App) -> None:
     buffer = app.producer.buffer
     pending = buffer.pending
     while not pending.empty():
-        await buffer._send_pending(pending.get_nowait())
+        await buffer._send_pending(pending.get_nowait())  # type: ignore[attr-defined]
     await app.producer.flush()
 
 
@@ -147,7 +147,8 @@ def register_site_feed(app: faust.App, settings: Settings, publish: Publish | No
     async def site_feed_agent(stream: faust.StreamT[Any]) -> None:
         # take_events acks a batch's source records only after the body is done with it:
         # a crash before the batch is forwarded leaves them to be read again
-        async for records in stream.take_events(FEED_BATCH, within=FEED_LINGER_S):
+        async for records in stream.take_events(  # type: ignore[attr-defined]
+                FEED_BATCH, within=FEED_LINGER_S):
             entries = []
             for ev in records:
                 name = record_topic(ev)

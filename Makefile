@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/agent_throughput.py
 	$(BIN)/python bench/reaction.py
+	$(BIN)/python bench/actuator.py
 	$(BIN)/python bench/tuner.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/discover.py

@@ -246,8 +246,13 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
         failed: list[int] = []  # dips whose acks did not all arrive in 60 s: how many did
         spies = start_profiles(up, profile, f"{n}-{fleet}") if profile else []
         for _ in range(dips):
-            await until(lambda: all(a.state in ("running", "waking") for a in farm.asics),
-                        120, "the fleet awake")
+            try:
+                await until(lambda: all(a.state in ("running", "waking") for a in farm.asics),
+                            120, "the fleet awake")
+            except SystemExit as exc:  # the stack fell behind: what was measured stands
+                print(f"  {fleet}: {exc}; {len(last) + len(failed)} of {dips} dips run",
+                      flush=True)
+                break
             await asyncio.sleep(3)  # telemetry shows them on again
             seen = len(acks.got)
             t0, w0 = time.monotonic(), time.time()

@@ -91,7 +91,12 @@ async def flush_changelog(app: faust.App) -> None:
     loop turn, each turn shared with every other agent: 1,000 table writes of a grid dip
     took 0.2-1 s.  Here they go to the producer in one go, in the order they were written
     (writes queued in the same loop turn: the buffer's own sender has not taken any of
-    them), then the producer is flushed."""
+    them), then the producer is flushed.
+
+    Left open: a write of an earlier fold that the buffer's sender took and is still
+    handing over (the producer's batch full) could be overtaken by a newer write of the same
+    key.  For the scheduler that is at most a stale ``pending`` entry after a restore (it
+    expires at its TTL); cycles are folded from the acks at a restore."""
     buffer = app.producer.buffer
     pending = buffer.pending
     while not pending.empty():

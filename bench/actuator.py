@@ -4,7 +4,8 @@ measured numbers; not a test.
     .venv/bin/python bench/actuator.py [--asics 1000] [--rounds 3]
 
 The simulated LuxOS fleet runs in its own process (``hashplane sim``), as the miners would.
-Each round puts the whole fleet to sleep three ways, and wakes it between them (untimed):
+Each round puts the whole fleet to sleep three ways, and wakes it between them (untimed;
+one untimed round through the broker first, while the consumer joins its group):
 
 * **RPC floor**: the bare ``curtail <session>,sleep`` request to every miner, all in flight
   (bounded by the actuator's concurrency), with nothing else running: what the wire and
@@ -24,7 +25,6 @@ import asyncio
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +38,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.asic_sweep import start_farm
 from connectors.asic_actuator import SOURCE, AsicActuator
 from connectors.base import Emitter
 from connectors.cgminer import AsicEndpoint, rpc
 from connectors.commands import CommandConsumer
 from connectors.firmware import luxos
 from schemas.commands import CommandAcknowledged, SleepAsic, WakeAsic
-from schemas.site import load_site
 from streams.broker import EmbeddedBroker
 from streams.codec import decode, encode, encode_key
 from streams.publish import Publisher
@@ -126,24 +126,11 @@ async def main(n: int, rounds: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 4096)), hard))
     work = Path(tempfile.mkdtemp(prefix="hashplane-bench-actuator-"))
-    site_file = work / "site.toml"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HASHPLANE_LOG_LEVEL": "WARNING"}
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "sim", "--asics", str(n), "--gpu-rigs", "0",
-         "--data-dir", str(work), "--site-file", str(site_file), "--firmware-mix", "luxos=1",
-         "--asic-base-ip", "127.3.0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sim, asics = start_farm(n, work, "luxos=1", "127.3.0.1")
     broker = EmbeddedBroker(log_file=work / "broker.log")
     try:
-        assert sim.stdout is not None
-        line = ""
-        while "simulated farm up" not in line:
-            line = sim.stdout.readline()
-            if not line and sim.poll() is not None:
-                raise SystemExit(f"sim exited with {sim.returncode}")
-        site = load_site(site_file, {**os.environ, **dict(
-            line.split("=", 1) for line in site_file.with_suffix(".env").read_text().split())})
-        eps = [AsicEndpoint(a.id, a.host, a.port, a.firmware) for a in site.asics]
+        eps = [AsicEndpoint(str(a["id"]), str(a["host"]), int(str(a["port"])),
+                            str(a["firmware"])) for a in asics]
         await broker.start()
         await ensure_topics(broker.bootstrap)
         publisher = Publisher(broker.bootstrap, client_id="bench-actuator")
@@ -158,6 +145,9 @@ async def main(n: int, rounds: int) -> None:
         await actuator.prepare()  # sessions open, as the actuator opens them at its start
         print(f"hashplane actuator benchmark: {n:,} LuxOS miners (hashplane sim, own "
               f"process), concurrency {CONCURRENCY}, {os.cpu_count()} cores")
+        # untimed: the consumer joins its group and reads back the acks before it acts
+        await through_broker(broker.bootstrap, eps, SleepAsic)
+        await through_broker(broker.bootstrap, eps, WakeAsic)
         rows: dict[str, list[float]] = {"RPC floor": [], "actuator": [], "through the broker": []}
         for _ in range(rounds):
             rows["RPC floor"].append(await floor(eps, "sleep"))

@@ -13,7 +13,7 @@ import faust
 from schemas.envelope import Event
 from schemas.plausibility import implausible
 from schemas.settings import Settings
-from streams.codec import DecodeError, dead_letter, decode, dlq_id, encode, encode_key
+from streams.codec import DecodeError, dead_letter, decode, dlq_id
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     """A Faust topic carrying raw bytes; the hashplane codec decodes at the edge."""
     return app.topic(name, key_serializer="raw", value_serializer="raw")
-
-
-async def send(topic: faust.TopicT, event: Event) -> None:
-    """Publish an event on a Faust topic, keyed by its registry key."""
-    await topic.send(key=encode_key(event), value=encode(event))
 
 
 #: Header naming the contract topic a forwarded record came from (the site feed).

@@ -11,7 +11,7 @@ and publishes the outputs on their registry topics.
   validated, to the single-partition internal topic ``hashplane.site-feed``, many to a
   record (``streams.app.pack``: each with its source topic, gathered for a few ms).  Each
   site agent reads the feed in one lane and the single-partition topics of its input union
-  (grid, feeds, uplink, energy, acks...) in another, both folding into one state:
+  (grid, feeds, uplink, headroom, operator commands) in another, both folding into one state:
   control-path records (meter -> energy -> scheduler) never take the forwarding hop and
   never wait behind the feed's telemetry.
 
@@ -160,6 +160,8 @@ def register_site_feed(app: faust.App, settings: Settings, publish: Publish | No
                 event = await decode_one(ev, name, ev.value, publish, settings.site,
                                          "agent:site_feed")
                 if event is not None and any(s.wants(event) for s in readers):
+                    # re-encoded, not forwarded as received: the current version, and JSON
+                    # without a raw newline (``pack`` separates records by newline)
                     entries.append((topic_of(type(event)).name, encode(event)))
             if entries:
                 await forward(key, pack(entries), {BATCH_HEADER: b"1"})
@@ -226,7 +228,7 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
                             1000 * (t4 - t3))
 
     # Two lanes into one state: the single-partition topics (the control path: meter,
-    # headroom, acks) are never queued behind the site feed's telemetry.
+    # feeds, headroom, operator commands) are never queued behind the site feed's telemetry.
     lanes = [(spec.name, direct_topics(spec)),
              (f"{spec.name}-feed", [SITE_FEED] if forwarded_topics([spec]) else [])]
     lanes = [(name, topics) for name, topics in lanes if topics]

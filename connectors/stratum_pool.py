@@ -1,29 +1,45 @@
 """The local Stratum v1 pool (seed 003's pool for internet outages) and its accounting.
 
 ``StratumPool`` speaks line-delimited JSON-RPC over TCP: ``mining.subscribe``,
-``mining.authorize``, ``mining.set_difficulty`` and ``mining.notify`` (pushed),
-``mining.submit``.  Submissions are checked against the current jobs: an unknown or stale
-job is error 21, a repeated submission 22, a share below the difficulty 23 (the standard
-Stratum error codes).  Work validity is not hashed here: a submission's ``nonce`` is trusted
-to meet the difficulty unless it is ``ffffffff`` (what a miner's below-target share carries
-in the simulated farm); the pool keeps miners hashing, it does not pay out.
+``mining.authorize``, ``mining.configure`` (BIP 310 version rolling, which AsicBoost
+firmwares ask for), ``mining.extranonce.subscribe``, ``mining.set_difficulty`` and
+``mining.notify`` (pushed), ``mining.submit``.
 
-``LocalPool`` runs it at ``HASHPLANE_LOCAL_POOL_URL`` and publishes its accounting as
-``shares`` events every ``report_s`` per worker (accepted; stale = code 21; rejected = 22 and
-23; difficulty summed).  Shares are counted once: the ASIC connector does not publish share
-deltas for a miner whose active pool is the local pool (``AsicTelemetry(local_pool_url=)``),
-so the pool is the only source for the work it receives.
+Every submission is checked as a pool checks work: the coinbase is rebuilt from the job's
+two halves and the session's extranonces, the merkle root from its branch, the 80-byte
+header from the job's version (with the rolled bits), previous hash, time, bits and the
+share's nonce; its double SHA-256 must be at or below the target of the session's
+difficulty (difficulty 1 is ``0xffff * 2**208``).  The standard Stratum error codes:
+an unknown or stale job is 21, a repeated submission 22, a hash above the target 23, a
+malformed submission 20.  The memory of submitted shares is kept per job and dropped with
+the job, so it stays bounded however long the pool runs.
+
+The pool keeps miners hashing while the internet is gone; it does not build blocks or pay
+out, so its jobs carry a random previous hash and a coinbase paying to ``OP_RETURN``.
+
+``LocalPool`` listens on ``HASHPLANE_LOCAL_POOL_BIND`` (every interface by default: the
+ASICs must reach it) at the port of ``HASHPLANE_LOCAL_POOL_URL``, which is the address
+failover hands the miners, and publishes its accounting as ``shares`` events every
+``report_s`` per worker (accepted; stale = code 21; rejected = 22 and 23; difficulty
+summed).  Shares are counted once: the ASIC connector does not publish share deltas for a
+miner whose active pool is the local pool (``AsicTelemetry(local_pool_url=)``), so the pool
+is the only source for the work it receives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
+import struct
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -35,6 +51,11 @@ log = logging.getLogger(__name__)
 SOURCE = "pool:local"
 ShareHook = Any  # Callable[[str, str, float], None]: worker, outcome, difficulty
 
+DIFF1_TARGET = 0xFFFF << 208  # the target of difficulty 1 ("pool difficulty")
+JOBS_KEPT = 4  # a job older than the last four is stale (21)
+EXTRANONCE2_SIZE = 4
+VERSION_ROLLING_MASK = 0x1FFFE000  # BIP 320's general-purpose version bits
+
 
 def parse_pool_url(url: str) -> tuple[str, int] | None:
     """host and port of ``stratum+tcp://host:port``, or None when there is none."""
@@ -45,6 +66,97 @@ def parse_pool_url(url: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def sha256d(data: bytes) -> bytes:
+    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
+
+
+def swap32(data: bytes) -> bytes:
+    """Reverse the bytes of each 4-byte word (Stratum sends the previous hash this way)."""
+    return b"".join(data[i:i + 4][::-1] for i in range(0, len(data), 4))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``mining.notify``: the fields a share is checked against, as Stratum sends them."""
+
+    job_id: str
+    prevhash: str  # 32 bytes, each 4-byte word byte-swapped
+    coinb1: str
+    coinb2: str
+    branch: tuple[str, ...]  # merkle branch, internal byte order
+    version: str  # big-endian hex, as are nbits and ntime
+    nbits: str
+    ntime: str
+
+    def notify_params(self, clean: bool) -> list[Any]:
+        return [self.job_id, self.prevhash, self.coinb1, self.coinb2, list(self.branch),
+                self.version, self.nbits, self.ntime, clean]
+
+    def header(self, extranonce1: str, extranonce2: str, ntime: str, nonce: str,
+               version_bits: int | None = None) -> bytes:
+        """The 80-byte block header of a share (raises ValueError on bad hex)."""
+        coinbase = bytes.fromhex(self.coinb1 + extranonce1 + extranonce2 + self.coinb2)
+        version = int(self.version, 16)
+        if version_bits is not None:
+            version = (version & ~VERSION_ROLLING_MASK) | (version_bits & VERSION_ROLLING_MASK)
+        return block_header(version, self.prevhash,
+                            merkle_root(sha256d(coinbase), self.branch), ntime, self.nbits,
+                            nonce)
+
+
+def merkle_root(coinbase_hash: bytes, branch: tuple[str, ...] | list[str]) -> bytes:
+    """The merkle root from the coinbase's hash and the job's branch (internal order)."""
+    root = coinbase_hash
+    for h in branch:
+        root = sha256d(root + bytes.fromhex(h))
+    return root
+
+
+def block_header(version: int, prevhash: str, root: bytes, ntime: str, nbits: str,
+                 nonce: str) -> bytes:
+    """80 bytes from Stratum's fields: big-endian hex numbers, the word-swapped prevhash."""
+    return (struct.pack("<I", version) + swap32(bytes.fromhex(prevhash)) + root
+            + bytes.fromhex(ntime)[::-1] + bytes.fromhex(nbits)[::-1]
+            + bytes.fromhex(nonce)[::-1])
+
+
+def header_value(header: bytes) -> int:
+    """The header's hash as the number compared with a target."""
+    return int.from_bytes(sha256d(header), "little")
+
+
+def meets(value: int, difficulty: float) -> bool:
+    """Whether a hash is at or below the target of ``difficulty`` (exact, no float)."""
+    return value * Fraction(difficulty) <= DIFF1_TARGET
+
+
+def _push(data: bytes) -> bytes:
+    return bytes([len(data)]) + data
+
+
+def new_job(height: int, now: float) -> Job:
+    """A job of the local pool: random previous hash, a coinbase paying to OP_RETURN."""
+    tag = _push(b"/hashplane-local/")
+    script_len = len(_push(height.to_bytes(3, "little"))) + 1 + 4 + EXTRANONCE2_SIZE + len(tag)
+    coinb1 = (struct.pack("<I", 1) + b"\x01" + bytes(32) + b"\xff\xff\xff\xff"
+              + bytes([script_len]) + _push(height.to_bytes(3, "little"))
+              + bytes([4 + EXTRANONCE2_SIZE]))
+    coinb2 = (tag + b"\xff\xff\xff\xff" + b"\x01" + bytes(8) + _push(b"\x6a")
+              + bytes(4))
+    return Job(job_id=secrets.token_hex(4), prevhash=secrets.token_hex(32),
+               coinb1=coinb1.hex(), coinb2=coinb2.hex(), branch=(), version="20000000",
+               nbits="1d00ffff", ntime=f"{int(now) & 0xFFFFFFFF:08x}")
+
+
+def _hex_of(value: str, size: int) -> bool:
+    if len(value) != 2 * size:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
 
 @dataclass
 class PoolStats:
@@ -53,10 +165,17 @@ class PoolStats:
     by_worker: dict[str, list[int]] = field(default_factory=dict)  # worker -> [acc, rej]
 
 
+@dataclass
+class _Session:
+    extranonce1: str = field(default_factory=lambda: secrets.token_hex(4))
+    worker: str = ""
+    version_rolling: bool = False
+
+
 class StratumPool:
     """Serve Stratum v1 on host:port; ``cut()`` drops everyone and stops listening."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, difficulty: float = 65536.0,
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, difficulty: float = 65536.0,
                  job_interval_s: float = 30.0, on_share: ShareHook | None = None):
         self.host, self.port = host, port
         self.on_share = on_share
@@ -65,19 +184,25 @@ class StratumPool:
         self.stats = PoolStats()
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
-        self._jobs: list[str] = []
-        self._seen: set[tuple[str, str, str, str]] = set()
+        # job id -> (job, the shares submitted for it): a job's memory goes with the job
+        self._jobs: OrderedDict[str, tuple[Job, set[tuple[str, ...]]]] = OrderedDict()
+        self._height = 0
         self._job_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
         return f"stratum+tcp://{self.host}:{self.port}"
 
+    @property
+    def remembered(self) -> int:
+        """Submitted shares held for the duplicate check (bounded by the jobs kept)."""
+        return sum(len(seen) for _, seen in self._jobs.values())
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, self.host, self.port,
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._new_job()
+        self.new_job()
         self._job_task = asyncio.create_task(self._jobs_loop())
 
     async def stop(self) -> None:
@@ -102,21 +227,24 @@ class StratumPool:
             w.close()
         self._clients.clear()
 
-    def _new_job(self) -> str:
-        job = secrets.token_hex(4)
-        self._jobs = [*self._jobs[-3:], job]
+    def new_job(self) -> Job:
+        """Start a new job; the oldest beyond ``JOBS_KEPT`` is forgotten with its shares."""
+        self._height += 1
+        job = new_job(self._height, time.time())
+        self._jobs[job.job_id] = (job, set())
+        while len(self._jobs) > JOBS_KEPT:
+            self._jobs.popitem(last=False)
         return job
+
+    def current(self) -> Job:
+        return next(reversed(self._jobs.values()))[0]
 
     async def _jobs_loop(self) -> None:
         while True:
             await asyncio.sleep(self.job_interval_s)
-            job = self._new_job()
+            params = self.new_job().notify_params(clean=True)
             for w in list(self._clients):
-                self._send(w, None, "mining.notify", self._notify_params(job, clean=True))
-
-    def _notify_params(self, job: str, clean: bool) -> list[Any]:
-        return [job, "00" * 32, "01000000", "ffffffff", [], "20000000", "1703a30c",
-                "6553f100", clean]
+                self._send(w, None, "mining.notify", params)
 
     @staticmethod
     def _send(w: asyncio.StreamWriter, msg_id: Any, method: str | None = None,
@@ -128,8 +256,7 @@ class StratumPool:
 
     async def _client(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self._clients.add(w)
-        worker = ""
-        extranonce1 = secrets.token_hex(4)
+        s = _Session()
         try:
             while True:
                 try:
@@ -141,20 +268,30 @@ class StratumPool:
                 try:
                     msg = orjson.loads(line)
                     method, params, mid = msg["method"], msg.get("params") or [], msg.get("id")
+                    if not isinstance(params, list):
+                        raise TypeError(params)
                 except (ValueError, KeyError, TypeError):
                     self._send(w, None, result=None, error=[20, "Other/Unknown: bad JSON", None])
                     continue
                 if method == "mining.subscribe":
-                    self._send(w, mid, result=[[["mining.set_difficulty", extranonce1],
-                                                ["mining.notify", extranonce1]], extranonce1, 4])
+                    self._send(w, mid, result=[[["mining.set_difficulty", s.extranonce1],
+                                                ["mining.notify", s.extranonce1]],
+                                               s.extranonce1, EXTRANONCE2_SIZE])
+                elif method == "mining.configure":
+                    asked = params[0] if params and isinstance(params[0], list) else []
+                    s.version_rolling = "version-rolling" in asked
+                    self._send(w, mid, result={"version-rolling": s.version_rolling} | (
+                        {"version-rolling.mask": f"{VERSION_ROLLING_MASK:08x}"}
+                        if s.version_rolling else {}))
                 elif method == "mining.authorize":
-                    worker = str(params[0]) if params else ""
-                    self._send(w, mid, result=bool(worker))
+                    s.worker = str(params[0]) if params else ""
+                    self._send(w, mid, result=bool(s.worker))
                     self._send(w, None, "mining.set_difficulty", [self.difficulty])
-                    self._send(w, None, "mining.notify",
-                               self._notify_params(self._jobs[-1], clean=True))
+                    self._send(w, None, "mining.notify", self.current().notify_params(True))
+                elif method == "mining.extranonce.subscribe":
+                    self._send(w, mid, result=True)  # the extranonce never changes here
                 elif method == "mining.submit":
-                    self._submit(w, mid, params, worker)
+                    self._submit(w, mid, params, s)
                 else:
                     self._send(w, mid, result=None, error=[20, f"Unknown method {method}", None])
                 await w.drain()
@@ -164,35 +301,51 @@ class StratumPool:
             self._clients.discard(w)
             w.close()
 
-    def _submit(self, w: asyncio.StreamWriter, mid: Any, params: list[Any], worker: str) -> None:
-        if len(params) < 5:
-            self._send(w, mid, result=None, error=[20, "Other/Unknown: bad params", None])
+    def check(self, params: list[Any], s: _Session) -> list[Any] | None:
+        """The Stratum error of a submission, or None when the share is good (and new)."""
+        if len(params) < 5 or not all(isinstance(p, str) for p in params[:6]):
+            return [20, "Other/Unknown: bad params", None]
+        _name, job_id, en2, ntime, nonce = params[:5]
+        bits = params[5] if len(params) > 5 else None
+        if not (_hex_of(en2, EXTRANONCE2_SIZE) and _hex_of(ntime, 4) and _hex_of(nonce, 4)
+                and (bits is None or _hex_of(bits, 4))):
+            return [20, "Other/Unknown: malformed extranonce2, ntime, nonce or version", None]
+        if bits is not None and not s.version_rolling:
+            return [20, "Other/Unknown: version rolling was not configured", None]
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return [21, "Job not found", None]
+        job, seen = entry
+        key = (s.extranonce1, en2.lower(), ntime.lower(), nonce.lower(), (bits or "").lower())
+        if key in seen:
+            return [22, "Duplicate share", None]
+        header = job.header(s.extranonce1, en2, ntime, nonce,
+                            int(bits, 16) if bits is not None else None)
+        if not meets(header_value(header), self.difficulty):
+            return [23, "Low difficulty share", None]
+        seen.add(key)
+        return None
+
+    def _submit(self, w: asyncio.StreamWriter, mid: Any, params: list[Any], s: _Session) -> None:
+        name = str(params[0]) if params else ""
+        if not s.worker or name != s.worker:  # and no memory for names nobody authorized
+            self._send(w, mid, result=None, error=[24, "Unauthorized worker", None])
             return
-        name, job, en2, ntime, nonce = (str(p) for p in params[:5])
-        counts = self.stats.by_worker.setdefault(name or worker, [0, 0])
-        error = None
-        if job not in self._jobs:
-            error = [21, "Job not found", None]
-        elif (job, en2, ntime, nonce) in self._seen:
-            error = [22, "Duplicate share", None]
-        elif nonce.lower() == "ffffffff":
-            error = [23, "Low difficulty share", None]
+        counts = self.stats.by_worker.setdefault(s.worker, [0, 0])
+        error = self.check(params, s)
         if error:
             self.stats.rejected += 1
             counts[1] += 1
             self._send(w, mid, result=None, error=error)
             if self.on_share:
-                self.on_share(name or worker, "stale" if error[0] == 21 else "rejected",
+                self.on_share(s.worker, "stale" if error[0] == 21 else "rejected",
                               self.difficulty)
             return
-        self._seen.add((job, en2, ntime, nonce))
         self.stats.accepted += 1
         counts[0] += 1
         self._send(w, mid, result=True)
         if self.on_share:
-            self.on_share(name or worker, "accepted", self.difficulty)
-
-
+            self.on_share(s.worker, "accepted", self.difficulty)
 
 
 @dataclass
@@ -211,15 +364,16 @@ class Tally:
 class LocalPool:
     """The local pool as a service: serve Stratum, publish its accounting as ``shares``."""
 
-    host: str
+    host: str  # the address the miners are given (HASHPLANE_LOCAL_POOL_URL's)
     port: int
     emitter: Emitter
     report_s: float = 5.0
     difficulty: float = 65536.0
+    bind: str = "0.0.0.0"  # where it listens (HASHPLANE_LOCAL_POOL_BIND)
     tallies: dict[str, Tally] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.pool = StratumPool(self.host, self.port, self.difficulty, on_share=self.count)
+        self.pool = StratumPool(self.bind, self.port, self.difficulty, on_share=self.count)
 
     @property
     def url(self) -> str:
@@ -254,12 +408,13 @@ class LocalPool:
         except OSError as exc:
             # Not fatal for the site: failover still points miners here; the miners'
             # dead-pool state and the alerts show it.  The operator sees why in the log.
-            log.error("local Stratum pool cannot listen on %s:%s: %s", self.host, self.port,
+            log.error("local Stratum pool cannot listen on %s:%s: %s", self.bind, self.port,
                       exc)
-            self.emitter.error(f"cannot listen on {self.host}:{self.port}: {exc}")
+            self.emitter.error(f"cannot listen on {self.bind}:{self.port}: {exc}")
             await stop.wait()
             return
-        log.info("local Stratum pool on %s", self.url)
+        log.info("local Stratum pool on %s:%s (miners are given %s, difficulty %g)",
+                 self.bind, self.pool.port, self.url, self.difficulty)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -100,7 +100,17 @@ class Settings(BaseSettings):
         default=3250.0, gt=0, description="Draw assumed for an ASIC never seen running, W")
     command_ttl_s: float = Field(default=10.0, gt=0, description="Agents' commands expire after")
     local_pool_url: str = Field(
-        default="stratum+tcp://127.0.0.1:3333", description="Local Stratum pool for outages")
+        default="stratum+tcp://127.0.0.1:3333",
+        description="Local Stratum pool for outages: the address failover gives the ASICs "
+        "(a LAN address they reach) and the port the pool listens on")
+    local_pool_bind: str = Field(
+        default="0.0.0.0",
+        description="Address the local pool listens on (0.0.0.0: every interface; open its "
+        "port to the miners' network only)")
+    local_pool_difficulty: float = Field(
+        default=65536.0, gt=0,
+        description="Share difficulty the local pool sets; every share's hash is checked "
+        "against its target")
     uplink_down_after: int = Field(
         default=2, ge=1, description="Failed uplink probes in a row that mean 'down'")
     uplink_hold_down_s: float = Field(

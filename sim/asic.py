@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from sim.sampling import binomial, poisson
 
+RATE_DIFFICULTY = 65536.0
 TWO_32 = 2**32
 WAKE_S = 30.0  # full hashrate this long after wake-up (boards re-initialise, then ramp)
 THERMAL_TAU_S = 60.0  # chip temperature time constant
@@ -185,7 +186,9 @@ class SimAsic:
         self.temp_c = target + (self.temp_c - target) * math.exp(-dt / THERMAL_TAU_S)
         pool = self.pools[self.active_pool] if self.pools else None
         if ths > 0 and pool is not None and pool.alive and pool.enabled:
-            expected = ths * 1e12 * dt / (pool.difficulty * TWO_32)
+            # A pool set to an easy target (the demo's local pool: sim/work.py) is not
+            # flooded: shares come at the rate of difficulty RATE_DIFFICULTY or harder.
+            expected = ths * 1e12 * dt / (max(pool.difficulty, RATE_DIFFICULTY) * TWO_32)
             n = poisson(self._rng, expected)
             rej = binomial(self._rng, n, self.reject_p)
             stl = binomial(self._rng, n - rej, self.stale_p)

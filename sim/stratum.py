@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 from typing import Any
 
 from sim.pool import pool_address
+from sim.work import feasible, search
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ class MinerSession:
         self.difficulty = 1.0
         self.job = ""
         self.old_job = ""
+        self.notify: list[Any] = []
+        self.extranonce1 = ""
+        self.en2_size = 4
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -73,11 +78,11 @@ class MinerSession:
                     kind = a.pending.pop(0)
                     # A stale share names a job the pool has already dropped.
                     job = f"stale{secrets.token_hex(2)}" if kind == "stale" else self.job
-                    nonce = "ffffffff" if kind == "low" else secrets.token_hex(4)
+                    work = self._work(kind)
                     pending_ids[next_id] = kind
                     writer.write(json.dumps({
                         "id": next_id, "method": "mining.submit",
-                        "params": [slot.user, job, secrets.token_hex(4), "6553f100", nonce],
+                        "params": [slot.user, job, *work],
                     }).encode() + b"\n")
                     next_id += 1
                 await writer.drain()
@@ -95,6 +100,19 @@ class MinerSession:
                 a.live_pool = None
             writer.close()
 
+    def _work(self, kind: str) -> list[str]:
+        """extranonce2, ntime and nonce of a share: found for real where the target allows
+        (a good share meets it, a low one misses it), else a random nonce, or the marker
+        ``ffffffff`` of a low share, which the simulator's upstream pool goes by."""
+        if self.notify and self.extranonce1 and feasible(self.difficulty):
+            found = search(self.notify, self.extranonce1, self.en2_size, self.difficulty,
+                           good=kind != "low")
+            if found is not None:
+                return list(found)
+        ntime = str(self.notify[7]) if self.notify else "6553f100"
+        return [secrets.token_hex(self.en2_size), ntime,
+                "ffffffff" if kind == "low" else secrets.token_hex(4)]
+
     async def _read(self, reader: asyncio.StreamReader, pending_ids: dict[int, str]) -> None:
         while True:
             line = await reader.readline()
@@ -110,6 +128,10 @@ class MinerSession:
                 self.asic.pools[self.pool_index].difficulty = self.difficulty
             elif method == "mining.notify":
                 self.old_job, self.job = self.job, str(msg["params"][0])
+                self.notify = list(msg["params"])
+            elif msg.get("id") == 1 and isinstance(msg.get("result"), list):
+                with contextlib.suppress(IndexError, TypeError, ValueError):
+                    self.extranonce1, self.en2_size = str(msg["result"][1]), int(msg["result"][2])
             elif msg.get("id") in pending_ids:
                 kind = pending_ids.pop(msg["id"])
                 err = msg.get("error")

@@ -17,6 +17,8 @@ from typing import Any
 from schemas.settings import Settings
 from streams.supervise import run
 
+SIM_POOL_DIFFICULTY = 2.0**-24  # ~256 double SHA-256 per share for a simulated miner
+
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
@@ -517,9 +519,13 @@ def _discover(args: argparse.Namespace) -> int:
 def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
     from streams.runtime import Stack, StackOptions, run_stack
 
-    s = _settings(args)
-    _logging(s.log_level)
     with_farm = embedded and args.asics + args.gpu_rigs > 0
+    # The simulated miners find their shares for real (sim/work.py), which they can only
+    # do against an easy target: the demo's local pool asks for one, unless told otherwise.
+    s = _settings(args, local_pool_difficulty=SIM_POOL_DIFFICULTY
+                  if with_farm and "HASHPLANE_LOCAL_POOL_DIFFICULTY" not in os.environ
+                  else None)
+    _logging(s.log_level)
     # The simulated rigs' GPUs are the workers rig01-gpu0...; the synthetic source, which
     # uses the same names, only runs when there are no simulated rigs (or when asked).
     workers = args.workers if args.workers is not None else (0 if with_farm and args.gpu_rigs

@@ -153,7 +153,8 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
 
         if where := stratum_pool.parse_pool_url(settings.local_pool_url):
             out["local-pool"] = stratum_pool.LocalPool(
-                where[0], where[1], emitter(stratum_pool.SOURCE))
+                where[0], where[1], emitter(stratum_pool.SOURCE),
+                difficulty=settings.local_pool_difficulty, bind=settings.local_pool_bind)
         from connectors.asic_actuator import SOURCE as ASIC_ACT
         from connectors.asic_actuator import AsicActuator, SafetyLimits
         from connectors.commands import CommandConsumer

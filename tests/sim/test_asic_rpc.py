@@ -97,7 +97,7 @@ async def test_malformed_requests_get_status_e_not_a_hang(farm: Farm, request_: 
 async def test_pool_commands_and_real_stratum_session_on_switch(farm: Farm) -> None:
     from connectors.stratum_pool import StratumPool
 
-    local = StratumPool(difficulty=65536.0)
+    local = StratumPool("127.0.0.1", difficulty=2.0**-24)  # a target the sim reaches
     await local.start()
     farm.clock.speed = 60.0  # accelerate share production for the test
     try:

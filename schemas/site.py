@@ -17,6 +17,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -250,6 +251,19 @@ class Uplink(_Entry):
     url: HttpUrl
 
 
+def shard_of(device_id: str, count: int) -> int:
+    """The shard (of ``count``) a device belongs to."""
+    return zlib.crc32(device_id.encode()) % count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` -> (i, n), 0 <= i < n; ValueError with the reason otherwise."""
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ValueError(f"--shard {text!r}: want i/n with 0 <= i < n, e.g. 0/2")
+    return int(i), int(n)
+
+
 class Site(_Entry):
     """Everything at one site hashplane reads or controls."""
 
@@ -264,6 +278,25 @@ class Site(_Entry):
     uplink: Uplink | None = None
     credentials: dict[Annotated[str, Field(pattern=_ID.pattern)], Credentials] = Field(
         default_factory=dict)
+
+    def shard(self, index: int, count: int) -> Site:
+        """Shard ``index`` of ``count`` (``--shard i/n``): the ASICs and rigs whose id hashes
+        to it (CRC-32: each device is in exactly one shard, and adding a device moves no
+        other), and the site-wide devices (meter, feeds, coordinator, model endpoints,
+        uplink) with shard 0."""
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index}/{count}: want 0 <= i < n")
+        if count == 1:
+            return self
+        first = index == 0
+        return self.model_copy(update={
+            "asics": [a for a in self.asics if shard_of(a.id, count) == index],
+            "rigs": [r for r in self.rigs if shard_of(r.id, count) == index],
+            "meter": self.meter if first else None, "mqtt": self.mqtt if first else None,
+            "feeds": self.feeds if first else [],
+            "coordinator": self.coordinator if first else None,
+            "model_endpoints": self.model_endpoints if first else [],
+            "uplink": self.uplink if first else None})
 
     def secret(self, name: str | None, environ: Mapping[str, str]) -> str:
         """The value of the environment variable ``name`` ('' for none)."""

@@ -82,6 +82,20 @@ def cmd_ddl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_info_handler(s: Settings) -> logging.Handler:
+    """Faust's INFO is noise at the default level, hashplane's is not (which partitions
+    this worker holds): this handler passes hashplane's records below WARNING, which
+    Faust's own handler (at WARNING then) drops; warnings and errors stay Faust's to print."""
+    for name in ("streams", "hashplane"):
+        logging.getLogger(name).setLevel(s.log_level.upper())
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(lambda r: r.levelno < logging.WARNING
+                      and r.name.split(".")[0] in ("streams", "hashplane"))
+    return handler
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
@@ -103,8 +117,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = build_app(s)
     RecoveryGuard(app, s, s.restore_timeout_s).start()
     level = "warning" if s.log_level.upper() == "INFO" else s.log_level.lower()
-    worker = faust.Worker(app, loglevel=level, quiet=True,
-                          logfile=None, redirect_stdouts=False)
+    app.conf.loghandlers = [*app.conf.loghandlers, _own_info_handler(s)]
+    worker = faust.Worker(app, loglevel=level, quiet=True, logfile=None,
+                          redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 
@@ -335,6 +350,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     except SiteError as exc:
         print(f"hashplane connect: {exc}", file=sys.stderr)
         return 2
+    shard = _shard_or_exit(args)
 
     async def main() -> None:
         import signal
@@ -351,7 +367,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 from streams.runtime import site_connectors
                 from streams.supervise import Supervisor
 
-                conns = site_connectors(s, pub, devices, frozenset({args.name}))
+                conns = site_connectors(s, pub, devices, frozenset({args.name}),
+                                        shard=shard)
                 if args.name not in conns:
                     raise SystemExit(
                         "no alert sink configured: set HASHPLANE_SMS_TO (with TWILIO_ACCOUNT_SID"
@@ -516,6 +533,15 @@ def _discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_or_exit(args: argparse.Namespace) -> tuple[int, int]:
+    from schemas.site import parse_shard
+
+    try:
+        return parse_shard(args.shard) if getattr(args, "shard", None) else (0, 1)
+    except ValueError as exc:
+        raise SystemExit(f"hashplane {args.command}: {exc}") from None
+
+
 def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
     from streams.runtime import Stack, StackOptions, run_stack
 
@@ -532,12 +558,13 @@ def _run_stack(args: argparse.Namespace, *, embedded: bool) -> int:
                                                              else 16)
     opts = StackOptions(
         embedded_broker=embedded, kafka_port=getattr(args, "kafka_port", 0) or 0,
+        worker=getattr(args, "worker", True),
         synthetic_workers=workers if embedded else 0, duration_s=args.duration,
         farm=_farm_config(args, s) if with_farm else None,
         endpoints_file=(Path(args.site_file) if getattr(args, "site_file", None)
                         else s.data_dir / "sim" / "site.toml") if embedded else None,
         site=_site_or_exit(args.site) if not embedded and getattr(args, "site", None)
-        else None)
+        else None, shard=_shard_or_exit(args))
     stack = Stack(settings=s)
 
     async def main() -> None:
@@ -642,11 +669,19 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_sim, data_dir_default="var/sim")
 
     u = common(sub.add_parser("up", help="run sink, API and worker against configured endpoints"))
-    u.add_argument("--duration", type=float, default=None)
-    u.add_argument("--api-port", type=int, default=None)
+    u.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    u.add_argument("--api-port", type=int, default=None,
+                   help="API port (default HASHPLANE_API_PORT)")
     u.add_argument("--site", default=None,
                    help="the site inventory (TOML, infra/site.example.toml): runs every "
                         "connector and actuator it describes")
+    u.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only shard I of N of the inventory's ASICs and rigs (each "
+                        "device in exactly one shard; site-wide devices with shard 0): N "
+                        "boxes, or processes, share a large fleet")
+    u.add_argument("--no-worker", dest="worker", action="store_false",
+                   help="do not start a Faust worker here: run them as their own processes "
+                        "(`hashplane worker`, as many as the partitions allow)")
     u.set_defaults(func=lambda a: _run_stack(a, embedded=False), workers=0, asics=0,
                    gpu_rigs=0)
 
@@ -730,8 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = common(sub.add_parser("connect", help="run one source connector"))
     c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}")
     c.add_argument("--site", default=None, help="the site inventory (TOML) naming the devices")
-    c.add_argument("--workers", type=int, default=16)
-    c.add_argument("--interval", type=float, default=2.0)
+    c.add_argument("--shard", default=None, metavar="I/N",
+                   help="only shard I of N of the inventory's devices (as for `up`)")
+    c.add_argument("--workers", type=int, default=16,
+                   help="synthetic: share workers to simulate (16)")
+    c.add_argument("--interval", type=float, default=2.0,
+                   help="synthetic: seconds between share reports (2.0)")
     c.set_defaults(func=cmd_connect)
     return p
 

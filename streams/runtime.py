@@ -71,6 +71,7 @@ class StackOptions:
     farm: Any = None  # sim.farm.FarmConfig: start the simulated farm too
     endpoints_file: Path | None = None  # the demo: where the simulated farm's inventory goes
     site: Site | None = None  # `up --site`: the site inventory
+    shard: tuple[int, int] = (0, 1)  # `up --shard i/n`: this box's share of the devices
 
 
 @dataclass
@@ -120,10 +121,19 @@ def nvml_backend(rig: Any) -> GpuBackend:
 def site_connectors(settings: Settings, publisher: Publisher, site: Site,
                     names: frozenset[str] | None = None,
                     stats: dict[str, Any] | None = None,
-                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+                    environ: Mapping[str, str] | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """The connectors and actuators a site inventory describes (schemas/site.py; the one
-    ``hashplane sim`` writes, or an operator's): name -> connector with ``run(stop)``."""
+    ``hashplane sim`` writes, or an operator's): name -> connector with ``run(stop)``.
+
+    ``shard`` (i, n): only the devices of shard i (``Site.shard``); each shard's actuators
+    then read the whole command topic in their own consumer group and skip the other
+    shards' devices, and the local pool runs with shard 0."""
     environ = os.environ if environ is None else environ
+    site = site.shard(*shard)
+    sharded = shard[1] > 1
+    group_tail = f"-shard{shard[0]}of{shard[1]}" if sharded else ""
+    own_all = settings.actuators_own_site and not sharded
     from connectors import (
         cgminer,
         coordinator,
@@ -151,7 +161,7 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
             local_pool_url=settings.local_pool_url)
         from connectors import stratum_pool
 
-        if where := stratum_pool.parse_pool_url(settings.local_pool_url):
+        if (where := stratum_pool.parse_pool_url(settings.local_pool_url)) and shard[0] == 0:
             out["local-pool"] = stratum_pool.LocalPool(
                 where[0], where[1], emitter(stratum_pool.SOURCE),
                 difficulty=settings.local_pool_difficulty, bind=settings.local_pool_bind)
@@ -163,10 +173,10 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
             settings.asic_min_power_w, settings.asic_max_power_w,
             frozenset(settings.asic_maintenance)))
         out["asic-actuator"] = CommandConsumer(
-            settings.kafka_bootstrap, "commands.asic", f"{settings.app_id}-asic-actuator",
-            actuator.targets, actuator, emitter(ASIC_ACT), actuator=ASIC_ACT,
-            concurrency=settings.asic_concurrency, timeout_s=settings.asic_timeout_s + 1.0,
-            own_all=settings.actuators_own_site,
+            settings.kafka_bootstrap, "commands.asic",
+            f"{settings.app_id}-asic-actuator{group_tail}", actuator.targets, actuator,
+            emitter(ASIC_ACT), actuator=ASIC_ACT, concurrency=settings.asic_concurrency,
+            timeout_s=settings.asic_timeout_s + 1.0, own_all=own_all,
             session_timeout_s=settings.worker_session_timeout_s * 3,
             journal=settings.data_dir / "actuators" / "asic.acked")
     if (m := site.meter) is not None:
@@ -203,9 +213,10 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
             for r in rig_dirs])
         gpus = {rainbowminer.worker_name(r.id, g.index) for r in rig_dirs for g in r.gpus}
         out["gpu-actuator"] = CommandConsumer(
-            settings.kafka_bootstrap, "commands.gpu", f"{settings.app_id}-gpu-actuator", gpus,
-            act, emitter(gpu_actuator.SOURCE), actuator=gpu_actuator.SOURCE, concurrency=16,
-            timeout_s=15.0, own_all=settings.actuators_own_site,
+            settings.kafka_bootstrap, "commands.gpu",
+            f"{settings.app_id}-gpu-actuator{group_tail}", gpus, act,
+            emitter(gpu_actuator.SOURCE), actuator=gpu_actuator.SOURCE, concurrency=16,
+            timeout_s=15.0, own_all=own_all,
             session_timeout_s=settings.worker_session_timeout_s * 3,
             journal=settings.data_dir / "actuators" / "gpu.acked")
     if models := [(m.name, m.url) for m in site.model_endpoints]:
@@ -230,7 +241,7 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
     if (u := site.uplink) is not None:
         out["uplink"] = uplink.UplinkProbe(u.url, emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)
-    if settings.sms_to or settings.alert_webhooks:
+    if (settings.sms_to or settings.alert_webhooks) and shard[0] == 0:
         from connectors import alert_sinks
 
         sinks: list[Any] = [alert_sinks.Webhook(u) for u in settings.alert_webhooks]
@@ -357,7 +368,7 @@ async def run_stack(settings: Settings, opts: StackOptions,
             assert publisher is not None
             # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
             stack.connectors = site_connectors(settings, publisher, devices, DEMO_CONNECTORS,
-                                               emitters)
+                                               emitters, shard=opts.shard)
         for name, conn in stack.connectors.items():
             sup.task(f"connector-{name}", partial(conn.run, stop))
         if opts.api:

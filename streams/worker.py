@@ -264,6 +264,17 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
     return agent
 
 
+def describe_assignment(assigned: Iterable[Any]) -> str:
+    """``topic[0,1] topic[2]`` of the input partitions a worker holds (changelogs left out:
+    they follow their agents' partitions)."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in assigned:
+        if not tp.topic.endswith("-changelog") and "__assignor" not in tp.topic:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return " ".join(f"{t}[{','.join(map(str, sorted(p)))}]"
+                    for t, p in sorted(by_topic.items())) or "(none)"
+
+
 def build_app(settings: Settings, watchdog_s: float = 2.0) -> faust.App:
     """The worker app with every enabled agent and the site feed registered, and the
     changelog watchdog (the broker may lose the tables' changelogs under a running worker:
@@ -271,6 +282,12 @@ def build_app(settings: Settings, watchdog_s: float = 2.0) -> faust.App:
     from streams.restore import ChangelogWatchdog
 
     app = create_app(settings)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def log_assignment(_sender: Any, assigned: Iterable[Any], **_: Any) -> None:
+        # An operator (and the scale-out test) sees which worker holds what.
+        log.info("partitions assigned: %s", describe_assignment(assigned))
+
     register_site_feed(app, settings)
     for spec in enabled(settings):
         register(app, settings, spec)

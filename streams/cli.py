@@ -78,7 +78,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_ddl(args: argparse.Namespace) -> int:
     from streams.history import ddl_script
 
-    print(ddl_script(args.database), end="")
+    print(ddl_script(args.database, args.cluster or ""), end="")
     return 0
 
 
@@ -711,7 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate)
 
     dd = sub.add_parser("ddl", help="print the ClickHouse DDL the migrations apply")
-    dd.add_argument("--database", default="hashplane")
+    dd.add_argument("--database", default="hashplane", help="database name (hashplane)")
+    dd.add_argument("--cluster", default=None, metavar="NAME",
+                    help="a ClickHouse cluster's DDL: Replicated tables on every shard, "
+                         "Distributed tables over them, ON CLUSTER NAME")
     dd.set_defaults(func=cmd_ddl)
 
     b = common(sub.add_parser(

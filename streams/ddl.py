@@ -111,14 +111,54 @@ def order_key(spec: TopicSpec) -> str:
     return "(site, device_id, ts, event_id)"
 
 
-def create_typed_table(db: str, spec: TopicSpec) -> str:
+@dataclass(frozen=True)
+class Layout:
+    """Where the tables live: one server (default), or a ClickHouse cluster (``cluster``).
+
+    On a cluster every table is a ``<name>_local`` replicated table on each shard
+    (``Replicated*MergeTree`` with the ``{shard}``/``{replica}`` macros each server
+    defines) with a ``Distributed`` table of the plain name over it, sharded by device
+    (``cityHash64(site, device_id)``: a device's rows, and a redelivered record's copies,
+    land on one shard, where ``ReplacingMergeTree`` collapses them).  The sink inserts
+    into the distributed ``events``; each shard's materialized views fill its local typed
+    tables from the rows it received; readers query the distributed tables."""
+
+    cluster: str = ""
+
+    def on(self) -> str:
+        return f" ON CLUSTER {self.cluster}" if self.cluster else ""
+
+    def stored(self, db: str, name: str) -> str:
+        """The table rows are written to (the shard-local one on a cluster)."""
+        return f"{db}.{name}_local" if self.cluster else f"{db}.{name}"
+
+    def engine(self, db: str, name: str, version: str) -> str:
+        if not self.cluster:
+            return f"ReplacingMergeTree({version})"
+        return (f"ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{name}', "
+                f"'{{replica}}', {version})")
+
+    def distributed(self, db: str, name: str) -> list[str]:
+        """The cluster-wide table over the shards' local ones (none on one server)."""
+        if not self.cluster:
+            return []
+        return [f"CREATE TABLE IF NOT EXISTS {db}.{name}{self.on()} AS {db}.{name}_local "
+                f"ENGINE = Distributed({self.cluster}, {db}, {name}_local, "
+                f"cityHash64(site, device_id))"]
+
+
+ONE_SERVER = Layout()
+
+
+def create_typed_table(db: str, spec: TopicSpec, layout: Layout = ONE_SERVER) -> str:
     """CREATE TABLE for a topic's typed table (ReplacingMergeTree: duplicates collapse)."""
     cols = [f"`{n}` {t}" for n, t in ENVELOPE_COLUMNS]
     cols += [f"`{c.name}` {c.type}" for c in typed_columns(spec)]
     ttl_days = max(1, spec.retention_ms // 86_400_000)
     return (
-        f"CREATE TABLE IF NOT EXISTS {db}.{spec.table} (\n  " + ",\n  ".join(cols) + "\n)"
-        f" ENGINE = ReplacingMergeTree(ingested_at)"
+        f"CREATE TABLE IF NOT EXISTS {layout.stored(db, spec.table)}{layout.on()} (\n  "
+        + ",\n  ".join(cols) + "\n)"
+        f" ENGINE = {layout.engine(db, spec.table, 'ingested_at')}"
         f" PARTITION BY toYYYYMM(ts) ORDER BY {order_key(spec)}"
         f" COMMENT 'typed rows of topic {spec.name} (kafka keeps {ttl_days} d, history all)'"
     )
@@ -131,9 +171,12 @@ def typed_select(spec: TopicSpec) -> str:
     return ", ".join(select)
 
 
-def create_typed_view(db: str, spec: TopicSpec) -> str:
-    """CREATE MATERIALIZED VIEW that fills a typed table from ``events``."""
+def create_typed_view(db: str, spec: TopicSpec, layout: Layout = ONE_SERVER) -> str:
+    """CREATE MATERIALIZED VIEW that fills a typed table from ``events`` (on a cluster,
+    each shard's local table from the rows that shard received)."""
     return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{spec.table}_mv TO {db}.{spec.table} AS "
-        f"SELECT {typed_select(spec)} FROM {db}.events WHERE topic = '{spec.name}'"
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{spec.table}_mv{layout.on()} "
+        f"TO {layout.stored(db, spec.table)} AS "
+        f"SELECT {typed_select(spec)} FROM {layout.stored(db, 'events')} "
+        f"WHERE topic = '{spec.name}'"
     )

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import dashboard, operate, read
+from api import alertmanager, dashboard, operate, read
 from api.auth import KeyRing, require
 from api.context import ApiContext
 from api.live import LiveFeed
@@ -142,5 +142,6 @@ def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,
 
     app.include_router(read.router(ctx), dependencies=[reader])
     app.include_router(operate.router(ctx, ring), dependencies=[operator])
+    app.include_router(alertmanager.router(ctx), dependencies=[operator])
     app.include_router(dashboard.router())
     return app

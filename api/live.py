@@ -28,6 +28,7 @@ from schemas.events import (
     AsicTelemetryObserved,
     GpuTelemetryObserved,
     RecordDeadLettered,
+    UplinkStatusObserved,
 )
 from schemas.metrics import EnergyHeadroomComputed
 from schemas.registry import TOPICS
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 LIVE_TOPICS = (
     "metrics.energy", "metrics.shares", "metrics.rewards", "alerts", "commands.asic",
     "commands.gpu", "commands.compute", "commands.site", "commands.acks", "asic.telemetry",
-    "gpu.telemetry", "grid.readings", "power.readings", "shares", "dlq",
+    "gpu.telemetry", "grid.readings", "power.readings", "shares", "dlq", "uplink.status",
 )
 #: Command latency histogram buckets, seconds (the grid wants < 1 s).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -94,6 +95,7 @@ class Fleet:
     gpus: dict[str, GpuTelemetryObserved] = field(default_factory=dict)
     energy: EnergyHeadroomComputed | None = None
     firing: dict[str, AlertFired] = field(default_factory=dict)
+    uplinks: dict[str, UplinkStatusObserved] = field(default_factory=dict)  # target -> last
 
 
 class LiveFeed:
@@ -149,6 +151,8 @@ class LiveFeed:
             f.gpus[event.device_id] = event
         elif isinstance(event, EnergyHeadroomComputed):
             f.energy = event
+        elif isinstance(event, UplinkStatusObserved):
+            f.uplinks[event.target] = event
         elif isinstance(event, AlertFired):
             f.firing[event.dedup_key] = event
         elif isinstance(event, AlertResolved):

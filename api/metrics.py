@@ -116,6 +116,11 @@ class HashplaneCollector(Collector):
                                      "(1 on the current band)", labels=["band"])
             band.add_metric([e.band], 1)
             yield band
+        up = GaugeMetricFamily("hashplane_uplink_up", "Last uplink probe succeeded (1) or "
+                               "failed (0), per probe target", labels=["target"])
+        for target, u in sorted(f.uplinks.items()):
+            up.add_metric([target], 1.0 if u.up else 0.0)
+        yield up
         firing = GaugeMetricFamily("hashplane_alerts_firing", "Alerts firing",
                                    labels=["severity"])
         by_sev: dict[str, int] = {"info": 0, "warning": 0, "critical": 0}

@@ -185,6 +185,18 @@ class Settings(BaseSettings):
     sms_from: str = Field(default="", description="Twilio number SMS are sent from")
     sms_min_interval_s: float = Field(
         default=60.0, ge=0, description="At most one SMS per recipient this often; digests")
+    sms_severities: list[Literal["info", "warning", "critical"]] = Field(
+        default=["critical"],
+        description="Severities sent by SMS (JSON list); the webhooks get every alert")
+    sms_rules: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Per-rule SMS override (JSON object rule -> true/false), over severity")
+    sms_quiet_hours: str = Field(
+        default="", pattern=r"^$|^\d{2}:\d{2}-\d{2}:\d{2}$",
+        description="HH:MM-HH:MM: only critical SMS then; the rest as a digest after")
+    sms_timezone: str = Field(default="UTC", description="Time zone of the quiet hours")
+    sms_resolution_digest_s: float = Field(
+        default=300.0, ge=0, description="Resolutions are gathered this long into one SMS")
     twilio_base_url: str = Field(
         default="", description="Twilio API base URL override (regional proxy; tests)")
     alert_webhooks: list[str] = Field(
@@ -210,6 +222,18 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Consumer-lag refresh period of /metrics, s")
 
     log_level: str = Field(default="INFO")
+
+    @field_validator("sms_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r} (an IANA name, e.g. Europe/Berlin)") from None
+        return v
 
     @field_validator("data_dir")
     @classmethod

@@ -248,7 +248,12 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
         if settings.sms_to:
             sinks.append(alert_sinks.TwilioSms(
                 settings.sms_to, settings.sms_from, settings.site,
-                min_interval_s=settings.sms_min_interval_s, base_url=settings.twilio_base_url))
+                min_interval_s=settings.sms_min_interval_s, base_url=settings.twilio_base_url,
+                policy=alert_sinks.SmsPolicy(
+                    severities=frozenset(settings.sms_severities), rules=settings.sms_rules,
+                    quiet=alert_sinks.parse_quiet_hours(settings.sms_quiet_hours),
+                    timezone=settings.sms_timezone,
+                    resolution_digest_s=settings.sms_resolution_digest_s)))
         out["alerts"] = alert_sinks.AlertDispatcher(
             settings.kafka_bootstrap, f"{settings.app_id}-alert-sinks", sinks,
             emitter(alert_sinks.SOURCE))

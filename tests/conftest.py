@@ -27,7 +27,9 @@ async def broker(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
     try:
         yield b
     finally:
-        await b.stop()
+        # Tansu drains open connections for seconds on SIGTERM; its topics are in memory
+        # and the test is over: one second, then SIGKILL (5 s per test before).
+        await b.stop(timeout_s=1.0)
 
 
 @pytest.fixture

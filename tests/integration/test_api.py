@@ -433,3 +433,68 @@ async def _count(bootstrap: str, partition: int) -> int:
         return n
     finally:
         await c.stop()
+
+
+# Alertmanager's webhook body, as Prometheus' webhook_config documentation gives it.
+AM_PAYLOAD = {
+    "version": "4", "groupKey": "{}:{alertname=\"HashplaneUplinkDown\"}", "truncatedAlerts": 0,
+    "status": "firing", "receiver": "hashplane", "groupLabels": {}, "commonLabels": {},
+    "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+    "alerts": [
+        {"status": "firing", "labels": {"alertname": "HashplaneUplinkDown",
+                                        "severity": "critical", "site": "site-1",
+                                        "dedup_key": "uplink_down/site-1"},
+         "annotations": {"summary": "the internet uplink is down"},
+         "startsAt": "2026-12-02T04:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+         "generatorURL": "http://prometheus:9090/graph", "fingerprint": "a1b2c3d4e5f60718"},
+        {"status": "firing", "labels": {"alertname": "HashplaneAsicsOffline",
+                                        "severity": "warning", "site": "site-1"},
+         "annotations": {"summary": "3 ASICs offline for 5 minutes"},
+         "startsAt": "2026-12-02T04:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+         "generatorURL": "http://prometheus:9090/graph", "fingerprint": "0f1e2d3c4b5a6978"},
+    ]}
+
+
+async def test_alertmanager_and_agent_alerts_reach_sms_and_webhook_once(served: Any) -> None:
+    """Prometheus' alerts (through Alertmanager's webhook) and the agents' go out through
+    the same sinks: critical by SMS (a local fake of Twilio's API), everything to the
+    webhook (a local receiver), the condition both raised once."""
+    from connectors.alert_sinks import AlertDispatcher, TwilioSms, Webhook
+    from connectors.base import Emitter, ListSink
+    from tests.connectors.test_alert_sinks import FakeProvider
+
+    client, s, _ = served
+    twilio, hook = FakeProvider(), FakeProvider()
+    agent = AlertFired(site="site-1", device_id="site-1", ts=datetime.now(UTC),
+                       source="agent:alerts", rule="uplink_down", severity="critical",
+                       dedup_key="uplink_down/site-1", message="uplink down: 2 probes failed")
+    async with Publisher(s.kafka_bootstrap) as pub:
+        await pub.publish(agent)
+    assert (await client.post("/v1/alerts/alertmanager", headers=READ,
+                              json=AM_PAYLOAD)).status_code == 403
+    assert (await client.post("/v1/alerts/alertmanager", headers=OP,
+                              json={"version": "4", "status": "firing", "alerts": [
+                                  {"status": "firing", "labels": {}}]})).status_code == 422
+    r = await client.post("/v1/alerts/alertmanager", headers=OP, json=AM_PAYLOAD)
+    assert r.status_code == 200 and r.json() == {"published": 2}, r.text
+    d = AlertDispatcher(s.kafka_bootstrap, "alert-routing-test", [
+        TwilioSms(["+15550001"], "+15559999", "site-1", min_interval_s=0,
+                  base_url=twilio.url, account_sid="ACtest", auth_token="secret"),
+        Webhook(hook.url + "/hook")], Emitter(ListSink(), source="t", site="site-1"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await until(lambda: any(b["rule"] == "HashplaneAsicsOffline" for _, b, _ in
+                                hook.requests), 60, 0.1, what="the webhook deliveries")
+        await asyncio.sleep(1.0)  # and no more
+    finally:
+        stop.set()
+        await task
+        twilio.server.shutdown()
+        hook.server.shutdown()
+    ours = {"uplink_down", "HashplaneUplinkDown", "HashplaneAsicsOffline"}  # (the history
+    hooked = [b["rule"] for _, b, _ in hook.requests if b["rule"] in ours]  # has alerts too)
+    assert hooked == ["uplink_down", "HashplaneAsicsOffline"]  # Prometheus' duplicate: once
+    texted = "\n".join(m["Body"] for m in twilio.messages())
+    assert texted.count("uplink_down") == 1 and "[CRITICAL] uplink_down" in texted
+    assert "HashplaneUplinkDown" not in texted and "AsicsOffline" not in texted  # a warning

@@ -19,7 +19,12 @@ from api.operate import check_sql
 from connectors.base import ConnectorStats
 from schemas.alerts import AlertFired, AlertResolved
 from schemas.commands import CommandAcknowledged
-from schemas.events import AsicTelemetryObserved, GpuTelemetryObserved, RecordDeadLettered
+from schemas.events import (
+    AsicTelemetryObserved,
+    GpuTelemetryObserved,
+    RecordDeadLettered,
+    UplinkStatusObserved,
+)
 from schemas.metrics import EnergyHeadroomComputed
 from streams.sink import SinkStats
 from tests.conftest import ROOT
@@ -72,6 +77,7 @@ def _populated() -> LiveFeed:
                                           command_kind="SleepAsic", status="applied",
                                           latency_ms=ms))
     feed.fold("dlq", sample(RecordDeadLettered, source_topic="shares"))
+    feed.fold("uplink.status", sample(UplinkStatusObserved, target="https://1.1.1.1", up=False))
     feed.pipeline.lag = {("hashplane", "shares"): 7}
     feed.pipeline.lag_at = (T0 + timedelta(seconds=1)).timestamp()
     return feed
@@ -94,7 +100,8 @@ def test_the_exposition_reflects_the_live_fold() -> None:
             'hashplane_dlq_events_total{source_topic="shares"} 1.0',
             'hashplane_consumer_lag{group="hashplane",topic="shares"} 7.0',
             'hashplane_connector_events_total{connector="connector:x"} 12.0',
-            "hashplane_sink_rows_total 5.0"):
+            "hashplane_sink_rows_total 5.0",
+            'hashplane_uplink_up{target="https://1.1.1.1"} 0.0'):
         assert line in text, line
 
 

@@ -171,3 +171,47 @@ def test_cluster_ddl_goes_through_the_clickhouse_parser() -> None:
     assert "TO hashplane.asic_telemetry_local" in script and "FROM hashplane.events_local" in script
     with pytest.raises(RuntimeError, match="Syntax error"):
         chdb.query(f"SELECT formatQuery({literal('CREATE TABLE x ON CLUSTR farm (a UInt8)')})")
+
+
+def test_alert_rules_and_alertmanager_routes_fit_together() -> None:
+    """promtool and amtool are not installable here: the files are checked by a parser
+    (that every metric a rule names is exposed is tests/unit/test_api_pieces.py's)."""
+    from agents import alerts as agent_alerts
+    from api.app import create_api
+    from schemas.settings import Settings
+
+    rules = yaml.safe_load((ROOT / "infra/prometheus/hashplane-rules.yml").read_text())
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert {"HashplaneDemandResponseBand", "HashplaneNoHeadroom", "HashplaneAsicsOffline",
+            "HashplaneUplinkDown", "HashplaneSinkLagging", "HashplaneDeadLetters",
+            "HashplaneCommandFailures"} <= names
+    agent_source = Path(agent_alerts.__file__).read_text()
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            assert r["labels"]["severity"] in ("info", "warning", "critical"), r["alert"]
+            assert "summary" in r["annotations"], r["alert"]
+            if key := r["labels"].get("dedup_key"):  # the agent's key for the same condition
+                agent_rule = key.split("/")[0]
+                assert f'"{agent_rule}", f"{agent_rule}/{{e.site}}"' in agent_source or \
+                    f'f"{agent_rule}/{{e.site}}"' in agent_source, key
+                assert key.endswith("{{ $labels.site }}")
+    am = yaml.safe_load((ROOT / "infra/alertmanager/alertmanager.yml").read_text())
+    receivers = {r["name"]: r for r in am["receivers"]}
+
+    def routed(route: dict[str, object]) -> set[str]:
+        out = {str(route["receiver"])}
+        for child in route.get("routes", []):  # type: ignore[attr-defined]
+            out |= routed(child)
+        return out
+
+    assert routed(am["route"]) <= set(receivers)
+    criticals = [r for r in am["route"]["routes"] if r["matchers"] == ['severity="critical"']]
+    assert {r["receiver"] for r in criticals} == {"hashplane", "farm-webhook"}
+    hook = receivers["hashplane"]["webhook_configs"][0]
+    assert hook["send_resolved"] is True and hook["http_config"]["authorization"]
+    path = "/" + hook["url"].split("/", 3)[3]
+    app = create_api(Settings(api_key="k"), store=None)  # type: ignore[arg-type]
+    assert "post" in app.openapi()["paths"][path]
+    scrape = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
+    assert scrape["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "alertmanager:9093"]

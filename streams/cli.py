@@ -75,6 +75,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from streams.doctor import run_doctor
+
+    if args.data_dir:
+        os.environ["HASHPLANE_DATA_DIR"] = args.data_dir
+    return run_doctor(args.site)
+
+
 def cmd_ddl(args: argparse.Namespace) -> int:
     from streams.history import ddl_script
 
@@ -701,6 +709,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="discover: seconds an address has to answer (1.0)")
     st.set_defaults(func=cmd_site)
 
+    doc = common(sub.add_parser(
+        "doctor", help="check a deployment: configuration, inventory, Kafka, ClickHouse, the "
+                       "API and every device class; says what is wrong in plain words"))
+    doc.add_argument("--site", default=None, help="the site inventory (TOML) to check too")
+    doc.set_defaults(func=cmd_doctor)
     common(sub.add_parser("worker", help="run the Faust agents")).set_defaults(func=cmd_worker)
     common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(
         func=cmd_sink)

@@ -215,3 +215,17 @@ def test_alert_rules_and_alertmanager_routes_fit_together() -> None:
     scrape = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
     assert scrape["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "alertmanager:9093"]
+
+
+def test_the_environment_example_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from schemas.settings import Settings
+
+    for line in (ROOT / "infra/hashplane.env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            assert key.startswith("HASHPLANE_"), key
+            monkeypatch.setenv(key, value)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.sms_severities == ["critical"] and s.sms_quiet_hours == "22:00-06:00"
+    assert s.local_pool_bind == "0.0.0.0" and s.kafka_bootstrap.count(",") == 2

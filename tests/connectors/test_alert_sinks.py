@@ -286,8 +286,9 @@ async def test_a_dead_webhook_delays_only_its_own_deliveries(provider: FakeProvi
             bodies = "".join(m["Body"] for m in provider.messages() if m["To"] == "+15550002")
             return "grid_frequency_low" in bodies and "uplink_down" in bodies
 
-        await until(texted, 30, 0.02, what="both alerts texted")
-        assert waited, "the webhook was retrying all along"
+        # both SMS out while the webhook lane sits in its retry wait (``hold`` returns only
+        # once released below): the SMS did not wait for it
+        await until(lambda: texted() and waited, 30, 0.02, what="both alerts texted")
         assert d.done() == 0  # the webhook holds the first alert: nothing is committed
         released.set()
         await until(lambda: d.done() == d.seq, 30, 0.02, what="the webhook's dead letters")

@@ -630,7 +630,8 @@ def farm_args(p: argparse.ArgumentParser) -> None:
                    help="grid-dip, supply-drop, uplink-outage, gpu-overheat, reject-spike, "
                         "asic-crash")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
-    p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0])
+    p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0],
+                   help="the simulated grid's nominal frequency (50 or 60 Hz)")
     p.add_argument("--asic-base-ip", default="127.0.1.1", help="first ASIC's address")
     p.add_argument("--site-file", default=None,
                    help="write the farm as a site inventory (TOML) here, its secrets beside "
@@ -652,7 +653,21 @@ def _farm_line(farm: Any) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the commands in the README)."""
-    p = argparse.ArgumentParser(prog="hashplane", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="hashplane", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="hashplane: the control plane of a mining and AI-compute farm. It reads "
+                    "the ASICs, GPU rigs,\nthe grid meter and the power feeds, curtails on "
+                    "grid frequency and supply, keeps the\nwhole history in ClickHouse and "
+                    "serves it to operators (API, dashboard, alerts).",
+        epilog="common tasks:\n"
+               "  hashplane demo                      try it: everything on this machine, "
+               "a simulated farm\n"
+               "  hashplane site discover 10.0.0.0/24 find the miners, write an inventory\n"
+               "  hashplane site check site.toml      validate an inventory\n"
+               "  hashplane doctor --site site.toml   check a deployment, say what is wrong\n"
+               "  hashplane up --site site.toml       run a real site\n"
+               "  hashplane rebuild --from -1h        the site state, folded from the history\n"
+               "  hashplane COMMAND --help            the options of a command")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -662,7 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "inventory names; systemd's EnvironmentFile format)")
         return sp
 
-    d = common(sub.add_parser("demo", help="run everything embedded against a synthetic farm"))
+    d = common(sub.add_parser(
+        "demo", help="run the whole system on this machine against a simulated farm (no "
+                     "setup: broker, ClickHouse and MQTT embedded)"))
     d.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     d.add_argument("--api-port", type=int, default=None, help="API port (0 = any free)")
     d.add_argument("--kafka-port", type=int, default=0, help="embedded broker port (0 = any)")
@@ -676,7 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     sm.set_defaults(func=cmd_sim, data_dir_default="var/sim")
 
-    u = common(sub.add_parser("up", help="run sink, API and worker against configured endpoints"))
+    u = common(sub.add_parser(
+        "up", help="run a real site: the connectors and actuators of an inventory, the "
+                   "history sink, the API and a worker, against the configured broker and "
+                   "ClickHouse"))
     u.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     u.add_argument("--api-port", type=int, default=None,
                    help="API port (default HASHPLANE_API_PORT)")
@@ -698,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check FILE: validate it, print every problem with its place, exit "
                          "1 if there is one; discover CIDR [CIDR...]: scan the networks for "
                          "miners and print (or --merge) their inventory entries")
-    st.add_argument("targets", nargs="+", metavar="FILE|CIDR")
+    st.add_argument("targets", nargs="+", metavar="FILE|CIDR",
+                    help="check: the inventory file; discover: networks such as 10.0.0.0/24")
     st.add_argument("--merge", default=None, metavar="FILE",
                     help="discover: add the miners FILE does not list yet (by host and "
                          "port), keeping everything already in it")
@@ -717,8 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("worker", help="run the Faust agents")).set_defaults(func=cmd_worker)
     common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(
         func=cmd_sink)
-    a = common(sub.add_parser("api", help="run the read API"))
-    a.add_argument("--api-port", type=int, default=None)
+    a = common(sub.add_parser("api", help="run the operator API, the dashboard and /metrics"))
+    a.add_argument("--api-port", type=int, default=None,
+                   help="API port (default HASHPLANE_API_PORT)")
     a.set_defaults(func=cmd_api)
     common(sub.add_parser("migrate", help="apply ClickHouse migrations")).set_defaults(
         func=cmd_migrate)
@@ -742,10 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--create", action="store_true", help="create missing topics on the broker")
     t.set_defaults(func=cmd_topics)
 
-    sc = sub.add_parser("schemas", help="JSON Schema export")
+    sc = sub.add_parser("schemas", help="export the events' JSON Schemas (for other tools)")
     scs = sc.add_subparsers(dest="action", required=True)
     ex = scs.add_parser("export", help="write one JSON Schema per topic into DIR")
-    ex.add_argument("dir")
+    ex.add_argument("dir", help="directory the schema files are written to")
     ex.set_defaults(func=cmd_schemas)
 
     r = common(sub.add_parser("replay", help="re-publish the event log of a time range"))
@@ -761,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb = common(sub.add_parser("rebuild", help="fold the event log through the agents' step "
                                                "functions and print the site state"))
     rb.add_argument("--from", dest="since", required=True, help="as for replay")
-    rb.add_argument("--to", dest="until", default="now")
+    rb.add_argument("--to", dest="until", default="now", help="end, exclusive (default now)")
     rb.add_argument("--devices", default=None, help="comma-separated device ids")
     rb.set_defaults(func=cmd_rebuild)
 
@@ -772,13 +794,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ("evaluate", "compare checkpoints on the same trials")):
         a = common(tus.add_parser(name, help=text))
         a.add_argument("--from", dest="since", required=True, help="as for replay")
-        a.add_argument("--to", dest="until", default="now")
+        a.add_argument("--to", dest="until", default="now", help="end, exclusive (default now)")
         a.add_argument("--dir", default=None, help="checkpoint directory (<data-dir>/tuner)")
         if name == "evaluate":
             a.add_argument("checkpoints", nargs="*", help="checkpoints (default: all in --dir)")
         a.set_defaults(func=cmd_tuner)
 
-    c = common(sub.add_parser("connect", help="run one source connector"))
+    c = common(sub.add_parser("connect", help="run one connector or actuator on its own"))
     c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}")
     c.add_argument("--site", default=None, help="the site inventory (TOML) naming the devices")
     c.add_argument("--shard", default=None, metavar="I/N",

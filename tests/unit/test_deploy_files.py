@@ -229,3 +229,24 @@ def test_the_environment_example_is_a_valid_configuration(monkeypatch: pytest.Mo
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.sms_severities == ["critical"] and s.sms_quiet_hours == "22:00-06:00"
     assert s.local_pool_bind == "0.0.0.0" and s.kafka_bootstrap.count(",") == 2
+
+
+def test_every_command_and_option_has_help_in_words() -> None:
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                helped = {c.dest for c in a._choices_actions if c.help}
+                missing += [f"{path} {n}" for n in a.choices if n not in helped]
+                for name, sp in a.choices.items():
+                    missing += walk(sp, f"{path} {name}")
+            elif a.dest != "help" and not (a.help and len(a.help.split()) >= 2):
+                missing.append(f"{path} {'/'.join(a.option_strings) or a.dest}")
+        return missing
+
+    parser = build_parser()
+    assert walk(parser, "hashplane") == []
+    assert "control plane" in (parser.description or "") and "common tasks" in (
+        parser.epilog or "")

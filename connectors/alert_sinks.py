@@ -76,6 +76,9 @@ class Sink(Protocol):
 
     name: str
 
+    def wants(self, alert: Alert) -> bool:
+        """Whether this sink sends the alert at all (the SMS policy; webhooks: all)."""
+
     def enqueue(self, alert: Alert) -> None:
         """Take an alert (never fails)."""
 
@@ -295,10 +298,14 @@ class Lane:
         self.wake = asyncio.Event()
 
     def offer(self, seq: int, alert: Alert) -> None:
-        if getattr(self.sink, "wants", lambda _a: True)(alert):
+        if self.sink.wants(alert):
             self.sink.enqueue(alert)
             self.given.append((seq, alert.event_id))
         self.wake.set()
+        self._advance(seq)
+
+    def skip(self, seq: int) -> None:
+        """A record with nothing for this lane (undecodable, or a duplicate alert)."""
         self._advance(seq)
 
     async def attempt(self) -> None:
@@ -358,7 +365,7 @@ class AlertDispatcher:
                 lane.offer(self.seq, alert)
         else:
             for lane in self.lanes:
-                lane._advance(self.seq)
+                lane.skip(self.seq)
         if not self.running:
             await self.tick()
         return self.seq

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,18 +90,21 @@ def next_path(out_dir: Path) -> tuple[int, Path]:
 
 
 def train(data: dict[str, list[Observation]], since: datetime, until: datetime, out_dir: Path,
-          min_trials: int = 5) -> Checkpoint:
+          min_trials: int = 5, progress: Callable[[int, int, str], None] | None = None,
+          ) -> Checkpoint:
     """Fit the per-family models on the trials of [since, until) (``observations``) and save
-    a checkpoint."""
+    a checkpoint; ``progress(done, total, family)`` after each family's fit."""
     usable = {f: obs for f, obs in data.items() if len(obs) >= min_trials}
     if not usable:
         counts = {f: len(o) for f, o in data.items()}
         raise ValueError(f"no card family has {min_trials} tuning trials in "
                          f"[{since.isoformat()}, {until.isoformat()}): {counts or 'none'}")
     models: dict[str, dict[str, Any]] = {}
-    for family, obs in usable.items():
+    for n, (family, obs) in enumerate(usable.items(), start=1):
         _, fitted = _fit(obs)
         models[family] = {name: m.state_dict() for name, m in zip(OUTCOMES, fitted, strict=True)}
+        if progress is not None:
+            progress(n, len(usable), family)
     version, path = next_path(out_dir)
     ck = Checkpoint(version, path, datetime.now(UTC).isoformat(), {
         "from": since.isoformat(), "until": until.isoformat(),

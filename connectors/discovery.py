@@ -40,13 +40,6 @@ class Progress:
     total: int
     scanned: int = 0
     found: dict[str, int] = field(default_factory=dict)  # firmware -> count
-    started: float = field(default_factory=time.monotonic)
-
-    def line(self) -> str:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.found.items())) or "none yet"
-        rate = self.scanned / max(1e-9, time.monotonic() - self.started)
-        return (f"scanned {self.scanned:,}/{self.total:,} addresses ({rate:,.0f}/s), "
-                f"found {sum(self.found.values()):,}: {kinds}")
 
 
 def hosts(networks: Iterable[str]) -> list[str]:

@@ -19,14 +19,47 @@ from streams.supervise import run
 
 SIM_POOL_DIFFICULTY = 2.0**-24  # ~256 double SHA-256 per share for a simulated miner
 
+#: Commands that run to an end: a library's log lines would only repeat their one-line error.
+ONE_SHOT = frozenset({"topics", "migrate", "replay", "rebuild", "tuner", "config", "backtest",
+                      "schemas", "ddl"})
+
+#: The variables ``--env-file`` set, and where (``hashplane config`` names the file).
+ENV_FILE_KEYS: dict[str, str] = {}
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a command's options set (they win over the environment)."""
+    out: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        out["data_dir"] = Path(args.data_dir)
+    if getattr(args, "api_port", None) is not None:
+        out["api_port"] = args.api_port
+    return out
+
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
-    if getattr(args, "api_port", None) is not None:
-        overrides["api_port"] = args.api_port
+    overrides = {k: v for k, v in extra.items() if v is not None} | _options(args)
     return Settings(**overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from streams.effective import effective
+
+    s = _settings(args)
+    flags = {"data_dir": "--data-dir", "api_port": "--api-port"}
+    rows = effective(s, options={k: flags[k] for k in _options(args)},
+                     env_file_keys=ENV_FILE_KEYS)
+    if args.json:
+        print(json.dumps([{"name": r.name, "env": r.env, "value": r.value,
+                           "source": r.source} for r in rows], indent=2))
+        return 0
+    if args.changed:
+        rows = [r for r in rows if r.source not in ("default", "-")]
+    width = max(len(r.env) for r in rows) if rows else 0
+    for r in rows:
+        value = r.value if len(r.value) <= 60 else r.value[:57] + "..."
+        print(f"{r.env:{width}}  {value:60}  {r.source}")
+    return 0
 
 
 def _logging(level: str) -> None:
@@ -195,6 +228,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.history import HistoryStore
+    from streams.progress import Progress
     from streams.replay import replay
 
     s = _settings(args)
@@ -202,38 +236,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if speed is not None and speed <= 0:
         print("hashplane replay: --speed must be > 0 or 'max'", file=sys.stderr)
         return 2
+    if not args.prefix and not args.live:
+        print("hashplane replay: refusing to re-publish into the live topics, where the "
+              "agents would act on these events again: give --prefix P to replay into copies "
+              "(P<topic>), or --live to mean it", file=sys.stderr)
+        return 2
     if not args.prefix:
-        print("hashplane replay: re-publishing to the ORIGINAL topics: agents will see these "
-              "events again (use --prefix to replay into copies)", file=sys.stderr)
+        print("hashplane replay: --live: re-publishing to the ORIGINAL topics",
+              file=sys.stderr)
     store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
     try:
-        t0 = time.monotonic()
-        n = asyncio.run(replay(store, s.kafka_bootstrap, _when(args.since), _when(args.until),
-                               topics=_csv(args.topics), devices=_csv(args.devices),
-                               speed=speed, prefix=args.prefix))
+        with Progress("replay", unit="records") as bar:
+            n = asyncio.run(replay(store, s.kafka_bootstrap, _when(args.since),
+                                   _when(args.until), topics=_csv(args.topics),
+                                   devices=_csv(args.devices), speed=speed,
+                                   prefix=args.prefix, progress=bar))
     finally:
         store.close()
-    print(f"replayed {n} records to {args.prefix or '(original)'}* in "
-          f"{time.monotonic() - t0:.1f}s")
+    print(f"replayed {n} records to {args.prefix or '(original)'}*")
     return 0
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from streams.history import HistoryStore
+    from streams.progress import Progress
     from streams.replay import rebuild
 
     s = _settings(args)
     store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
     try:
-        t0 = time.monotonic()
-        fold = rebuild(store, s, _when(args.since), _when(args.until),
-                       devices=_csv(args.devices))
-        took = time.monotonic() - t0
+        with Progress("rebuild", unit="events") as bar:
+            fold = rebuild(store, s, _when(args.since), _when(args.until),
+                           devices=_csv(args.devices), progress=bar)
     finally:
         store.close()
     print(json.dumps(fold.tables(), indent=2, sort_keys=True))
-    print(f"folded {fold.events} events in {took:.2f}s "
-          f"({fold.events / max(took, 1e-9):,.0f} events/s)", file=sys.stderr)
     return 0
 
 
@@ -248,9 +285,13 @@ def cmd_tuner(args: argparse.Namespace) -> int:
     try:
         since, until = _when(args.since), _when(args.until)
         if args.action == "train":
+            from streams.progress import Progress
+
             try:
-                ck = tt.train(tt.observations(tuning_trials(store, since, until)), since,
-                              until, out_dir)
+                with Progress("tuner train", unit="models") as bar:
+                    ck = tt.train(tt.observations(tuning_trials(store, since, until)), since,
+                                  until, out_dir, progress=lambda done, total, family:
+                                  bar.set(done, total, note=f"fitted {family}"))
             except ValueError as exc:
                 print(f"hashplane tuner train: {exc}", file=sys.stderr)
                 return 1
@@ -477,8 +518,11 @@ def _site_or_exit(path: str) -> Any:
 
     try:
         return load_site(path, os.environ)
-    except SiteError as exc:
-        raise SystemExit(f"hashplane: {exc}") from None
+    except SiteError as exc:  # one line; `hashplane site check` lists every problem
+        more = f" (and {len(exc.problems) - 1} more: hashplane site check {path})" \
+            if len(exc.problems) > 1 else ""
+        raise SystemExit(f"hashplane: bad inventory {exc.source}: {exc.problems[0]}{more}") \
+            from None
 
 
 def cmd_site(args: argparse.Namespace) -> int:
@@ -508,14 +552,19 @@ def cmd_site(args: argparse.Namespace) -> int:
 def _discover(args: argparse.Namespace) -> int:
     from connectors.discovery import scan
     from schemas.site import merge_asics
+    from streams.progress import Progress
+
+    bar = Progress("discover", unit="addresses")
 
     def progress(p: Any) -> None:
-        print(p.line(), file=sys.stderr, flush=True)
+        bar.set(p.scanned, p.total, note=", ".join(
+            f"{k} {v}" for k, v in sorted(p.found.items())) or "no miners yet")
 
     t0 = time.monotonic()
     try:
-        found = run(scan(args.targets, port=args.port, concurrency=args.concurrency,
-                                 timeout_s=args.timeout, progress=progress))
+        with bar:
+            found = run(scan(args.targets, port=args.port, concurrency=args.concurrency,
+                             timeout_s=args.timeout, progress=progress, every_s=0.1))
     except ValueError as exc:
         print(f"hashplane site discover: {exc}", file=sys.stderr)
         return 2
@@ -759,6 +808,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     b.set_defaults(func=cmd_broker)
 
+    cf = common(sub.add_parser(
+        "config", help="print the settings in force and where each came from",
+        description="Print every setting in force: its HASHPLANE_ variable, its value (keys "
+        "and passwords hidden) and its source: an option, the environment, a file "
+        "(--env-file or ./.env) or the default."))
+    cf.add_argument("--json", action="store_true", help="a JSON list of the settings")
+    cf.add_argument("--changed", action="store_true",
+                    help="only the settings that are not at their defaults")
+    cf.set_defaults(func=cmd_config)
+
     t = sub.add_parser("topics", help="print the topic registry")
     t.add_argument("--json", action="store_true", help="JSON list of topic specs")
     t.add_argument("--create", action="store_true", help="create missing topics on the broker")
@@ -778,6 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--devices", default=None, help="comma-separated device ids")
     r.add_argument("--speed", default="max", help="recorded pace x SPEED, or 'max'")
     r.add_argument("--prefix", default="", help="publish to PREFIX<topic> copies")
+    r.add_argument("--live", action="store_true",
+                   help="without --prefix: re-publish into the live topics, where the agents "
+                        "act on the events again (refused otherwise)")
     r.set_defaults(func=cmd_replay)
 
     rb = common(sub.add_parser("rebuild", help="fold the event log through the agents' step "
@@ -826,7 +888,10 @@ def load_env_file(path: Path) -> None:
         key, sep, value = line.removeprefix("export ").partition("=")
         if not sep or not key.strip().isidentifier():
             raise SystemExit(f"hashplane: {path}:{n}: not KEY=VALUE")
-        os.environ.setdefault(key.strip(), value.strip().strip('"').strip("'"))
+        key = key.strip()
+        if key not in os.environ:
+            os.environ[key] = value.strip().strip('"').strip("'")
+            ENV_FILE_KEYS[key.upper()] = f"{path}:{n}"
 
 
 def _stop_while_starting(signum: int, _frame: Any) -> None:
@@ -840,19 +905,55 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, _stop_while_starting)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_times_may_start_with_dash(
+        sys.argv[1:] if argv is None else argv))
     if getattr(args, "env_file", None):
         load_env_file(Path(args.env_file))
     if getattr(args, "data_dir_default", None) and not getattr(args, "data_dir", None) \
             and "HASHPLANE_DATA_DIR" not in os.environ:
         args.data_dir = args.data_dir_default
-    if args.command in ("replay", "rebuild", "tuner"):
-        try:  # bad times, topics, files: one line, not a traceback
-            return int(args.func(args) or 0)
-        except ValueError as exc:
-            print(f"hashplane {args.command}: {exc}", file=sys.stderr)
-            return 2
-    return int(args.func(args) or 0)
+    if args.command in ONE_SHOT:  # the drivers' own retry chatter is not the message
+        for name in ("aiokafka", "clickhouse_connect", "urllib3"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # an error a person can act on: one line; a bug: its traceback
+        from pydantic import ValidationError
+
+        from streams.effective import actionable
+
+        if isinstance(exc, ValueError) and not isinstance(exc, ValidationError) \
+                and args.command in ("replay", "rebuild", "tuner", "backtest"):
+            line: str | None = str(exc)  # bad times, topics, files
+        else:
+            try:
+                s: Settings | None = _settings(args)
+            except ValidationError:
+                s = None
+            line = actionable(exc, s)
+        if line is None:
+            raise
+        print(f"hashplane {args.command}: {line}", file=sys.stderr)
+        return 2
+
+
+def _times_may_start_with_dash(argv: list[str]) -> list[str]:
+    """``--from -15m`` as ``--from=-15m``: argparse takes a value that starts with '-' (and
+    is not a plain number) for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("--from", "--to"):
+            nxt = next(it, None)
+            if nxt is not None and nxt.startswith("-") and len(nxt) > 1 and nxt[1].isdigit():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
 
 
 if __name__ == "__main__":

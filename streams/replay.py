@@ -32,6 +32,7 @@ from schemas.registry import BY_NAME, TOPICS, topic_of
 from schemas.settings import Settings
 from streams.codec import decode
 from streams.history import HistoryStore
+from streams.progress import Progress
 
 # -- reading the log --------------------------------------------------------------------------
 
@@ -58,6 +59,18 @@ def read_log(store: HistoryStore, since: datetime, until: datetime,
         for topic, device, payload in rows:
             yield topic, device, payload.encode() if isinstance(payload, str) else payload
         start = end
+
+
+def count_log(store: HistoryStore, since: datetime, until: datetime,
+              topics: Iterable[str] | None = None, devices: Iterable[str] | None = None) -> int:
+    """How many records ``read_log`` reads, about: stored rows, before redeliveries' copies
+    are dropped (a progress bar's total, one cheap count)."""
+    names = sorted(topics) if topics is not None else [t.name for t in TOPICS]
+    return int(store.query(
+        f"SELECT count() FROM {store.database}.events WHERE ts >= {{s:DateTime64(3, 'UTC')}} "
+        f"AND ts < {{e:DateTime64(3, 'UTC')}} AND topic IN {{t:Array(String)}} AND "
+        f"(empty({{d:Array(String)}}) OR has({{d:Array(String)}}, device_id))",
+        {"s": since, "e": until, "t": names, "d": sorted(devices or [])})[0][0])
 
 
 # -- the site fold ----------------------------------------------------------------------------
@@ -126,21 +139,27 @@ class SiteFold:
 
 
 def rebuild(store: HistoryStore, settings: Settings, since: datetime, until: datetime,
-            devices: Iterable[str] | None = None) -> SiteFold:
+            devices: Iterable[str] | None = None, progress: Progress | None = None) -> SiteFold:
     """Fold [since, until) of the log through the site agents' step functions.
 
     The cyclic garbage collector is paused meanwhile: a fold allocates millions of small
     objects and frees them in order, which the collector would scan over and over (it
     halves decoding throughput); reference counting still frees them."""
     fold = SiteFold(settings)
+    if progress is not None:
+        progress.set(0, total=count_log(store, since, until, SITE_TOPICS, devices))
     was = gc.isenabled()
     gc.disable()
     try:
         for topic, _, payload in read_log(store, since, until, SITE_TOPICS, devices):
             fold.feed(decode(topic, payload))
+            if progress is not None and not fold.events & 4095:
+                progress.set(fold.events)
     finally:
         if was:
             gc.enable()
+    if progress is not None:
+        progress.set(fold.events)
     return fold
 
 
@@ -187,7 +206,8 @@ def restore(store: HistoryStore, settings: Settings, until: datetime | None = No
 
 async def replay(store: HistoryStore, bootstrap: str, since: datetime, until: datetime, *,
                  topics: Iterable[str] | None = None, devices: Iterable[str] | None = None,
-                 speed: float | None = None, prefix: str = "") -> int:
+                 speed: float | None = None, prefix: str = "",
+                 progress: Progress | None = None) -> int:
     """Re-publish [since, until) in event-time order; ``speed`` None = as fast as possible,
     else the recorded pace x ``speed``.  Returns the number of records sent."""
     from streams.publish import Publisher
@@ -202,6 +222,8 @@ async def replay(store: HistoryStore, bootstrap: str, since: datetime, until: da
         pending: list[Any] = []
         rows = await asyncio.to_thread(lambda: list(read_log(store, since, until, topics,
                                                              devices)))
+        if progress is not None:
+            progress.set(0, total=len(rows))
         for topic, device, payload in rows:
             if speed is not None:
                 ts = datetime.fromisoformat(orjson.loads(payload)["ts"]).timestamp()
@@ -209,12 +231,18 @@ async def replay(store: HistoryStore, bootstrap: str, since: datetime, until: da
                 delay = (ts - t0_event) / speed - (time.monotonic() - t0_wall)
                 if delay > 0:
                     await _drain(pending)
+                    if progress is not None:
+                        progress.set(sent)
                     await asyncio.sleep(delay)
             pending.append(await pub.enqueue_raw(prefix + topic, payload, device.encode()))
             sent += 1
             if len(pending) >= 5_000:
                 await _drain(pending)
+                if progress is not None:
+                    progress.set(sent)
         await _drain(pending)
+    if progress is not None:
+        progress.set(sent)
     return sent
 
 

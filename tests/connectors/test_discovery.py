@@ -57,7 +57,7 @@ async def test_merge_is_idempotent_and_keeps_what_a_person_wrote(fleet: Farm,
            str(inv)]
     rc, err = await run(cmd)  # the farm answers from this event loop meanwhile
     assert rc == 0, err
-    assert "scanned 254/254" in err and "7 added, 1 already listed" in err
+    assert "discover: 254 addresses in " in err and "7 added, 1 already listed" in err
     text = inv.read_text()
     assert text.startswith("# our site") and "# checked by hand" in text
     site = parse_site(tomllib.loads(text), {})

@@ -7,6 +7,7 @@ log into prefixed copies, record for record."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 from datetime import timedelta
@@ -20,6 +21,7 @@ from schemas.commands import CapSiteLoad, CommandAcknowledged, SleepAsic, Switch
 from schemas.registry import TOPICS
 from schemas.settings import Settings
 from streams.history import HistoryStore
+from streams.progress import Progress
 from streams.publish import Publisher
 from streams.replay import SiteFold, read_log, rebuild, replay
 from streams.sink import HistorySink
@@ -83,13 +85,18 @@ async def test_rebuild_from_clickhouse_equals_the_live_faust_tables(
     assert len(live["scheduler_asics"]) == 10 and len(live["failover_home_pools"]) == 10
     assert live["energy_caps"] and live["alerts_firing"]
 
-    fold = rebuild(store, s, at(-60), at(3600))
+    bar = Progress("rebuild", stream=io.StringIO(), tty=False)
+    fold = rebuild(store, s, at(-60), at(3600), progress=bar)
     assert fold.tables() == live
+    assert bar.done == fold.events and bar.total is not None and bar.total >= fold.events
 
     # every stored record back out, in event-time order, into prefixed copies
     stored = list(read_log(store, at(-60), at(3600)))
-    sent = await replay(store, s.kafka_bootstrap, at(-60), at(3600), prefix="replay.")
+    bar = Progress("replay", stream=io.StringIO(), tty=False)
+    sent = await replay(store, s.kafka_bootstrap, at(-60), at(3600), prefix="replay.",
+                        progress=bar)
     assert sent == len(stored) > 60
+    assert bar.done == bar.total == sent
     copies = await raw_records(s.kafka_bootstrap, [f"replay.{t.name}" for t in TOPICS],
                                len(stored))
     assert sorted(copies) == sorted((f"replay.{t}", d, p) for t, d, p in stored)

@@ -20,7 +20,7 @@ from streams.supervise import run
 SIM_POOL_DIFFICULTY = 2.0**-24  # ~256 double SHA-256 per share for a simulated miner
 
 #: Commands that run to an end: a library's log lines would only repeat their one-line error.
-ONE_SHOT = frozenset({"topics", "migrate", "replay", "rebuild", "tuner", "config", "backtest",
+ONE_SHOT = frozenset({"topics", "migrate", "replay", "rebuild", "tuner", "config",
                       "schemas", "ddl"})
 
 #: The variables ``--env-file`` set, and where (``hashplane config`` names the file).
@@ -923,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
         from streams.effective import actionable
 
         if isinstance(exc, ValueError) and not isinstance(exc, ValidationError) \
-                and args.command in ("replay", "rebuild", "tuner", "backtest"):
+                and args.command in ("replay", "rebuild", "tuner"):
             line: str | None = str(exc)  # bad times, topics, files
         else:
             try:

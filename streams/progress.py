@@ -64,19 +64,15 @@ class Progress:
         """The progress as one line of text."""
         elapsed = max(1e-9, (self.clock() if now is None else now) - self.started)
         rate = self.done / elapsed
-        head = f"{self.label}: {self.done:,}"
         if self.total:
             frac = min(1.0, self.done / self.total)
-            left = (self.total - self.done) / rate if rate > 0 else float("inf")
-            eta = _duration(left) if left != float("inf") else "?"
-            head = f"{head}/{self.total:,} {self.unit} ({frac:.0%})"
-            if self.tty:
-                filled = int(frac * BAR)
-                head = f"{self.label} [{'#' * filled}{'.' * (BAR - filled)}] " + \
-                       head.removeprefix(f"{self.label}: ")
-            text = f"{head}, {rate:,.0f} {self.unit}/s, ETA {eta}"
+            eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
+            bar = f" [{'#' * int(frac * BAR):.<{BAR}}]" if self.tty else ":"
+            text = (f"{self.label}{bar} {self.done:,}/{self.total:,} {self.unit} ({frac:.0%}), "
+                    f"{rate:,.0f} {self.unit}/s, ETA {eta}")
         else:
-            text = f"{head} {self.unit}, {rate:,.0f} {self.unit}/s, {_duration(elapsed)} so far"
+            text = (f"{self.label}: {self.done:,} {self.unit}, {rate:,.0f} {self.unit}/s, "
+                    f"{_duration(elapsed)} so far")
         return f"{text}; {self.note}" if self.note else text
 
     def close(self) -> None:

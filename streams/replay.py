@@ -36,6 +36,11 @@ from streams.progress import Progress
 
 # -- reading the log --------------------------------------------------------------------------
 
+#: The rows of a time range, topics and devices (none: every device) in ``events``.
+_LOG_RANGE = ("ts >= {s:DateTime64(3, 'UTC')} AND ts < {e:DateTime64(3, 'UTC')} AND topic IN "
+              "{t:Array(String)} AND (empty({d:Array(String)}) OR has({d:Array(String)}, "
+              "device_id))")
+
 def read_log(store: HistoryStore, since: datetime, until: datetime,
              topics: Iterable[str] | None = None, devices: Iterable[str] | None = None,
              chunk: timedelta = timedelta(hours=1)) -> Iterator[tuple[str, str, bytes]]:
@@ -51,11 +56,9 @@ def read_log(store: HistoryStore, since: datetime, until: datetime,
     while start < until:
         end = min(until, start + chunk)
         rows = store.query(
-            f"SELECT topic, device_id, payload FROM {db}.events WHERE ts >= "
-            f"{{s:DateTime64(3, 'UTC')}} AND ts < {{e:DateTime64(3, 'UTC')}} AND topic IN "
-            f"{{t:Array(String)}} AND (empty({{d:Array(String)}}) OR has({{d:Array(String)}}, "
-            f"device_id)) ORDER BY ts, topic, kafka_partition, kafka_offset "
-            f"LIMIT 1 BY event_id", {"s": start, "e": end, "t": names, "d": devs})
+            f"SELECT topic, device_id, payload FROM {db}.events WHERE {_LOG_RANGE} "
+            f"ORDER BY ts, topic, kafka_partition, kafka_offset LIMIT 1 BY event_id",
+            {"s": start, "e": end, "t": names, "d": devs})
         for topic, device, payload in rows:
             yield topic, device, payload.encode() if isinstance(payload, str) else payload
         start = end
@@ -67,9 +70,7 @@ def count_log(store: HistoryStore, since: datetime, until: datetime,
     are dropped (a progress bar's total, one cheap count)."""
     names = sorted(topics) if topics is not None else [t.name for t in TOPICS]
     return int(store.query(
-        f"SELECT count() FROM {store.database}.events WHERE ts >= {{s:DateTime64(3, 'UTC')}} "
-        f"AND ts < {{e:DateTime64(3, 'UTC')}} AND topic IN {{t:Array(String)}} AND "
-        f"(empty({{d:Array(String)}}) OR has({{d:Array(String)}}, device_id))",
+        f"SELECT count() FROM {store.database}.events WHERE {_LOG_RANGE}",
         {"s": since, "e": until, "t": names, "d": sorted(devices or [])})[0][0])
 
 

@@ -22,6 +22,14 @@ from tests.e2e.scenario import run_demo
 pytestmark = pytest.mark.integration
 
 ASICS = 12
+#: Played out: every ASIC's telemetry said running after it said sleeping, and every
+#: sleep and wake has its ack.
+DONE = (
+    "SELECT (SELECT count() FROM (SELECT device_id FROM {db}.asic_telemetry GROUP BY device_id"
+    " HAVING countIf(state = 'sleeping') > 0 AND maxIf(ts, state = 'running') >"
+    " maxIf(ts, state = 'sleeping'))) = %d AND (SELECT uniqExact(command_id) FROM"
+    " {db}.commands_asic) = (SELECT uniqExact(command_id) FROM {db}.commands_acks WHERE"
+    " command_kind IN ('SleepAsic', 'WakeAsic'))" % ASICS)
 
 
 def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(
@@ -32,7 +40,8 @@ def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(
                           "ASIC_POLL_S": "2"},
                    "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.201.1",
                    "--scenario", "grid-dip", "--speed", "2", "--duration", "45",
-                   "--firmware-mix", "luxos=1,braiins=1,antminer=1,whatsminer=1,vnish=1")
+                   "--firmware-mix", "luxos=1,braiins=1,antminer=1,whatsminer=1,vnish=1",
+                   until=DONE)
     firmware = {a["id"]: a["firmware"] for a in
                 tomllib.loads((data / "sim" / "site.toml").read_text())["asics"]}
     assert set(firmware.values()) == {"luxos", "braiins", "antminer", "whatsminer", "vnish"}

@@ -12,6 +12,12 @@ from streams.history import HistoryStore
 from tests.e2e.scenario import run_demo
 
 TRIALS = 3
+#: Played out: the final profile is acked and the card reports its power limit.
+DONE = ("SELECT (SELECT count() FROM {db}.commands_acks WHERE status = 'applied' AND"
+        " command_id IN (SELECT command_id FROM {db}.commands_gpu WHERE"
+        " startsWith(reason, 'tuning done'))) > 0 AND (SELECT argMax(power_limit_w, ts) FROM"
+        " {db}.gpu_telemetry WHERE device_id = 'rig01-gpu0') = (SELECT any(power_limit_w)"
+        " FROM {db}.commands_gpu WHERE startsWith(reason, 'tuning done'))")
 
 
 def test_the_tuner_runs_trials_through_the_gpu_actuator_and_keeps_the_best(
@@ -21,7 +27,7 @@ def test_the_tuner_runs_trials_through_the_gpu_actuator_and_keeps_the_best(
                           "TUNER_SETTLE_S": "4", "TUNER_WINDOW_S": "12", "RIG_POLL_S": "1",
                           "TUNER_OPTIMIZER": "botorch"},
                    "--asics", "0", "--gpu-rigs", "1", "--speed", "10", "--duration", "95",
-                   timeout_s=200)
+                   timeout_s=200, until=DONE)
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
     try:
         trials = store.query_dicts(

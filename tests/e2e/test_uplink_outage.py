@@ -19,6 +19,10 @@ from tests.e2e.scenario import run_demo
 pytestmark = pytest.mark.integration
 
 ASICS = 6
+#: Played out: every ASIC was switched away and back, each switch acked.
+DONE = ("SELECT count() = %d FROM (SELECT command_id FROM {db}.commands_acks WHERE"
+        " command_kind = 'SwitchAsicPool' AND status = 'applied' LIMIT 1 BY command_id)"
+        % (2 * ASICS))
 
 
 def test_uplink_outage_moves_the_fleet_to_the_local_pool_and_back(tmp_path: Path) -> None:
@@ -27,7 +31,8 @@ def test_uplink_outage_moves_the_fleet_to_the_local_pool_and_back(tmp_path: Path
     out = run_demo(data, {"UPLINK_POLL_S": "1", "UPLINK_HOLD_DOWN_S": "4", "ASIC_POLL_S": "2",
                           "LOCAL_POOL_URL": local},
                    "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.202.1",
-                   "--scenario", "uplink-outage", "--speed", "12", "--duration", "48")
+                   "--scenario", "uplink-outage", "--speed", "12", "--duration", "48",
+                   until=DONE)
 
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
     try:

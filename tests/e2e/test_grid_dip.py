@@ -27,9 +27,9 @@ ASICS = 12
 DONE = (
     "SELECT (SELECT count() FROM (SELECT device_id FROM {db}.asic_telemetry GROUP BY device_id"
     " HAVING countIf(state = 'sleeping') > 0 AND maxIf(ts, state = 'running') >"
-    " maxIf(ts, state = 'sleeping'))) = %d AND (SELECT uniqExact(command_id) FROM"
+    f" maxIf(ts, state = 'sleeping'))) = {ASICS} AND (SELECT uniqExact(command_id) FROM"
     " {db}.commands_asic) = (SELECT uniqExact(command_id) FROM {db}.commands_acks WHERE"
-    " command_kind IN ('SleepAsic', 'WakeAsic'))" % ASICS)
+    " command_kind IN ('SleepAsic', 'WakeAsic'))")
 
 
 def test_grid_dip_sheds_the_fleet_acks_every_command_and_wakes_it_staggered(

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.integration
 
 ASICS = 6
 #: Played out: every ASIC was switched away and back, each switch acked.
-DONE = ("SELECT count() = %d FROM (SELECT command_id FROM {db}.commands_acks WHERE"
-        " command_kind = 'SwitchAsicPool' AND status = 'applied' LIMIT 1 BY command_id)"
-        % (2 * ASICS))
+DONE = (f"SELECT count() = {2 * ASICS} FROM (SELECT command_id FROM {{db}}.commands_acks"
+        " WHERE command_kind = 'SwitchAsicPool' AND status = 'applied'"
+        " LIMIT 1 BY command_id)")
 
 
 def test_uplink_outage_moves_the_fleet_to_the_local_pool_and_back(tmp_path: Path) -> None:

@@ -24,6 +24,16 @@ Operator cap: a ``CapSiteLoad`` command (topic ``commands.site``) caps the targe
 ``limit_kw`` until it is lifted or its ``duration_s`` ends; the fold acks it (one ack per
 command id, applied or expired) and publishes the headroom at once so the scheduler acts.
 
+Price-aware curtailment: the power price in force (``PowerPriceObserved`` intervals on
+``prices``; a real-time interval overrides the day-ahead hour it falls in) and the
+hashprice (``HashpriceObserved``, else the configured value) give one efficiency limit,
+``max_j_per_th``: an ASIC less efficient than it loses money at the price plus
+``price_margin_per_mwh`` (agents/profit.py).  The limit tightens at once and relaxes, like a
+band, only after the price has stayed low enough for ``price_hold_s``, and only as far as the
+price plus ``price_hysteresis_per_mwh`` allows.  The scheduler sleeps the ASICs above it,
+least efficient first; the bands' target load still applies, so the bands win when they ask
+for less.  With no price in force there is no limit: no decision is taken on a guess.
+
 Time is event time: "now" is the time of the meter or feed reading being folded.  The live
 agent adds one guard on processing time (``publishable``: the clock is its input), which
 the fold of recorded history does not apply.
@@ -38,6 +48,7 @@ from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
+from agents.profit import Interval, PriceSchedule, max_j_per_th
 from agents.spec import AgentSpec, Durable, members
 from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.envelope import Event
@@ -46,6 +57,8 @@ from schemas.events import (
     FeedPowerMeasured,
     GpuTelemetryObserved,
     GridMeasured,
+    HashpriceObserved,
+    PowerPriceObserved,
 )
 from schemas.metrics import EnergyHeadroomComputed
 from schemas.settings import Settings
@@ -54,7 +67,7 @@ SOURCE = "agent:energy"
 _NS = uuid5(NAMESPACE_URL, "hashplane:energy")
 
 EnergyInput = (GridMeasured | FeedPowerMeasured | AsicTelemetryObserved | GpuTelemetryObserved
-               | CapSiteLoad)
+               | CapSiteLoad | PowerPriceObserved | HashpriceObserved)
 EnergyOutput = EnergyHeadroomComputed | CommandAcknowledged
 
 
@@ -74,6 +87,10 @@ class EnergyParams:
     meter_stale_s: float = 0.0  # > 0: no decision without a meter reading this recent
     warmup_s: float = 0.0  # live agent: nothing published this long after its first event
     max_age_s: float = 0.0  # live agent: no headroom from a reading older than this (0: off)
+    hashprice: float | None = None  # per TH/s per day, until a HashpriceObserved says
+    price_margin: float = 0.0  # per MWh above breakeven before a unit is curtailed
+    price_hysteresis: float = 2.0  # per MWh
+    price_hold_s: float = 300.0
 
     def bands(self, nominal_hz: float) -> list[tuple[float, float]]:
         """Bands of a grid, shallowest edge first."""
@@ -101,7 +118,11 @@ class EnergyState:
     first_feed_ts: float | None = None  # event time of the first feed reading folded
     meter_ts: float | None = None  # event time of the last grid reading
     live_since: float | None = None  # live agent: processing time of its first event
-    dirty: set[str] = field(default_factory=set)  # durable keys changed ("cap")
+    prices: PriceSchedule = field(default_factory=PriceSchedule)
+    hashprice: tuple[float, float] | None = None  # (per TH/s per day, since ts)
+    limit: float = math.inf  # the efficiency limit in force, J/TH (inf: none)
+    limit_relax_since: float | None = None
+    dirty: set[str] = field(default_factory=set)  # durable keys changed ("cap", "price")
 
     def cap(self, now: float) -> float | None:
         """The operator cap in force at ``now``."""
@@ -132,6 +153,54 @@ def next_band(state: EnergyState, freq: float, now: float, p: EnergyParams) -> i
     return state.band
 
 
+def price_input(state: EnergyState, e: PowerPriceObserved | HashpriceObserved) -> None:
+    """Fold a price interval (a real-time one goes in front of the day-ahead hour) or a
+    hashprice (the newest by event time wins)."""
+    if isinstance(e, HashpriceObserved):
+        t = e.ts.timestamp()
+        if state.hashprice is None or t >= state.hashprice[1]:
+            state.hashprice = (e.hashprice_per_th_day, t)
+    else:
+        state.prices.put(Interval(e.interval_start.timestamp(), e.interval_end.timestamp(),
+                                  e.price_per_mwh, real_time=e.market == "real_time"))
+    state.dirty.add("price")
+
+
+def hashprice(state: EnergyState, p: EnergyParams) -> float | None:
+    """The hashprice in force: the newest observed, else the configured one."""
+    return state.hashprice[0] if state.hashprice is not None else p.hashprice
+
+
+def next_limit(state: EnergyState, now: float, p: EnergyParams) -> bool:
+    """Move the efficiency limit for the price in force at ``now`` (tighten now, relax after
+    ``price_hold_s``, by the hysteresis less); True when it changed."""
+    price, hp = state.prices.at(now), hashprice(state, p)
+
+    def limit(at: float | None) -> float:
+        j = None if at is None or hp is None else max_j_per_th(at, hp, p.price_margin)
+        return math.inf if j is None else j
+
+    wanted = limit(price)
+    if wanted <= state.limit:
+        state.limit_relax_since = None
+        changed, state.limit = wanted < state.limit, wanted
+        if changed:
+            state.dirty.add("price")
+        return changed
+    relaxed = limit(None if price is None else price + p.price_hysteresis)
+    if relaxed <= state.limit:
+        state.limit_relax_since = None
+        return False
+    if state.limit_relax_since is None:
+        state.limit_relax_since = now
+        state.dirty.add("price")
+    if now - state.limit_relax_since < p.price_hold_s:
+        return False
+    state.limit, state.limit_relax_since = relaxed, None
+    state.dirty.add("price")
+    return True
+
+
 def supply_known(state: EnergyState, now: float, p: EnergyParams) -> bool:
     """Whether the supply can be judged at ``now``: a fresh feed, and either every
     configured feed has reported or the staleness period has passed since the first one."""
@@ -155,6 +224,9 @@ def step(state: EnergyState, event: EnergyInput,
     t = event.ts.timestamp()
     if isinstance(event, CapSiteLoad):
         return state, cap(state, event, p)
+    if isinstance(event, PowerPriceObserved | HashpriceObserved):
+        price_input(state, event)
+        return state, []
     if isinstance(event, AsicTelemetryObserved):
         _latest(state.asics, event.device_id, event.power_w / 1000.0, t)
         return state, []
@@ -174,6 +246,7 @@ def step(state: EnergyState, event: EnergyInput,
             return state, []
         if state.first_feed_ts is None:
             state.first_feed_ts = t
+    band_changed |= next_limit(state, t, p)  # the price's limit moves the target as a band
     state.last_reading = event
     cap_ended = state.cap_kw is not None and t >= state.cap_until
     if cap_ended:
@@ -258,11 +331,16 @@ def headroom(state: EnergyState, at: GridMeasured | FeedPowerMeasured,
         available_kw=round(available, 6), load_kw=round(load, 6), asic_load_kw=round(asic, 6),
         gpu_load_kw=round(gpu, 6), headroom_kw=round(available - load, 6),
         frequency_hz=state.frequency_hz, band=band_name(bands, state.band),
-        target_load_kw=round(target, 6))
+        target_load_kw=round(target, 6), price_per_mwh=state.prices.at(now),
+        hashprice_per_th_day=hashprice(state, p),
+        max_j_per_th=None if math.isinf(state.limit) else round(state.limit, 6))
 
 
 def forget_stale(state: EnergyState, now: float, p: EnergyParams) -> None:
-    """Drop devices silent past ``device_stale_s`` (decommissioned; keeps the maps small)."""
+    """Drop devices silent past ``device_stale_s`` (decommissioned; keeps the maps small)
+    and price intervals that have ended."""
+    if state.prices.forget_before(now):
+        state.dirty.add("price")
     for m in (state.asics, state.gpus):
         for k in [k for k, (_, ts) in m.items() if now - ts > p.device_stale_s]:
             del m[k]
@@ -310,19 +388,38 @@ def params(s: Settings) -> EnergyParams:
         bands_60hz=tuple(s.bands_60hz), hysteresis_hz=s.band_hysteresis_hz, hold_s=s.band_hold_s,
         feed_stale_s=s.feed_stale_s, device_stale_s=s.device_stale_s, emit_s=s.energy_emit_s,
         feeds=tuple(s.supply_feeds), meter_stale_s=s.meter_stale_s,
-        warmup_s=s.energy_warmup_s, max_age_s=s.energy_max_age_s)
+        warmup_s=s.energy_warmup_s, max_age_s=s.energy_max_age_s,
+        hashprice=s.hashprice_per_th_day, price_margin=s.price_margin_per_mwh,
+        price_hysteresis=s.price_hysteresis_per_mwh, price_hold_s=s.price_hold_s)
 
 
-def _save_cap(state: EnergyState, _: str) -> list[float] | None:
+def _save(state: EnergyState, key: str) -> Any:
+    if key == "price":  # the schedule ahead, the hashprice and the limit in force
+        if not len(state.prices) and state.hashprice is None and math.isinf(state.limit):
+            return None
+        return {"intervals": [[i.start, i.end, i.price_per_mwh, i.real_time]
+                              for i in state.prices],
+                "hashprice": None if state.hashprice is None else list(state.hashprice),
+                "limit": None if math.isinf(state.limit) else state.limit,
+                "relax_since": state.limit_relax_since}
     return None if state.cap_kw is None else [state.cap_kw, min(state.cap_until, 1e18)]
 
 
-def _load_cap(state: EnergyState, _: str, v: Any) -> None:
+def _load(state: EnergyState, key: str, v: Any) -> None:
+    if key == "price":
+        for start, end, price, real_time in v["intervals"]:
+            state.prices.put(Interval(float(start), float(end), float(price), bool(real_time)))
+        hp = v.get("hashprice")
+        state.hashprice = None if hp is None else (float(hp[0]), float(hp[1]))
+        state.limit = math.inf if v.get("limit") is None else float(v["limit"])
+        relax = v.get("relax_since")
+        state.limit_relax_since = None if relax is None else float(relax)
+        return
     state.cap_kw, state.cap_until = v[0], float(v[1])
 
 
 SPEC = AgentSpec[EnergyState, EnergyParams](
     name="energy", source=SOURCE, inputs=members(EnergyInput), params=params,
     state=EnergyState, step=step, live=publishable,
-    durable=Durable(table="energy_caps", keys=lambda _: ("cap",), save=_save_cap,
-                    load=_load_cap, ledger=(CapSiteLoad,)))
+    durable=Durable(table="energy_caps", keys=lambda _: ("cap", "price"), save=_save,
+                    load=_load, ledger=(CapSiteLoad, PowerPriceObserved, HashpriceObserved)))

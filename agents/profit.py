@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 HOURS_PER_DAY = 24.0
@@ -85,48 +85,70 @@ def accrue(
 
 @dataclass(frozen=True, slots=True)
 class Interval:
-    """A market price over [start, end) (epoch seconds), per MWh."""
+    """A market price over [start, end) (epoch seconds), per MWh; ``real_time`` for the
+    real-time market's intervals, which override the day-ahead hour they fall in."""
 
     start: float
     end: float
     price_per_mwh: float
+    real_time: bool = False
 
 
 class PriceSchedule:
     """Prices by interval: the day-ahead hours and the real-time intervals as they are
-    published.  A later publication of an interval replaces it; a time outside every
+    published.  A later publication of an interval (same start, same market) replaces it.
+    At a time covered by both markets the real-time price is in force; a time outside every
     interval has no price (None): no price-aware decision is taken on a guess."""
 
     def __init__(self, intervals: Iterable[Interval] = ()) -> None:
-        self._by_start: dict[float, Interval] = {}
-        self._starts: list[float] = []
+        self._by_key: dict[tuple[float, bool], Interval] = {}
+        self._keys: list[tuple[float, bool]] = []  # sorted by start
+        self._longest = 0.0
         for i in intervals:
             self.put(i)
 
     def put(self, interval: Interval) -> None:
-        """Add or replace an interval (keyed by its start)."""
+        """Add or replace an interval (keyed by its start and market)."""
         if interval.end <= interval.start:
             raise ValueError(f"interval ends ({interval.end}) before it starts ({interval.start})")
-        if interval.start not in self._by_start:
-            bisect.insort(self._starts, interval.start)
-        self._by_start[interval.start] = interval
+        key = (interval.start, interval.real_time)
+        if key not in self._by_key:
+            bisect.insort(self._keys, key)
+        self._by_key[key] = interval
+        self._longest = max(self._longest, interval.end - interval.start)
+
+    def interval_at(self, t: float) -> Interval | None:
+        """The interval in force at ``t``: of those covering it, a real-time one before a
+        day-ahead one, then the latest to start."""
+        best: Interval | None = None
+        for k in range(bisect.bisect_right(self._keys, (t, True)) - 1, -1, -1):
+            start, _ = self._keys[k]
+            if start < t - self._longest:
+                break  # no earlier interval reaches t
+            i = self._by_key[self._keys[k]]
+            if t < i.end and (best is None or (i.real_time and not best.real_time)):
+                best = i
+                if i.real_time:
+                    break
+        return best
 
     def at(self, t: float) -> float | None:
-        """The price in force at ``t`` (the latest interval starting at or before it that
-        has not ended), or None."""
-        k = bisect.bisect_right(self._starts, t)
-        if k == 0:
-            return None
-        i = self._by_start[self._starts[k - 1]]
-        return i.price_per_mwh if t < i.end else None
+        """The price in force at ``t`` (``interval_at``), or None."""
+        i = self.interval_at(t)
+        return None if i is None else i.price_per_mwh
 
-    def forget_before(self, t: float) -> None:
-        """Drop intervals that ended before ``t`` (keeps the state small)."""
-        keep = [s for s in self._starts if self._by_start[s].end > t]
-        for s in self._starts:
-            if self._by_start[s].end <= t:
-                del self._by_start[s]
-        self._starts = keep
+    def forget_before(self, t: float) -> bool:
+        """Drop intervals that ended at or before ``t`` (keeps the state small); True when
+        any was dropped."""
+        gone = [k for k in self._keys if self._by_key[k].end <= t]
+        for k in gone:
+            del self._by_key[k]
+        if gone:
+            self._keys = [k for k in self._keys if k in self._by_key]
+        return bool(gone)
+
+    def __iter__(self) -> Iterator[Interval]:
+        return (self._by_key[k] for k in self._keys)
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return len(self._keys)

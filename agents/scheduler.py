@@ -14,6 +14,12 @@ acks rebuilds them.  Each ``EnergyHeadroomComputed`` is a decision point:
   planned + its draw + hysteresis stays within budget, past its minimum off-dwell, and at
   most ``wake_batch`` per ``wake_interval_s`` (staggered, so inrush stays small).
 
+* price: with an efficiency limit (``max_j_per_th``, the energy agent's price-aware
+  curtailment), running ASICs measured less efficient than the limit are put to sleep,
+  least efficient first, past their minimum on-dwell (money does not override wear), and
+  no ASIC above the limit is woken.  The budget rules above apply to the rest, so the
+  frequency bands and the operator's cap win whenever they ask for less.
+
 The planned load therefore never exceeds available supply by the scheduler's own doing.
 An ASIC with a command in flight is not commanded again until its ack (or expiry); the
 command in flight is durable with the cycles, so a restarted scheduler does not re-decide
@@ -74,6 +80,8 @@ class Asic:
     last_off: float | None = None
     last_on: float | None = None
     seen: float = float("-inf")  # last telemetry, event time
+    j_per_th: float | None = None  # efficiency: the best of the last few readings, J/TH
+    recent_j: list[float] = field(default_factory=list)  # those readings
     pending: tuple[str, str, float] | None = None  # (command_id, kind, expires)
 
     @property
@@ -83,13 +91,14 @@ class Asic:
         return self.state in ON_STATES
 
     def durable(self) -> list[Any] | None:
-        """What must survive a restart: the ack-derived history and the command in flight
-        (None when there is nothing to keep)."""
+        """What must survive a restart: the ack-derived history, the command in flight and
+        the efficiency last measured (an ASIC asleep on price is not woken for want of a
+        reading; None when there is nothing to keep)."""
         if not self.cycles and self.last_off is None and self.last_on is None \
                 and self.pending is None:
             return None
         return [self.cycles, self.last_off, self.last_on,
-                None if self.pending is None else list(self.pending)]
+                None if self.pending is None else list(self.pending), self.j_per_th]
 
 
 @dataclass(slots=True)
@@ -120,11 +129,25 @@ def step(state: SchedulerState, event: SchedulerInput, p: SchedulerParams = Sche
             a.seen, a.state = t, event.state
             if event.state == "running" and event.power_w > 0:
                 a.draw_kw = event.power_w / 1000.0
+                if event.hashrate_ths > 0:
+                    measured(a, event.power_w / event.hashrate_ths)
         return state, []
     if isinstance(event, CommandAcknowledged):
         _ack(state, event)
         return state, []
     return state, decide(state, event, p)
+
+
+#: A miner's efficiency is the best of its last few readings: one that has just woken
+#: draws full power while its hashrate ramps up (hundreds of J/TH for a poll or two), which
+#: is not what it costs to run; a miner that really got worse shows it in every reading.
+EFFICIENCY_READINGS = 5
+
+
+def measured(a: Asic, j_per_th: float) -> None:
+    """Fold one running reading's J/TH into the ASIC's efficiency."""
+    a.recent_j = [*a.recent_j[-(EFFICIENCY_READINGS - 1):], j_per_th]
+    a.j_per_th = min(a.recent_j)
 
 
 def _ack(state: SchedulerState, ack: CommandAcknowledged) -> None:
@@ -171,12 +194,30 @@ def decide(state: SchedulerState, e: EnergyHeadroomComputed,
     planned = math.fsum(a.draw_kw for a in live.values() if a.on)  # order-independent
     out: list[SleepAsic | WakeAsic] = []
     why = f"band {e.band}: budget {budget:.1f} kW"
+    limit = e.max_j_per_th
+
+    def dwelt(a: Asic) -> bool:
+        return a.last_on is None or now - a.last_on >= p.min_on_s
+
+    def losing(a: Asic) -> bool:
+        return limit is not None and a.j_per_th is not None and a.j_per_th > limit
+
+    if limit is not None:  # price: the units that lose money at this price sleep
+        costly = sorted(((d, a) for d, a in live.items()
+                         if a.on and a.pending is None and losing(a) and dwelt(a)),
+                        key=lambda da: (-(da[1].j_per_th or 0.0), da[0]))
+        price = "?" if e.price_per_mwh is None else f"{e.price_per_mwh:.2f}"
+        for d, a in costly:
+            out.append(_command(SleepAsic, e, d, p,
+                                f"price {price}/MWh: {a.j_per_th:.1f} J/TH above the "
+                                f"limit {limit:.1f} J/TH"))
+            planned -= a.draw_kw
+            a.pending = (str(out[-1].command_id), "SleepAsic", now + p.ttl_s)
+            state.dirty.add(d)
 
     if planned > budget:
         running = sorted(((d, a) for d, a in live.items() if a.on and a.pending is None),
                          key=lambda da: order(*da))
-        def dwelt(a: Asic) -> bool:
-            return a.last_on is None or now - a.last_on >= p.min_on_s
         for spare_dwell in (True, False):
             for d, a in running:
                 if planned <= budget or (not spare_dwell and planned <= supply_budget):
@@ -194,7 +235,7 @@ def decide(state: SchedulerState, e: EnergyHeadroomComputed,
     if now - state.wave_start >= p.wake_interval_s:
         state.wave_start, state.wave_woken = now, 0
     sleeping = sorted(((d, a) for d, a in live.items() if not a.on and a.pending is None
-                       and a.state == "sleeping"
+                       and a.state == "sleeping" and not losing(a)
                        and (a.last_off is None or now - a.last_off >= p.min_off_s)),
                       key=lambda da: order(*da))
     for d, a in sleeping:
@@ -228,6 +269,8 @@ def restore(state: SchedulerState, device: str, durable: list[Any]) -> None:
     a.last_on = None if last_on is None else float(last_on)
     if pending:
         a.pending = (str(pending[0]), str(pending[1]), float(pending[2]))
+    if len(durable) > 4 and durable[4] is not None and a.j_per_th is None:
+        measured(a, float(durable[4]))  # an ASIC asleep since: no newer reading says
 
 
 def fold(events: Iterable[SchedulerInput], p: SchedulerParams = SchedulerParams()) -> tuple[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field, model_validator
 
 from schemas.envelope import Event
 
@@ -163,6 +163,40 @@ class UplinkStatusObserved(Event):
     up: bool = Field(description="The probe succeeded")
     latency_ms: float | None = Field(default=None, ge=0, description="Probe round trip, ms")
     detail: str = Field(default="", max_length=1024, description="Error detail when down")
+
+
+class PowerPriceObserved(Event):
+    """One interval of a power price schedule (day-ahead or real-time) from the price feed;
+    ``device_id`` is the feed.  A later publication of the same interval replaces it."""
+
+    kind: Literal["PowerPriceObserved"] = "PowerPriceObserved"
+    market: Literal["day_ahead", "real_time"] = Field(
+        default="day_ahead", description="Which schedule the interval belongs to")
+    interval_start: AwareDatetime = Field(description="Start of the interval, UTC, inclusive")
+    interval_end: AwareDatetime = Field(description="End of the interval, UTC, exclusive")
+    price_per_mwh: float = Field(ge=-100_000, le=100_000, description="Energy price per MWh "
+                                 "(negative prices happen on real markets)")
+    currency: str = Field(min_length=3, max_length=3, pattern="^[A-Z]{3}$",
+                          description="ISO 4217 currency of the price, e.g. EUR, USD")
+
+    @model_validator(mode="after")
+    def _interval(self) -> PowerPriceObserved:
+        if self.interval_end <= self.interval_start:
+            raise ValueError("interval_end must be after interval_start")
+        if (self.interval_end - self.interval_start).total_seconds() > 7 * 86_400:
+            raise ValueError("an interval longer than a week is not a market interval")
+        return self
+
+
+class HashpriceObserved(Event):
+    """The hashprice in force from ``ts``: mining revenue per TH/s per day (Luxor's Hashrate
+    Index, Braiins' hashprice, or the operator's configured value)."""
+
+    kind: Literal["HashpriceObserved"] = "HashpriceObserved"
+    hashprice_per_th_day: float = Field(ge=0, le=1_000, description="Revenue per TH/s "
+                                        "per day, in ``currency``")
+    currency: str = Field(min_length=3, max_length=3, pattern="^[A-Z]{3}$",
+                          description="ISO 4217 currency of the hashprice")
 
 
 class RecordDeadLettered(Event):

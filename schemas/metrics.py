@@ -65,6 +65,37 @@ class EnergyHeadroomComputed(Event):
     target_load_kw: float = Field(ge=0, description="Load the site should run at, kW")
     cap_kw: float | None = Field(
         default=None, ge=0, description="Operator load cap in force (CapSiteLoad), kW")
+    price_per_mwh: float | None = Field(
+        default=None, description="Power price in force, per MWh (None: no price known)")
+    hashprice_per_th_day: float | None = Field(
+        default=None, ge=0, description="Hashprice in force, per TH/s per day")
+    max_j_per_th: float | None = Field(
+        default=None, gt=0, description="Price-aware curtailment: ASICs less efficient than "
+        "this (J/TH) lose money at the price in force plus the margin and should sleep; None: "
+        "every ASIC pays (or no price is known)")
+
+
+class ProfitComputed(Event):
+    """Revenue, power cost and profit of one unit (ASIC, GPU rig) or the site over one
+    event-time window, with the unit's breakeven power price; later revisions supersede."""
+
+    kind: Literal["ProfitComputed"] = "ProfitComputed"
+    scope: Literal["asic", "rig", "site"] = Field(description="What the subject is")
+    subject: str = Field(description="ASIC, rig or site the figures are for")
+    window_s: int = Field(gt=0, description="Window length, s")
+    window_start: AwareDatetime = Field(description="Start of the window, UTC, inclusive")
+    final: bool = Field(default=False, description="The window is closed; no later revision")
+    currency: str = Field(default="", max_length=3, description="Currency of the money fields")
+    seconds: float = Field(ge=0, description="Seconds of the window the unit was measured")
+    energy_kwh: float = Field(ge=0, description="Energy used in the window, kWh")
+    hashrate_ths: float = Field(ge=0, description="Mean hashrate over the measured seconds")
+    revenue: float = Field(ge=0, description="Hashrate x hashprice over the window")
+    power_cost: float = Field(description="Energy x power price (negative at negative prices)")
+    profit: float = Field(description="revenue - power_cost")
+    j_per_th: float | None = Field(default=None, ge=0, description="Efficiency measured in "
+                                   "the window, J/TH (None: no hashrate)")
+    breakeven_per_mwh: float | None = Field(default=None, description="Power price at which "
+                                            "the unit's revenue pays its power")
 
 
 class ComputeScoreComputed(Event):

@@ -89,6 +89,23 @@ class Settings(BaseSettings):
     device_stale_s: float = Field(
         default=600.0, gt=0, description="A device silent this long leaves the measured load")
 
+    # Money: price-aware curtailment (energy agent, scheduler) and profit
+    currency: str = Field(default="USD", pattern="^[A-Z]{3}$",
+                          description="Currency of power prices and the hashprice (ISO 4217)")
+    hashprice_per_th_day: float | None = Field(
+        default=None, ge=0, le=1_000, description="Mining revenue per TH/s per day when no "
+        "HashpriceObserved event says otherwise; unset: no price-aware curtailment until one "
+        "does")
+    price_margin_per_mwh: float = Field(
+        default=0.0, description="An ASIC sleeps when the power price exceeds its breakeven "
+        "plus this margin (per MWh; negative: curtail before breakeven)")
+    price_hysteresis_per_mwh: float = Field(
+        default=2.0, ge=0, description="The efficiency limit relaxes only as far as the price "
+        "plus this allows, so a price hovering at a breakeven does not flap the fleet")
+    price_hold_s: float = Field(
+        default=300.0, ge=0, description="The price must stay lower this long (event time) "
+        "before the efficiency limit relaxes; it tightens at once")
+
     # Agents: ASIC scheduler and pool failover
     sched_min_on_s: float = Field(default=120.0, ge=0, description="Minimum run before a sleep, s")
     sched_min_off_s: float = Field(default=60.0, ge=0, description="Minimum sleep before a wake")

@@ -251,6 +251,30 @@ class Uplink(_Entry):
     url: HttpUrl
 
 
+class Price(_Entry):
+    """The power price feed: a day-ahead or real-time price list (CSV or JSON, per MWh) in a
+    file or at an http(s) URL, re-read every ``poll_s`` (connectors/power_price.py)."""
+
+    source: str = Field(min_length=1, description="A file path or an http(s) URL")
+    format: Literal["auto", "csv", "json"] = Field(
+        default="auto", description="auto: from the file's suffix, else from its first byte")
+    market: Literal["day_ahead", "real_time"] = Field(
+        default="day_ahead", description="Market of rows that do not name theirs")
+    currency: str = Field(default="", pattern="^([A-Z]{3})?$", description="Currency of a "
+                          "file that does not say; empty: the site's (HASHPLANE_CURRENCY)")
+    poll_s: float = Field(default=300.0, gt=0, le=86_400)
+    hashprice_per_th_day: float | None = Field(
+        default=None, ge=0, le=1_000, description="Published as the site's hashprice "
+        "(HashpriceObserved) at start and whenever it changes")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if "://" in v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"a price source is a file path or an http(s) URL, not {v!r}")
+        return v
+
+
 def shard_of(device_id: str, count: int) -> int:
     """The shard (of ``count``) a device belongs to."""
     return zlib.crc32(device_id.encode()) % count
@@ -276,6 +300,7 @@ class Site(_Entry):
     coordinator: Coordinator | None = None
     model_endpoints: list[ModelEndpoint] = Field(default_factory=list)
     uplink: Uplink | None = None
+    price: Price | None = None
     credentials: dict[Annotated[str, Field(pattern=_ID.pattern)], Credentials] = Field(
         default_factory=dict)
 
@@ -283,7 +308,7 @@ class Site(_Entry):
         """Shard ``index`` of ``count`` (``--shard i/n``): the ASICs and rigs whose id hashes
         to it (CRC-32: each device is in exactly one shard, and adding a device moves no
         other), and the site-wide devices (meter, feeds, coordinator, model endpoints,
-        uplink) with shard 0."""
+        uplink, price feed) with shard 0."""
         if not 0 <= index < count:
             raise ValueError(f"shard {index}/{count}: want 0 <= i < n")
         if count == 1:
@@ -296,7 +321,7 @@ class Site(_Entry):
             "feeds": self.feeds if first else [],
             "coordinator": self.coordinator if first else None,
             "model_endpoints": self.model_endpoints if first else [],
-            "uplink": self.uplink if first else None})
+            "uplink": self.uplink if first else None, "price": self.price if first else None})
 
     def secret(self, name: str | None, environ: Mapping[str, str]) -> str:
         """The value of the environment variable ``name`` ('' for none)."""
@@ -320,6 +345,7 @@ class Site(_Entry):
             f"coordinator     {self.coordinator.url if self.coordinator else '-'}",
             f"model endpoints {len(self.model_endpoints)}",
             f"uplink probe    {self.uplink.url if self.uplink else '-'}",
+            f"power price     {self.price.source if self.price else '-'}",
         ]
 
 

@@ -33,6 +33,7 @@ from sim.coordinator import CoordinatorState, coordinator_app
 from sim.feeds import Feed, encode, feed_readings, start_embedded_broker
 from sim.http1 import serve_http
 from sim.luxos import LuxosApi
+from sim.market import PowerMarket, market_app
 from sim.meter import REGISTERS, GridModel, MeterServer
 from sim.model_endpoints import ModelEndpoint, model_app
 from sim.nvml import SimNvml
@@ -101,6 +102,7 @@ class Farm:
     feed_capacity0: dict[str, float] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     uplink_up: bool = True
+    market: PowerMarket = field(default_factory=PowerMarket)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -118,6 +120,7 @@ class Farm:
         self._tasks: list[asyncio.Task[Any]] = []
         self._broker: Any = None
         self.uplink_http: WebDevice | None = None
+        self.market_http: WebDevice | None = None
         self.sessions: dict[int, MinerSession] = {}
         self._running = True
 
@@ -191,6 +194,9 @@ class Farm:
             self._http.append(svc)
         self.uplink_http = WebDevice(_uplink_app())
         await self.uplink_http.start()
+        self.market_http = WebDevice(market_app(self.market))
+        await self.market_http.start()
+        self._http.append(self.market_http)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="farm-tick"))
         if c.scenario:
             self._tasks.append(asyncio.create_task(self.run_scenario(c.scenario)))
@@ -348,6 +354,8 @@ class Farm:
             "uplink": {"url": f"{self.uplink_http.url}/generate_204" if self.uplink_http
                        else ""},
             "pools": {"upstream": self.pool.url},
+            "price": {"url": f"{self.market_http.url}/prices.json" if self.market_http
+                      else "", "hashprice_per_th_day": self.market.hashprice_per_th_day},
         }
 
     #: The environment variable the inventory names for the coordinator's key.
@@ -384,6 +392,9 @@ class Farm:
             if self.config.coordinator else None,
             "model_endpoints": e["model_endpoints"],
             "uplink": {"url": e["uplink"]["url"]} if e["uplink"]["url"] else None,
+            "price": {"source": e["price"]["url"], "poll_s": 2.0,
+                      "hashprice_per_th_day": e["price"]["hashprice_per_th_day"]}
+            if e["price"]["url"] else None,
         })
 
     def write_site(self, path: Path) -> Path:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from sim.asic import SimAsic
 from sim.feeds import Feed
+from sim.market import PowerMarket
 from sim.meter import GridModel
 from sim.rainbowminer import SimRig
 
@@ -21,6 +22,7 @@ class Site(Protocol):
     feed_capacity0: dict[str, float]  # each feed's nameplate capacity at the start
     rigs: list[SimRig]
     asics: list[SimAsic]
+    market: PowerMarket
 
     def t(self) -> float:
         """Simulated seconds."""
@@ -79,6 +81,12 @@ def _overclock(rig: int, gpu: int, past_stable: float | None) -> Action:
     return act
 
 
+def _price(per_mwh: float | None) -> Action:
+    def act(f: Site) -> None:
+        f.market.spike(per_mwh)
+    return act
+
+
 def _crash(first: int, n: int, back: bool) -> Action:
     def act(f: Site) -> None:
         t = f.t()
@@ -102,6 +110,10 @@ SCENARIOS: dict[str, list[Step]] = {
     "reject-spike": [Step(10, "rig02 GPU#03 memory pushed 40 % past its stable offset",
                           _overclock(1, 3, 0.4)),
                      Step(190, "rig02 GPU#03 memory offset reset", _overclock(1, 3, None))],
+    # 95/MWh at a hashprice of 0.05/TH/s/day: breakeven 23.1 J/TH, so the S19j Pro (29.5)
+    # and the WhatsMiner M30S++ (31.0) lose money and sleep; the S19 XP, S21, S21 Pro run
+    "price-spike": [Step(10, "real-time power price spikes to 95/MWh", _price(95.0)),
+                    Step(130, "real-time price back to the day-ahead 45/MWh", _price(None))],
     "asic-crash": [Step(10, "ASICs 1-5 crash", _crash(0, 5, back=False)),
                    Step(70, "ASICs 1-5 restart (counters reset)", _crash(0, 5, back=True))],
 }

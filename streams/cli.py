@@ -374,7 +374,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 CONNECTORS = ("asic", "asic-actuator", "local-pool", "meter", "power", "rigs", "gpu",
-              "gpu-actuator", "models", "coordinator", "uplink", "alerts", "synthetic")
+              "gpu-actuator", "models", "coordinator", "uplink", "price", "alerts", "synthetic")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -677,7 +677,7 @@ def farm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-rigs", type=int, default=4, help="simulated GPU rigs of 8 GPUs")
     p.add_argument("--scenario", default=None,
                    help="grid-dip, supply-drop, uplink-outage, gpu-overheat, reject-spike, "
-                        "asic-crash")
+                        "price-spike, asic-crash")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0],
                    help="the simulated grid's nominal frequency (50 or 60 Hz)")

@@ -84,6 +84,11 @@ def site_topics() -> tuple[str, ...]:
 
 #: Topics the site state is folded from (the durable site agents' inputs).
 SITE_TOPICS = site_topics()
+#: Topics of the long-lived inputs (each durable agent's ``ledger``) folded from the first
+#: record on at a restore; the miners' telemetry is read for their home pools only.
+LEDGER_TOPICS = tuple(sorted(
+    {topic_of(m).name for a in durable_site_agents() if a.durable is not None
+     for m in a.durable.ledger} - {"asic.telemetry"}))
 
 
 class SiteFold:
@@ -179,11 +184,10 @@ def restore(store: HistoryStore, settings: Settings, until: datetime | None = No
     gc.disable()
     try:
         first = store.query(f"SELECT min(ts) FROM {db}.events WHERE topic IN "
-                            f"('commands.acks', 'commands.site') AND ts < {{s:DateTime64(3, "
-                            f"'UTC')}}", {"s": start})[0][0]
+                            f"{{t:Array(String)}} AND ts < {{s:DateTime64(3, 'UTC')}}",
+                            {"s": start, "t": list(LEDGER_TOPICS)})[0][0]
         if first is not None and first.year > 1970:
-            for topic, _, payload in read_log(store, first, start,
-                                              ("commands.acks", "commands.site"),
+            for topic, _, payload in read_log(store, first, start, LEDGER_TOPICS,
                                               chunk=timedelta(days=31)):
                 fold.feed_ledger(decode(topic, payload))
         homes = store.query(

@@ -91,7 +91,8 @@ class Stack:
 
 
 DEMO_CONNECTORS = frozenset({"asic", "asic-actuator", "local-pool", "meter", "power", "rigs",
-                             "gpu-actuator", "models", "coordinator", "uplink", "alerts"})
+                             "gpu-actuator", "models", "coordinator", "uplink", "alerts",
+                             "price"})
 
 
 def asic_endpoints(site: Site, environ: Mapping[str, str]) -> list[Any]:
@@ -241,6 +242,11 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
     if (u := site.uplink) is not None:
         out["uplink"] = uplink.UplinkProbe(u.url, emitter(uplink.SOURCE),
                                            period_s=settings.uplink_poll_s)
+    if (pr := site.price) is not None:
+        from connectors import power_price
+
+        out["price"] = power_price.PriceFeed(pr, emitter(power_price.SOURCE),
+                                             currency=settings.currency)
     if (settings.sms_to or settings.alert_webhooks) and shard[0] == 0:
         from connectors import alert_sinks
 

@@ -50,6 +50,10 @@ def sample(model: type[Event], **overrides: Any) -> Any:
     if issubclass(model, Command):
         data["issued_at"] = T0
         data["expires_at"] = T0 + timedelta(seconds=10)
+    if "currency" in data:
+        data["currency"] = "EUR"
+    if "interval_end" in data:
+        data["interval_end"] = T0 + timedelta(hours=1)
     for bounded in ("quality", "speed", "availability", "participation", "score"):
         if bounded in data:
             data[bounded] = 0.5

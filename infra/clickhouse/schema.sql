@@ -207,6 +207,23 @@ CREATE TABLE IF NOT EXISTS hashplane.uplink_status (
   `detail` String
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic uplink.status (kafka keeps 7 d, history all)';
 CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.uplink_status_mv TO hashplane.uplink_status AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'target', 'String') AS `target`, JSONExtract(payload, 'up', 'Bool') AS `up`, JSONExtract(payload, 'latency_ms', 'Nullable(Float64)') AS `latency_ms`, JSONExtract(payload, 'detail', 'String') AS `detail` FROM hashplane.events WHERE topic = 'uplink.status';
+CREATE TABLE IF NOT EXISTS hashplane.prices (
+  `event_id` UUID,
+  `kind` LowCardinality(String),
+  `schema_version` UInt16,
+  `site` LowCardinality(String),
+  `device_id` String,
+  `ts` DateTime64(3, 'UTC'),
+  `source` LowCardinality(String),
+  `ingested_at` DateTime64(3, 'UTC'),
+  `market` LowCardinality(Nullable(String)),
+  `interval_start` Nullable(DateTime64(3, 'UTC')),
+  `interval_end` Nullable(DateTime64(3, 'UTC')),
+  `price_per_mwh` Nullable(Float64),
+  `currency` String,
+  `hashprice_per_th_day` Nullable(Float64)
+) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic prices (kafka keeps 90 d, history all)';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.prices_mv TO hashplane.prices AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'market', 'Nullable(String)') AS `market`, parseDateTime64BestEffortOrNull(JSONExtractString(payload, 'interval_start'), 3, 'UTC') AS `interval_start`, parseDateTime64BestEffortOrNull(JSONExtractString(payload, 'interval_end'), 3, 'UTC') AS `interval_end`, JSONExtract(payload, 'price_per_mwh', 'Nullable(Float64)') AS `price_per_mwh`, JSONExtract(payload, 'currency', 'String') AS `currency`, JSONExtract(payload, 'hashprice_per_th_day', 'Nullable(Float64)') AS `hashprice_per_th_day` FROM hashplane.events WHERE topic = 'prices';
 CREATE TABLE IF NOT EXISTS hashplane.metrics_shares (
   `event_id` UUID,
   `kind` LowCardinality(String),
@@ -294,9 +311,37 @@ CREATE TABLE IF NOT EXISTS hashplane.metrics_energy (
   `frequency_hz` Nullable(Float64),
   `band` String,
   `target_load_kw` Float64,
-  `cap_kw` Nullable(Float64)
+  `cap_kw` Nullable(Float64),
+  `price_per_mwh` Nullable(Float64),
+  `hashprice_per_th_day` Nullable(Float64),
+  `max_j_per_th` Nullable(Float64)
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic metrics.energy (kafka keeps 30 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_energy_mv TO hashplane.metrics_energy AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'supply_kw', 'Float64') AS `supply_kw`, JSONExtract(payload, 'margin_kw', 'Float64') AS `margin_kw`, JSONExtract(payload, 'available_kw', 'Float64') AS `available_kw`, JSONExtract(payload, 'load_kw', 'Float64') AS `load_kw`, JSONExtract(payload, 'asic_load_kw', 'Float64') AS `asic_load_kw`, JSONExtract(payload, 'gpu_load_kw', 'Float64') AS `gpu_load_kw`, JSONExtract(payload, 'headroom_kw', 'Float64') AS `headroom_kw`, JSONExtract(payload, 'frequency_hz', 'Nullable(Float64)') AS `frequency_hz`, JSONExtract(payload, 'band', 'String') AS `band`, JSONExtract(payload, 'target_load_kw', 'Float64') AS `target_load_kw`, JSONExtract(payload, 'cap_kw', 'Nullable(Float64)') AS `cap_kw` FROM hashplane.events WHERE topic = 'metrics.energy';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_energy_mv TO hashplane.metrics_energy AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'supply_kw', 'Float64') AS `supply_kw`, JSONExtract(payload, 'margin_kw', 'Float64') AS `margin_kw`, JSONExtract(payload, 'available_kw', 'Float64') AS `available_kw`, JSONExtract(payload, 'load_kw', 'Float64') AS `load_kw`, JSONExtract(payload, 'asic_load_kw', 'Float64') AS `asic_load_kw`, JSONExtract(payload, 'gpu_load_kw', 'Float64') AS `gpu_load_kw`, JSONExtract(payload, 'headroom_kw', 'Float64') AS `headroom_kw`, JSONExtract(payload, 'frequency_hz', 'Nullable(Float64)') AS `frequency_hz`, JSONExtract(payload, 'band', 'String') AS `band`, JSONExtract(payload, 'target_load_kw', 'Float64') AS `target_load_kw`, JSONExtract(payload, 'cap_kw', 'Nullable(Float64)') AS `cap_kw`, JSONExtract(payload, 'price_per_mwh', 'Nullable(Float64)') AS `price_per_mwh`, JSONExtract(payload, 'hashprice_per_th_day', 'Nullable(Float64)') AS `hashprice_per_th_day`, JSONExtract(payload, 'max_j_per_th', 'Nullable(Float64)') AS `max_j_per_th` FROM hashplane.events WHERE topic = 'metrics.energy';
+CREATE TABLE IF NOT EXISTS hashplane.metrics_profit (
+  `event_id` UUID,
+  `kind` LowCardinality(String),
+  `schema_version` UInt16,
+  `site` LowCardinality(String),
+  `device_id` String,
+  `ts` DateTime64(3, 'UTC'),
+  `source` LowCardinality(String),
+  `ingested_at` DateTime64(3, 'UTC'),
+  `scope` LowCardinality(String),
+  `subject` String,
+  `window_s` Int64,
+  `window_start` DateTime64(3, 'UTC'),
+  `final` Bool,
+  `currency` String,
+  `seconds` Float64,
+  `energy_kwh` Float64,
+  `hashrate_ths` Float64,
+  `revenue` Float64,
+  `power_cost` Float64,
+  `profit` Float64,
+  `j_per_th` Nullable(Float64),
+  `breakeven_per_mwh` Nullable(Float64)
+) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic metrics.profit (kafka keeps 90 d, history all)';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.metrics_profit_mv TO hashplane.metrics_profit AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'scope', 'String') AS `scope`, JSONExtract(payload, 'subject', 'String') AS `subject`, JSONExtract(payload, 'window_s', 'Int64') AS `window_s`, parseDateTime64BestEffortOrZero(JSONExtractString(payload, 'window_start'), 3, 'UTC') AS `window_start`, JSONExtract(payload, 'final', 'Bool') AS `final`, JSONExtract(payload, 'currency', 'String') AS `currency`, JSONExtract(payload, 'seconds', 'Float64') AS `seconds`, JSONExtract(payload, 'energy_kwh', 'Float64') AS `energy_kwh`, JSONExtract(payload, 'hashrate_ths', 'Float64') AS `hashrate_ths`, JSONExtract(payload, 'revenue', 'Float64') AS `revenue`, JSONExtract(payload, 'power_cost', 'Float64') AS `power_cost`, JSONExtract(payload, 'profit', 'Float64') AS `profit`, JSONExtract(payload, 'j_per_th', 'Nullable(Float64)') AS `j_per_th`, JSONExtract(payload, 'breakeven_per_mwh', 'Nullable(Float64)') AS `breakeven_per_mwh` FROM hashplane.events WHERE topic = 'metrics.profit';
 CREATE TABLE IF NOT EXISTS hashplane.commands_asic (
   `event_id` UUID,
   `kind` LowCardinality(String),

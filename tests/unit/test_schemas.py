@@ -25,8 +25,9 @@ from tests.factories import sample
 
 CONTRACT = (
     "grid.readings power.readings asic.telemetry gpu.telemetry shares miner.events "
-    "compute.jobs compute.health uplink.status metrics.shares metrics.rewards metrics.energy "
-    "commands.asic commands.gpu commands.compute commands.site commands.acks alerts dlq"
+    "compute.jobs compute.health uplink.status prices metrics.shares metrics.rewards "
+    "metrics.energy metrics.profit commands.asic commands.gpu commands.compute commands.site "
+    "commands.acks alerts dlq"
 ).split()
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """Money: a unit's revenue, power cost and profit, its breakeven power price, and the price
-schedule in force.  Pure functions (STYLE.md 1); the profit agent and the price-aware
-curtailment of the energy agent build on them (issue 20, in progress).
+schedule in force: pure functions (STYLE.md 1) that the energy agent's price-aware
+curtailment builds on; and the profit agent (state, step and spec, at the end).
 
 Units: power prices are per MWh, the hashprice is revenue per TH/s per day (the field's
 convention: Luxor's Hashrate Index, Braiins' hashprice), both in one currency.
@@ -18,9 +18,27 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import NAMESPACE_URL, uuid5
+
+from agents.spec import AgentSpec, Durable, members
+from schemas.events import (
+    AsicTelemetryObserved,
+    GpuTelemetryObserved,
+    HashpriceObserved,
+    PowerPriceObserved,
+)
+from schemas.metrics import ProfitComputed
+from schemas.settings import Settings
 
 HOURS_PER_DAY = 24.0
+SOURCE = "agent:profit"
+_NS = uuid5(NAMESPACE_URL, "hashplane:profit")
+
+ProfitInput = (AsicTelemetryObserved | GpuTelemetryObserved | PowerPriceObserved
+               | HashpriceObserved)
 
 
 def breakeven_per_mwh(hashprice_per_th_day: float, j_per_th: float) -> float:
@@ -152,3 +170,216 @@ class PriceSchedule:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+# -- the profit agent --------------------------------------------------------------------------
+#
+# Per event-time window (``profit_window_s``) it accrues, for each ASIC and each GPU rig, the
+# energy it used, what its hashrate earned at the hashprice and what its power cost at the
+# power price in force, and publishes a final ``ProfitComputed`` per unit and for the site
+# when the window closes (``profit_grace_s`` of event time after its end, for late
+# readings).  Between two readings of a device the earlier one holds (left-constant); a gap
+# longer than ``profit_max_gap_s`` (a silent device) is not accrued, and neither is time
+# without a price or a hashprice in force: no money on a guess (``seconds`` says how much of
+# the window was priced).  GPU rigs have power cost only: what their hashrate earns depends
+# on the algorithm and coin, which is not an input yet.
+#
+# Every device's open windows are a durable key of their own (only the device a reading
+# changed is written); the price schedule, the hashprice and the closed windows are the
+# site's key.  A reading redelivered changes nothing (its interval is empty).
+
+@dataclass(frozen=True, slots=True)
+class ProfitParams:
+    """Configuration of the profit agent (from Settings)."""
+
+    window_s: float = 900.0
+    grace_s: float = 30.0
+    max_gap_s: float = 120.0
+    hashprice: float | None = None  # per TH/s per day, until a HashpriceObserved says
+    currency: str = "USD"
+
+
+@dataclass(slots=True)
+class Unit:
+    """One device as the profit agent knows it: its last reading and its open windows
+    (window start -> [seconds, kWh, TH/s x s, revenue, power cost])."""
+
+    scope: str
+    subject: str
+    ts: float
+    kw: float
+    ths: float
+    windows: dict[float, list[float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ProfitState:
+    """One site's money.  Mutated in place by ``profit_step``."""
+
+    prices: PriceSchedule = field(default_factory=PriceSchedule)
+    hashprice: tuple[float, float] | None = None  # (per TH/s per day, since ts)
+    currency: str = ""
+    units: dict[str, Unit] = field(default_factory=dict)  # device id -> unit
+    closed_until: float = float("-inf")  # windows ending at or before this were published
+    watermark: float = float("-inf")  # newest event time folded
+    dirty: set[str] = field(default_factory=set)
+
+
+def window_of(t: float, window_s: float) -> float:
+    """Start of the window holding ``t``."""
+    return float(math.floor(t / window_s) * window_s)
+
+
+def _accrue_unit(state: ProfitState, u: Unit, a: float, b: float, p: ProfitParams) -> None:
+    """Accrue [a, b) of the unit's last reading into its windows, split at their edges."""
+    hp = state.hashprice[0] if state.hashprice is not None else p.hashprice
+    while a < b:
+        w = window_of(a, p.window_s)
+        end = min(b, w + p.window_s)
+        price = state.prices.at(a)
+        if w + p.window_s > state.closed_until and price is not None and hp is not None:
+            m = accrue(u.kw, u.ths, end - a, price, hp if u.scope == "asic" else 0.0)
+            acc = u.windows.setdefault(w, [0.0, 0.0, 0.0, 0.0, 0.0])
+            acc[0] += end - a
+            acc[1] += m.energy_kwh
+            acc[2] += u.ths * (end - a)
+            acc[3] += m.revenue
+            acc[4] += m.power_cost
+        a = end
+
+
+def profit_step(state: ProfitState, event: ProfitInput, p: ProfitParams = ProfitParams(),
+                ) -> tuple[ProfitState, list[ProfitComputed]]:
+    """Fold a price, a hashprice or a reading; publish the windows it closes."""
+    t = event.ts.timestamp()
+    if isinstance(event, HashpriceObserved):
+        if state.hashprice is None or t >= state.hashprice[1]:
+            state.hashprice = (event.hashprice_per_th_day, t)
+            state.dirty.add("")
+        return state, []
+    if isinstance(event, PowerPriceObserved):
+        state.prices.put(Interval(event.interval_start.timestamp(),
+                                  event.interval_end.timestamp(), event.price_per_mwh,
+                                  real_time=event.market == "real_time"))
+        state.currency = event.currency
+        state.dirty.add("")
+        return state, []
+    if isinstance(event, AsicTelemetryObserved):
+        scope, subject = "asic", event.device_id
+        ths = event.hashrate_ths if event.state == "running" else 0.0
+    else:
+        scope, subject, ths = "rig", event.rig_id, 0.0
+    kw = event.power_w / 1000.0
+    u = state.units.get(event.device_id)
+    if u is None:
+        state.units[event.device_id] = Unit(scope, subject, t, kw, ths)
+        state.dirty.add(event.device_id)
+    elif t > u.ts:
+        if t - u.ts <= p.max_gap_s:
+            _accrue_unit(state, u, u.ts, t, p)
+        u.ts, u.kw, u.ths = t, kw, ths
+        state.dirty.add(event.device_id)
+    state.watermark = max(state.watermark, t)
+    return state, close(state, event.site, p)
+
+
+def close(state: ProfitState, site: str, p: ProfitParams) -> list[ProfitComputed]:
+    """Publish every window that ended ``grace_s`` before the watermark: each unit's and the
+    site's (the sum of its units)."""
+    edge = window_of(state.watermark - p.grace_s, p.window_s)  # windows before it are done
+    if edge <= state.closed_until:
+        return []
+    starts = sorted({w for u in state.units.values() for w in u.windows if w < edge})
+    hp = state.hashprice[0] if state.hashprice is not None else p.hashprice
+    out: list[ProfitComputed] = []
+    for w in starts:
+        by_unit: dict[tuple[str, str], list[float]] = {}  # a rig's GPUs are one unit
+        for device, u in sorted(state.units.items()):
+            acc = u.windows.pop(w, None)
+            if acc is None:
+                continue
+            state.dirty.add(device)
+            into = by_unit.setdefault((u.scope, u.subject), [0.0] * 5)
+            for k in range(5):
+                into[k] += acc[k]
+        total = [math.fsum(a[k] for a in by_unit.values()) for k in range(5)]
+        total[0] = max(a[0] for a in by_unit.values())  # the site's priced seconds
+        out += [_metric(site, scope, subject, w, acc, hp, state, p)
+                for (scope, subject), acc in sorted(by_unit.items())]
+        out.append(_metric(site, "site", site, w, total, hp, state, p))
+    state.closed_until = edge
+    state.dirty.add("")
+    return out
+
+
+def _metric(site: str, scope: str, subject: str, w: float, acc: list[float],
+            hp: float | None, state: ProfitState, p: ProfitParams) -> ProfitComputed:
+    seconds, kwh, th_s, revenue, cost = acc
+    j = kwh * 3.6e6 / th_s if th_s > 0 else None
+    start = datetime.fromtimestamp(w, UTC)
+    return ProfitComputed(
+        event_id=uuid5(_NS, f"{site}/{scope}/{subject}/{w}/{p.window_s}"), site=site,
+        device_id=subject, ts=datetime.fromtimestamp(w + p.window_s, UTC), source=SOURCE,
+        scope=scope,  # type: ignore[arg-type]
+        subject=subject, window_s=int(p.window_s), window_start=start, final=True,
+        currency=state.currency or p.currency, seconds=round(seconds, 6), energy_kwh=kwh,
+        hashrate_ths=th_s / seconds if seconds else 0.0, revenue=revenue, power_cost=cost,
+        profit=revenue - cost, j_per_th=None if j is None else round(j, 4),
+        breakeven_per_mwh=None if j is None or hp is None else round(
+            breakeven_per_mwh(hp, j), 4))
+
+
+def profit_fold(events: Iterable[ProfitInput], p: ProfitParams = ProfitParams()) -> tuple[
+        ProfitState, list[ProfitComputed]]:
+    """Run ``profit_step`` over one site's events (replay and tests)."""
+    state, out = ProfitState(), []
+    for e in events:
+        state, produced = profit_step(state, e, p)
+        out += produced
+    return state, out
+
+
+def params(s: Settings) -> ProfitParams:
+    """Profit configuration from Settings."""
+    return ProfitParams(window_s=s.profit_window_s, grace_s=s.profit_grace_s,
+                        max_gap_s=s.profit_max_gap_s, hashprice=s.hashprice_per_th_day,
+                        currency=s.currency)
+
+
+def _keys(state: ProfitState) -> Iterable[str]:
+    return ("", *state.units)
+
+
+def _save(state: ProfitState, key: str) -> Any:
+    if key == "":
+        return {"intervals": [[i.start, i.end, i.price_per_mwh, i.real_time]
+                              for i in state.prices],
+                "hashprice": None if state.hashprice is None else list(state.hashprice),
+                "currency": state.currency,
+                "closed_until": None if math.isinf(state.closed_until) else state.closed_until}
+    u = state.units.get(key)
+    if u is None:
+        return None
+    return [u.scope, u.subject, u.ts, u.kw, u.ths, [[w, *acc] for w, acc in u.windows.items()]]
+
+
+def _load(state: ProfitState, key: str, v: Any) -> None:
+    if key == "":
+        for start, end, price, real_time in v["intervals"]:
+            state.prices.put(Interval(float(start), float(end), float(price), bool(real_time)))
+        hp = v.get("hashprice")
+        state.hashprice = None if hp is None else (float(hp[0]), float(hp[1]))
+        state.currency = str(v.get("currency") or "")
+        cu = v.get("closed_until")
+        state.closed_until = float("-inf") if cu is None else float(cu)
+        return
+    scope, subject, ts, kw, ths, windows = v
+    state.units[key] = Unit(str(scope), str(subject), float(ts), float(kw), float(ths),
+                            {float(w[0]): [float(x) for x in w[1:]] for w in windows})
+
+
+SPEC = AgentSpec[ProfitState, ProfitParams](
+    name="profit", source=SOURCE, inputs=members(ProfitInput), params=params,
+    state=ProfitState, step=profit_step,
+    durable=Durable(table="profit_units", keys=_keys, save=_save, load=_load,
+                    ledger=(PowerPriceObserved, HashpriceObserved)))

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import alerts, compute, energy, failover, scheduler, share_ratio, site_shares, tuning
+from agents import (
+    alerts,
+    compute,
+    energy,
+    failover,
+    profit,
+    scheduler,
+    share_ratio,
+    site_shares,
+    tuning,
+)
 from agents.spec import AgentSpec
 
 AGENTS: tuple[AgentSpec[Any, Any], ...] = (
@@ -19,6 +29,7 @@ AGENTS: tuple[AgentSpec[Any, Any], ...] = (
     energy.SPEC,
     scheduler.SPEC,
     failover.SPEC,
+    profit.SPEC,
     compute.SPEC,
     alerts.SPEC,
     tuning.SPEC,

@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     price_hysteresis_per_mwh: float = Field(
         default=2.0, ge=0, description="The efficiency limit relaxes only as far as the price "
         "plus this allows, so a price hovering at a breakeven does not flap the fleet")
+    profit_window_s: float = Field(
+        default=900.0, ge=60, le=86_400, description="Event-time window of the profit agent's "
+        "revenue, power cost and profit per unit (15 minutes: a market's settlement period)")
+    profit_grace_s: float = Field(
+        default=30.0, ge=0, description="A profit window is published this long (event time) "
+        "after its end, for late readings")
+    profit_max_gap_s: float = Field(
+        default=120.0, gt=0, description="A device silent longer than this: the gap is not "
+        "accrued (no money on a guess)")
     price_hold_s: float = Field(
         default=300.0, ge=0, description="The price must stay lower this long (event time) "
         "before the efficiency limit relaxes; it tightens at once")

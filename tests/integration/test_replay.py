@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from api.live import consumer_lag
 from schemas.commands import CapSiteLoad, CommandAcknowledged, SleepAsic, SwitchAsicPool
+from schemas.events import HashpriceObserved, PowerPriceObserved
 from schemas.registry import TOPICS
 from schemas.settings import Settings
 from streams.history import HistoryStore
@@ -32,7 +33,7 @@ from tests.integration.test_control_loop import at, consume, publish_phase, reco
 pytestmark = pytest.mark.integration
 
 TABLES = ("scheduler_asics", "failover_home_pools", "alerts_firing", "energy_caps",
-          "compute_gate")
+          "compute_gate", "profit_units")
 
 
 async def changelog(bootstrap: str, app_id: str, table: str) -> dict[str, Any]:
@@ -58,7 +59,15 @@ async def test_rebuild_from_clickhouse_equals_the_live_faust_tables(
     fleet, feeds, dip, uplink = recorded()
     sink_stop = asyncio.Event()
     sink = asyncio.create_task(HistorySink(s, store).run(sink_stop))
+    # the day-ahead price and the hashprice first: the energy agent's price state and the
+    # profit agent's are rebuilt too (45/MWh: every miner pays, no price-driven command)
+    prices = [PowerPriceObserved(site="site-1", device_id="price", ts=at(-30), source="rec",
+                                 interval_start=at(-60), interval_end=at(3600),
+                                 price_per_mwh=45.0, currency="USD"),
+              HashpriceObserved(site="site-1", device_id="hashprice", ts=at(-30), source="rec",
+                                hashprice_per_th_day=0.05, currency="USD")]
     async with Publisher(s.kafka_bootstrap) as pub:
+        await publish_phase(pub, s.kafka_bootstrap, prices, "prices", 0)
         await publish_phase(pub, s.kafka_bootstrap, list(fleet), SITE_FEED, 0)
         await publish_phase(pub, s.kafka_bootstrap, list(feeds), "power.readings", 0)
         await publish_phase(pub, s.kafka_bootstrap, list(dip), "grid.readings", 0)
@@ -84,6 +93,9 @@ async def test_rebuild_from_clickhouse_equals_the_live_faust_tables(
     live = {t: await changelog(s.kafka_bootstrap, s.app_id, t) for t in TABLES}
     assert len(live["scheduler_asics"]) == 10 and len(live["failover_home_pools"]) == 10
     assert live["energy_caps"] and live["alerts_firing"]
+    assert live["energy_caps"]["site-1/price"]["hashprice"][0] == 0.05
+    assert live["profit_units"]["site-1"]["intervals"] == [
+        [at(-60).timestamp(), at(3600).timestamp(), 45.0, False]]
 
     bar = Progress("rebuild", stream=io.StringIO(), tty=False)
     fold = rebuild(store, s, at(-60), at(3600), progress=bar)

@@ -136,3 +136,142 @@ def test_a_bad_row_is_named_and_the_rest_is_used(text: str, fmt: str, problem: s
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown price file format 'xml'"):
         parse("<prices/>", "xml")
+
+
+# -- the profit agent: windows computed by hand ------------------------------------------------
+
+from datetime import timedelta  # noqa: E402
+
+from agents.profit import (  # noqa: E402
+    ProfitParams,
+    ProfitState,
+    profit_fold,
+    profit_step,
+)
+from agents.profit import _load as load_profit  # noqa: E402
+from agents.profit import _save as save_profit  # noqa: E402
+from schemas.events import (  # noqa: E402
+    AsicTelemetryObserved,
+    GpuTelemetryObserved,
+    HashpriceObserved,
+    PowerPriceObserved,
+)
+from tests.factories import T0  # noqa: E402
+
+PP = ProfitParams(window_s=900, grace_s=30, max_gap_s=60, hashprice=0.05, currency="EUR")
+W0 = T0.replace(minute=0)  # 12:00, a window edge
+
+
+def _at(sec: float):  # type: ignore[no-untyped-def]
+    return W0 + timedelta(seconds=sec)
+
+
+def _price(start: float, end: float, per_mwh: float, market: str = "day_ahead"):  # type: ignore[no-untyped-def]
+    return PowerPriceObserved(site="site-1", device_id="price", ts=_at(start - 60),
+                              source="t", interval_start=_at(start), interval_end=_at(end),
+                              price_per_mwh=per_mwh, currency="EUR", market=market)  # type: ignore[arg-type]
+
+
+def _asic(sec: float, dev: str, kw: float, ths: float, state: str = "running"):  # type: ignore[no-untyped-def]
+    return AsicTelemetryObserved(
+        site="site-1", device_id=dev, ts=_at(sec), source="t", state=state,  # type: ignore[arg-type]
+        hashrate_ths=ths, hashrate_avg_ths=ths, power_w=kw * 1000, accepted=0, rejected=0,
+        stale=0, hardware_errors=0, elapsed_s=1)
+
+
+def _readings(dev: str, kw: float, ths: float, until: float = 930, step: float = 10):  # type: ignore[no-untyped-def]
+    return [_asic(t, dev, kw, ths) for t in range(0, int(until) + 1, int(step))]
+
+
+def _by(out):  # type: ignore[no-untyped-def]
+    return {(m.scope, m.subject, m.window_start): m for m in out}
+
+
+def test_one_window_of_an_s19j_pro_and_an_s21_and_their_site() -> None:
+    events = [_price(0, 3600, 80.0), *_readings("s19jpro", 3.068, 104.0),
+              *_readings("s21", 3.5, 200.0)]
+    events.sort(key=lambda e: e.ts)
+    _, out = profit_fold(events, PP)
+    m = _by(out)
+    a = m[("asic", "s19jpro", _at(0))]
+    assert a.seconds == 900 and a.final and a.currency == "EUR"
+    assert a.energy_kwh == pytest.approx(3.068 * 900 / 3600)  # 0.767 kWh
+    assert a.revenue == pytest.approx(104 * 0.05 * 900 / 86400)  # 0.0541667
+    assert a.power_cost == pytest.approx(0.767 / 1000 * 80)  # 0.06136
+    assert a.profit == pytest.approx(0.0541667 - 0.06136, abs=1e-6)  # it loses money
+    assert a.j_per_th == pytest.approx(29.5, abs=1e-3)
+    assert a.breakeven_per_mwh == pytest.approx(0.05e6 / (24 * 29.5), abs=1e-3)  # 70.62
+    b = m[("asic", "s21", _at(0))]
+    assert b.profit == pytest.approx(200 * 0.05 * 900 / 86400 - 3.5 * 900 / 3600 / 1000 * 80)
+    assert b.profit > 0 and b.breakeven_per_mwh == pytest.approx(0.05e6 / (24 * 17.5), abs=1e-3)
+    site = m[("site", "site-1", _at(0))]
+    assert site.revenue == pytest.approx(a.revenue + b.revenue)
+    assert site.power_cost == pytest.approx(a.power_cost + b.power_cost)
+    assert site.hashrate_ths == pytest.approx(304.0)
+    assert site.j_per_th == pytest.approx((3068 + 3500) / 304, abs=1e-3)
+
+
+def test_a_real_time_spike_inside_the_window_and_an_interval_across_its_edge() -> None:
+    events = [_price(0, 3600, 80.0), _price(450, 900, 200.0, "real_time"),
+              *_readings("s21", 3.5, 200.0, until=1830, step=30)]
+    _, out = profit_fold(sorted(events, key=lambda e: e.ts), PP)
+    m = _by(out)
+    first = m[("asic", "s21", _at(0))]
+    kwh_half = 3.5 * 450 / 3600
+    assert first.power_cost == pytest.approx(kwh_half / 1000 * 80 + kwh_half / 1000 * 200)
+    second = m[("asic", "s21", _at(900))]
+    assert second.seconds == 900 and second.power_cost == pytest.approx(3.5 * 0.25 / 1000 * 80)
+
+
+def test_a_silent_gap_and_time_without_a_price_are_not_accrued() -> None:
+    readings = [r for r in _readings("s21", 3.5, 200.0) if not 300 < (r.ts - W0).seconds < 500]
+    _, out = profit_fold([_price(0, 600, 80.0), *readings], PP)
+    a = _by(out)[("asic", "s21", _at(0))]
+    # [300, 500) silent (a 200 s gap > 60 s), [600, 900) unpriced
+    assert a.seconds == 900 - 200 - 300
+    assert a.energy_kwh == pytest.approx(3.5 * 400 / 3600)
+
+
+def test_a_sleeping_miner_costs_its_standby_and_a_gpu_rig_costs_its_power() -> None:
+    sleeping = [_asic(t, "s9", 0.01, 0.0, state="sleeping") for t in range(0, 931, 10)]
+    rig = [GpuTelemetryObserved(site="site-1", device_id=f"rig1-gpu{g}", ts=_at(t), source="t",
+                                rig_id="rig1", gpu_index=g, card="RTX 4090", power_w=300,
+                                power_limit_w=350, temp_c=60, core_clock_mhz=2000,
+                                mem_clock_mhz=10000)
+           for t in range(0, 931, 10) for g in range(2)]
+    _, out = profit_fold(sorted([_price(0, 3600, 80.0), *sleeping, *rig], key=lambda e: e.ts),
+                         PP)
+    m = _by(out)
+    s9 = m[("asic", "s9", _at(0))]
+    assert s9.revenue == 0 and s9.power_cost == pytest.approx(0.01 * 0.25 / 1000 * 80)
+    assert s9.j_per_th is None and s9.breakeven_per_mwh is None
+    r = m[("rig", "rig1", _at(0))]
+    assert r.energy_kwh == pytest.approx(0.6 * 0.25) and r.revenue == 0
+    assert r.profit == pytest.approx(-0.6 * 0.25 / 1000 * 80)
+
+
+def test_an_observed_hashprice_replaces_the_configured_one_for_revenue() -> None:
+    hp = HashpriceObserved(site="site-1", device_id="hashprice", ts=_at(-1), source="t",
+                           hashprice_per_th_day=0.04, currency="EUR")
+    _, out = profit_fold([hp, _price(0, 3600, 80.0), *_readings("s21", 3.5, 200.0)], PP)
+    assert _by(out)[("asic", "s21", _at(0))].revenue == pytest.approx(200 * 0.04 * 900 / 86400)
+
+
+def test_redelivery_changes_nothing_and_a_restart_mid_window_loses_nothing() -> None:
+    events = [_price(0, 3600, 80.0), *_readings("s21", 3.5, 200.0)]
+    _, straight = profit_fold(events, PP)
+    doubled = [e for ev in events for e in (ev, ev)]
+    _, again = profit_fold(doubled, PP)
+    assert again == straight
+    # a restart after 400 s: the state comes back from its durable keys
+    state = ProfitState()
+    for e in events[:42]:
+        profit_step(state, e, PP)
+    restored = ProfitState()
+    for key in ("", *state.units):
+        if (v := save_profit(state, key)) is not None:
+            load_profit(restored, key, v)
+    out = []
+    for e in events[40:]:  # the consumer re-reads from an offset before the crash
+        out += profit_step(restored, e, PP)[1]
+    assert out == straight

@@ -84,7 +84,7 @@ async def test_json_over_http_with_real_time_rows() -> None:
 async def test_an_unreachable_or_missing_source_counts_an_error_and_the_next_poll_works(
         tmp_path: Path) -> None:
     path = tmp_path / "later.csv"
-    f, sink = feed(str(path))
+    f, _ = feed(str(path))
     assert await poll(f) == 0 and f.emitter.stats.errors == 1
     path.write_text(DAY_AHEAD)
     assert await poll(f) == 2

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from schemas.commands import PoolPassword, PoolUrl, PoolWorker
-from schemas.metrics import EnergyHeadroomComputed, ShareRatioComputed
+from schemas.metrics import EnergyHeadroomComputed, ProfitComputed, ShareRatioComputed
 
 _WINDOW_FIELDS = (
     "window_start", "window_end", "final", "accepted", "rejected", "stale", "accepted_pct",
@@ -25,7 +25,13 @@ _WINDOW_FIELDS = (
 )
 _ENERGY_FIELDS = (
     "ts", "supply_kw", "margin_kw", "available_kw", "load_kw", "asic_load_kw", "gpu_load_kw",
-    "headroom_kw", "frequency_hz", "band", "target_load_kw", "cap_kw",
+    "headroom_kw", "frequency_hz", "band", "target_load_kw", "cap_kw", "price_per_mwh",
+    "hashprice_per_th_day", "max_j_per_th",
+)
+_PROFIT_FIELDS = (
+    "scope", "subject", "window_s", "window_start", "final", "currency", "seconds",
+    "energy_kwh", "hashrate_ths", "revenue", "power_cost", "profit", "j_per_th",
+    "breakeven_per_mwh",
 )
 
 
@@ -39,6 +45,8 @@ ShareWindow = _derive("ShareWindow", ShareRatioComputed, _WINDOW_FIELDS,
                       "Share ratios of one window (latest revision).")
 EnergyPoint = _derive("EnergyPoint", EnergyHeadroomComputed, _ENERGY_FIELDS,
                       "A site's supply, load, headroom and target at one instant.")
+ProfitWindow = _derive("ProfitWindow", ProfitComputed, _PROFIT_FIELDS,
+                       "Revenue, power cost and profit of a unit or the site over a window.")
 
 
 class Page(BaseModel):
@@ -87,6 +95,7 @@ class Asic(BaseModel):
 
     device_id: str
     model: str
+    firmware: str = Field(default="", description="Firmware dialect it is read with")
     state: str = Field(description="running, sleeping, waking, offline, ...")
     hashrate_ths: float
     power_w: float
@@ -97,6 +106,10 @@ class Asic(BaseModel):
     cycles: int = Field(description="Applied sleeps (each is one power cycle)")
     last_off: datetime | None = Field(description="Last applied sleep")
     last_on: datetime | None = Field(description="Last applied wake")
+    last_command: str | None = Field(default=None, description="Newest command to it")
+    last_command_at: datetime | None = None
+    last_ack: str | None = Field(default=None, description="That command's ack: applied, "
+                                 "rejected, failed, expired, or pending")
 
 
 class Asics(BaseModel):
@@ -432,3 +445,47 @@ class ErrorBody(BaseModel):
 
 
 SortOrder = Literal["asc", "desc"]
+
+
+class Profit(BaseModel):
+    """Profit windows, newest first, and their sums over the range."""
+
+    page: Page
+    windows: list[ProfitWindow]  # type: ignore[valid-type]
+    total_revenue: float
+    total_power_cost: float
+    total_profit: float
+
+
+class PriceInterval(BaseModel):
+    """A power price interval as last published."""
+
+    market: str
+    start: datetime
+    end: datetime
+    price_per_mwh: float
+    currency: str
+
+
+class Prices(BaseModel):
+    """The power prices over a range, the hashprice, and what they mean now."""
+
+    intervals: list[PriceInterval]
+    hashprice_per_th_day: float | None = Field(description="Newest observed (or configured)")
+    price_now: float | None = Field(description="Price in force at the latest headroom")
+    max_j_per_th: float | None = Field(description="The efficiency limit in force: ASICs "
+                                       "less efficient sleep on price")
+
+
+class Uplink(BaseModel):
+    """The internet uplink as last probed, and the local pool's share rate."""
+
+    up: bool | None = Field(description="None: never probed")
+    target: str
+    latency_ms: float | None
+    detail: str
+    last_probe: datetime | None
+    local_pool_accepted_per_min: float = Field(description="Shares the local Stratum pool "
+                                               "accepted per minute, last 5 minutes")
+    local_pool_workers: int
+

@@ -36,6 +36,10 @@ from api.models import (
     Job,
     Jobs,
     Page,
+    PriceInterval,
+    Prices,
+    Profit,
+    ProfitWindow,
     Reward,
     Rewards,
     Score,
@@ -45,6 +49,7 @@ from api.models import (
     ShareWindow,
     TuningTrial,
     TuningTrials,
+    Uplink,
     Workers,
     WorkerShares,
     WorkerSummary,
@@ -232,6 +237,52 @@ def router(ctx: ApiContext) -> APIRouter:
         rows = await ctx.queries.energy_buckets(ctx.settings.site, s, u, bucket_s)
         return Energy(latest=await _energy_latest(ctx), bucket_s=bucket_s,
                       history=[EnergyPoint.model_validate(x) for x in rows])
+
+    # -- money ----------------------------------------------------------------------------
+
+    @r.get("/profit", response_model=Profit, tags=["energy"])
+    async def profit(
+        scope: Annotated[Literal["site", "asic", "rig"], Query()] = "site",
+        subject: Annotated[str | None, Query(max_length=256, description="One ASIC, rig or "
+                                             "site; all when absent")] = None,
+        since: Since = None, until: Until = None, limit: Limit = 200, offset: Offset = 0,
+    ) -> Profit:
+        """Revenue, power cost, profit, J/TH and breakeven per window (the profit agent's
+        ``metrics.profit``), newest first, with the range's totals."""
+        s, u = window(since, until, timedelta(days=1))
+        rows = await ctx.queries.profit(scope, subject, s, u, limit + 1, offset)
+        tot = await ctx.queries.profit_totals(scope, subject, s, u)
+        return Profit(page=page(limit, offset, len(rows)),
+                      windows=[ProfitWindow.model_validate(x) for x in rows[:limit]],
+                      total_revenue=float(tot["revenue"] or 0.0),
+                      total_power_cost=float(tot["power_cost"] or 0.0),
+                      total_profit=float(tot["profit"] or 0.0))
+
+    @r.get("/prices", response_model=Prices, tags=["energy"])
+    async def prices(since: Since = None, until: Until = None) -> Prices:
+        """Power price intervals (day-ahead and real-time, as last published), the
+        hashprice, and the price and efficiency limit in force."""
+        s, u = window(since, until, timedelta(hours=6))
+        rows = await ctx.queries.prices(s, u)
+        latest = await _energy_latest(ctx)
+        hp = await ctx.queries.hashprice()
+        return Prices(intervals=[PriceInterval.model_validate(x) for x in rows],
+                      hashprice_per_th_day=hp if hp is not None
+                      else ctx.settings.hashprice_per_th_day,
+                      price_now=latest.price_per_mwh if latest is not None else None,
+                      max_j_per_th=latest.max_j_per_th if latest is not None else None)
+
+    @r.get("/uplink", response_model=Uplink, tags=["fleet"])
+    async def uplink() -> Uplink:
+        """The uplink's newest probe and the local pool's accepted shares per minute (the
+        failover's fallback while the uplink is down)."""
+        x = await ctx.queries.uplink(300)
+        probed = bool(x["probes"])
+        return Uplink(up=bool(x["up"]) if probed else None, target=x["target"] or "",
+                      latency_ms=x["latency_ms"] if probed else None,
+                      detail=x["detail"] or "", last_probe=x["last_probe"] if probed else None,
+                      local_pool_accepted_per_min=float(x["local_accepted"] or 0) / 5.0,
+                      local_pool_workers=int(x["local_workers"] or 0))
 
     # -- commands and alerts --------------------------------------------------------------
 

@@ -268,7 +268,8 @@ LUXOS = Locations(
 
 
 def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: datetime,
-                    model: str = "", where: Locations = LUXOS) -> AsicTelemetryObserved:
+                    model: str = "", where: Locations = LUXOS,
+                    firmware: str = "") -> AsicTelemetryObserved:
     """The telemetry event of one read; KeyError/ValueError if unusable."""
     summary = _section(reply, "summary", "SUMMARY")
     if not summary:
@@ -293,7 +294,8 @@ def parse_telemetry(reply: dict[str, Any], ep: AsicEndpoint, *, site: str, ts: d
     chip = where.chip_c(reply)
     pcb = where.board_c(reply)
     return AsicTelemetryObserved(
-        site=site, device_id=ep.device_id, ts=ts, source=SOURCE, model=model, state=state,
+        site=site, device_id=ep.device_id, ts=ts, source=SOURCE, model=model,
+        firmware=firmware, state=state,
         hashrate_ths=round(h5, 4), hashrate_avg_ths=round(hav, 4),
         power_w=max(0.0, watts or 0.0),
         temp_chip_c=max(chip) if chip else None, temp_board_c=max(pcb) if pcb else None,
@@ -406,7 +408,7 @@ class AsicTelemetry:
         try:
             tel = parse_telemetry(reply, ep, site=self.emitter.site, ts=ts,
                                   model=self.models.get(ep.device_id, ""),
-                                  where=d.where)
+                                  where=d.where, firmware=d.name)
             cur = counters(reply, ts)
         except Exception as exc:  # noqa: BLE001 - whatever a device sends is its fault
             await self.emitter.dead(where, raw, f"{type(exc).__name__}: {exc}"[:2000],

@@ -41,6 +41,8 @@ class AsicTelemetryObserved(Event):
 
     kind: Literal["AsicTelemetryObserved"] = "AsicTelemetryObserved"
     model: str = Field(default="", description="Miner model, e.g. Antminer S19j Pro")
+    firmware: str = Field(default="", max_length=32, description="Firmware dialect it was "
+                          "read with: luxos, braiins, antminer, whatsminer, vnish")
     state: AsicState = Field(description="Operating state as read from the miner")
     hashrate_ths: float = Field(ge=0, description="5-second hashrate, TH/s")
     hashrate_avg_ths: float = Field(ge=0, description="Average hashrate since start, TH/s")

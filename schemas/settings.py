@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="The efficiency limit relaxes only as far as the price "
         "plus this allows, so a price hovering at a breakeven does not flap the fleet")
     profit_window_s: float = Field(
-        default=900.0, ge=60, le=86_400, description="Event-time window of the profit agent's "
+        default=900.0, ge=10, le=86_400, description="Event-time window of the profit agent's "
         "revenue, power cost and profit per unit (15 minutes: a market's settlement period)")
     profit_grace_s: float = Field(
         default=30.0, ge=0, description="A profit window is published this long (event time) "

@@ -109,11 +109,13 @@ class Queries:
         applied acks by the scheduler's rule; ordered by device id."""
         db = self.db
         rows = await self.read(
-            f"SELECT t.device_id AS device_id, t.model AS model, t.state AS state, "
+            f"SELECT t.device_id AS device_id, t.model AS model, t.firmware AS firmware, "
+            f"t.state AS state, "
             f"t.hashrate_ths AS hashrate_ths, t.power_w AS power_w, t.power_target_w AS "
             f"power_target_w, t.temp_chip_c AS temp_chip_c, t.pool_url AS pool_url, "
             f"t.last_seen AS last_seen, ifNull(c.cycles, 0) AS cycles, c.last_off AS last_off, "
             f"c.last_on AS last_on FROM (SELECT device_id, argMax(model, ts) AS model, "
+            f"argMax(firmware, ts) AS firmware, "
             f"argMax(state, ts) AS state, argMax(hashrate_ths, ts) AS hashrate_ths, "
             f"argMax(power_w, ts) AS power_w, argMax(power_target_w, ts) AS power_target_w, "
             f"argMax(temp_chip_c, ts) AS temp_chip_c, argMax(pool_url, ts) AS pool_url, "
@@ -132,7 +134,26 @@ class Queries:
             for k in ("last_off", "last_on"):
                 if x[k] is not None and x[k] <= _EPOCH:
                     x[k] = None
+        last = {x["device_id"]: x for x in await self.last_commands(
+            [x["device_id"] for x in rows])} if rows else {}
+        for x in rows:
+            c = last.get(x["device_id"], {})
+            x["last_command"] = c.get("kind")
+            x["last_command_at"] = c.get("ts")
+            x["last_ack"] = c.get("status") or ("pending" if c else None)
         return rows
+
+    async def last_commands(self, devices: list[str]) -> list[Row]:
+        """Each device's newest ASIC command and its ack status (None: no ack yet)."""
+        db = self.db
+        return await self.read(
+            f"SELECT c.device_id AS device_id, c.kind AS kind, c.at AS ts, a.status AS status "
+            f"FROM (SELECT device_id, argMax(kind, ts) AS kind, argMax(command_id, ts) AS cid, "
+            f"max(ts) AS at FROM {db}.commands_asic WHERE device_id IN {{d:Array(String)}} "
+            f"GROUP BY device_id) AS c LEFT JOIN (SELECT command_id, any(status) AS status "
+            f"FROM {db}.commands_acks WHERE device_id IN {{d:Array(String)}} GROUP BY "
+            f"command_id) AS a ON a.command_id = c.cid",
+            {"d": devices}, {"join_use_nulls": 1})
 
     async def gpus(self, seen_within_s: int, n: int, offset: int) -> list[Row]:
         """GPUs' latest telemetry, ordered by device id."""
@@ -250,10 +271,70 @@ class Queries:
                 "supply_kw", "margin_kw", "available_kw", "load_kw", "asic_load_kw",
                 "gpu_load_kw", "headroom_kw", "target_load_kw"))
             + f", min(frequency_hz) AS frequency_hz, argMax(band, e.ts) AS band, "
-            f"argMax(cap_kw, e.ts) AS cap_kw FROM (SELECT * FROM {self.db}.metrics_energy "
-            f"WHERE ts >= {{s:{_T}}} AND ts < {{u:{_T}}} AND site = {{site:String}} LIMIT 1 BY "
-            f"event_id) AS e GROUP BY ts ORDER BY ts LIMIT 10000",
+            f"argMax(cap_kw, e.ts) AS cap_kw, argMax(price_per_mwh, e.ts) AS price_per_mwh, "
+            f"argMax(hashprice_per_th_day, e.ts) AS hashprice_per_th_day, "
+            f"argMax(max_j_per_th, e.ts) AS max_j_per_th FROM (SELECT * FROM "
+            f"{self.db}.metrics_energy WHERE ts >= {{s:{_T}}} AND ts < {{u:{_T}}} AND "
+            f"site = {{site:String}} LIMIT 1 BY event_id) AS e GROUP BY ts ORDER BY ts LIMIT 10000",
             {"b": bucket_s, "s": since, "u": until, "site": site}, ALIASES_FIRST)
+
+    # -- money ----------------------------------------------------------------------------
+
+    async def profit(self, scope: str, subject: str | None, since: datetime, until: datetime,
+                     n: int, offset: int) -> list[Row]:
+        """Profit windows of ``scope`` (one subject or all), newest first."""
+        return await self.read(
+            f"SELECT * FROM (SELECT * FROM {self.db}.metrics_profit WHERE window_start >= "
+            f"{{s:{_T}}} AND window_start < {{u:{_T}}} AND scope = {{scope:String}} AND "
+            f"({{subj:String}} = '' OR subject = {{subj:String}}) ORDER BY ts DESC LIMIT 1 BY "
+            f"event_id) ORDER BY window_start DESC, subject LIMIT {{n:UInt32}} OFFSET "
+            f"{{o:UInt32}}", {"s": since, "u": until, "scope": scope, "subj": subject or "",
+                              "n": n, "o": offset}, None)
+
+    async def profit_totals(self, scope: str, subject: str | None, since: datetime,
+                            until: datetime) -> Row:
+        """Revenue, power cost and profit summed over the windows of a range."""
+        rows = await self.read(
+            f"SELECT sum(revenue) AS revenue, sum(power_cost) AS power_cost, sum(profit) AS "
+            f"profit FROM (SELECT * FROM {self.db}.metrics_profit WHERE window_start >= "
+            f"{{s:{_T}}} AND window_start < {{u:{_T}}} AND scope = {{scope:String}} AND "
+            f"({{subj:String}} = '' OR subject = {{subj:String}}) LIMIT 1 BY event_id)",
+            {"s": since, "u": until, "scope": scope, "subj": subject or ""}, None)
+        return rows[0]
+
+    async def prices(self, since: datetime, until: datetime) -> list[Row]:
+        """Power price intervals overlapping [since, until), each as last published."""
+        return await self.read(
+            f"SELECT market, interval_start AS start, argMax(interval_end, ts) AS end, "
+            f"argMax(price_per_mwh, ts) AS price_per_mwh, argMax(currency, ts) AS currency "
+            f"FROM {self.db}.prices WHERE kind = 'PowerPriceObserved' AND interval_start < "
+            f"{{u:{_T}}} AND interval_end > {{s:{_T}}} GROUP BY market, interval_start "
+            f"HAVING end > {{s:{_T}}} ORDER BY start, market LIMIT 5000",
+            {"s": since, "u": until}, ALIASES_FIRST)
+
+    async def hashprice(self) -> float | None:
+        """The newest observed hashprice."""
+        rows = await self.read(
+            f"SELECT argMax(hashprice_per_th_day, ts) AS h, count() AS n FROM {self.db}.prices "
+            f"WHERE kind = 'HashpriceObserved'", None, None)
+        return float(rows[0]["h"]) if rows and rows[0]["n"] else None
+
+    async def uplink(self, local_window_s: int) -> Row:
+        """The uplink's newest probe, and what the local pool accepted in the last
+        ``local_window_s`` (shares it accounted, source ``pool:local``)."""
+        db = self.db
+        rows = await self.read(
+            f"SELECT (SELECT count() FROM {db}.uplink_status) AS probes, (SELECT argMax(up, ts) "
+            f"FROM {db}.uplink_status) AS up, (SELECT argMax(target, ts) FROM "
+            f"{db}.uplink_status) AS target, (SELECT argMax(latency_ms, ts) FROM "
+            f"{db}.uplink_status) AS latency_ms, (SELECT argMax(detail, ts) FROM "
+            f"{db}.uplink_status) AS detail, (SELECT max(ts) FROM {db}.uplink_status) AS "
+            f"last_probe, (SELECT sum(accepted) FROM {db}.shares WHERE source = 'pool:local' AND "
+            f"ts >= now64(3) - toIntervalSecond({{w:UInt32}})) AS local_accepted, (SELECT "
+            f"uniqExact(worker) FROM {db}.shares WHERE source = 'pool:local' AND ts >= now64(3) "
+            f"- toIntervalSecond({{w:UInt32}})) AS local_workers",
+            {"w": local_window_s}, ALIASES_FIRST)
+        return rows[0]
 
     # -- commands and alerts --------------------------------------------------------------
 

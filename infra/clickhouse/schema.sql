@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS hashplane.asic_telemetry (
   `source` LowCardinality(String),
   `ingested_at` DateTime64(3, 'UTC'),
   `model` String,
+  `firmware` String,
   `state` LowCardinality(String),
   `hashrate_ths` Float64,
   `hashrate_avg_ths` Float64,
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS hashplane.asic_telemetry (
   `hardware_errors` Int64,
   `elapsed_s` Int64
 ) ENGINE = ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(ts) ORDER BY (site, device_id, ts, event_id) COMMENT 'typed rows of topic asic.telemetry (kafka keeps 7 d, history all)';
-CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.asic_telemetry_mv TO hashplane.asic_telemetry AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'model', 'String') AS `model`, JSONExtract(payload, 'state', 'String') AS `state`, JSONExtract(payload, 'hashrate_ths', 'Float64') AS `hashrate_ths`, JSONExtract(payload, 'hashrate_avg_ths', 'Float64') AS `hashrate_avg_ths`, JSONExtract(payload, 'power_w', 'Float64') AS `power_w`, JSONExtract(payload, 'power_target_w', 'Nullable(Float64)') AS `power_target_w`, JSONExtract(payload, 'temp_chip_c', 'Nullable(Float64)') AS `temp_chip_c`, JSONExtract(payload, 'temp_board_c', 'Nullable(Float64)') AS `temp_board_c`, JSONExtract(payload, 'fan_rpm', 'Array(Int64)') AS `fan_rpm`, JSONExtract(payload, 'pool_url', 'String') AS `pool_url`, JSONExtract(payload, 'accepted', 'Int64') AS `accepted`, JSONExtract(payload, 'rejected', 'Int64') AS `rejected`, JSONExtract(payload, 'stale', 'Int64') AS `stale`, JSONExtract(payload, 'hardware_errors', 'Int64') AS `hardware_errors`, JSONExtract(payload, 'elapsed_s', 'Int64') AS `elapsed_s` FROM hashplane.events WHERE topic = 'asic.telemetry';
+CREATE MATERIALIZED VIEW IF NOT EXISTS hashplane.asic_telemetry_mv TO hashplane.asic_telemetry AS SELECT event_id, kind, schema_version, site, device_id, ts, source, ingested_at, JSONExtract(payload, 'model', 'String') AS `model`, JSONExtract(payload, 'firmware', 'String') AS `firmware`, JSONExtract(payload, 'state', 'String') AS `state`, JSONExtract(payload, 'hashrate_ths', 'Float64') AS `hashrate_ths`, JSONExtract(payload, 'hashrate_avg_ths', 'Float64') AS `hashrate_avg_ths`, JSONExtract(payload, 'power_w', 'Float64') AS `power_w`, JSONExtract(payload, 'power_target_w', 'Nullable(Float64)') AS `power_target_w`, JSONExtract(payload, 'temp_chip_c', 'Nullable(Float64)') AS `temp_chip_c`, JSONExtract(payload, 'temp_board_c', 'Nullable(Float64)') AS `temp_board_c`, JSONExtract(payload, 'fan_rpm', 'Array(Int64)') AS `fan_rpm`, JSONExtract(payload, 'pool_url', 'String') AS `pool_url`, JSONExtract(payload, 'accepted', 'Int64') AS `accepted`, JSONExtract(payload, 'rejected', 'Int64') AS `rejected`, JSONExtract(payload, 'stale', 'Int64') AS `stale`, JSONExtract(payload, 'hardware_errors', 'Int64') AS `hardware_errors`, JSONExtract(payload, 'elapsed_s', 'Int64') AS `elapsed_s` FROM hashplane.events WHERE topic = 'asic.telemetry';
 CREATE TABLE IF NOT EXISTS hashplane.gpu_telemetry (
   `event_id` UUID,
   `kind` LowCardinality(String),

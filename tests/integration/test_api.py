@@ -17,9 +17,18 @@ from api.app import create_api
 from schemas.alerts import AlertFired, AlertResolved
 from schemas.commands import ApplyGpuProfile, CapSiteLoad, CommandAcknowledged, SleepAsic
 from schemas.envelope import Event
-from schemas.events import AsicTelemetryObserved, ComputeJobChanged, GpuTelemetryObserved
+from schemas.events import (
+    AsicTelemetryObserved,
+    ComputeJobChanged,
+    GpuTelemetryObserved,
+    HashpriceObserved,
+    PowerPriceObserved,
+    ShareCountsObserved,
+    UplinkStatusObserved,
+)
 from schemas.metrics import (
     EnergyHeadroomComputed,
+    ProfitComputed,
     RewardComputed,
     ShareRatioComputed,
     TuningTrialEvaluated,
@@ -45,6 +54,7 @@ def at(s: float) -> datetime:
 def asic(dev: str, t: float, state: str, hashrate: float, power: float) -> AsicTelemetryObserved:
     return AsicTelemetryObserved(
         site="site-1", device_id=dev, ts=at(t), source="test", model="S19", state=state,
+        firmware="braiins" if dev == "a2" else "luxos",
         hashrate_ths=hashrate, hashrate_avg_ths=hashrate, power_w=power, pool_url="stratum+tcp://p:1",
         accepted=1, rejected=0, stale=0, hardware_errors=0, elapsed_s=10)
 
@@ -131,6 +141,35 @@ def history_events() -> list[Event]:
                               worker="w1", window_s=60, window_start=start, reward=84.5,
                               accepted_pct=90.0, rejected_pct=10.0, temp_c=71.0,
                               worker_accepted=90, cluster_accepted=180))
+    # money: a day-ahead hour, a real-time spike published twice (revised), the hashprice,
+    # and two profit windows of the site and one ASIC
+    hour = NOW.replace(minute=0, second=0)
+    out += [PowerPriceObserved(site="site-1", device_id="price", ts=at(0), source="test",
+                               interval_start=hour, interval_end=hour + timedelta(hours=1),
+                               price_per_mwh=52.5, currency="EUR")]
+    out += [PowerPriceObserved(site="site-1", device_id="price", ts=at(t), source="test",
+                               market="real_time", interval_start=at(60), interval_end=at(360),
+                               price_per_mwh=p, currency="EUR") for t, p in ((1, 150.0),
+                                                                            (2, 140.0))]
+    out.append(HashpriceObserved(site="site-1", device_id="hashprice", ts=at(0),
+                                 source="test", hashprice_per_th_day=0.049, currency="EUR"))
+    for k, (subject, scope) in enumerate((("site-1", "site"), ("a1", "asic"))):
+        for w in range(2):
+            out.append(ProfitComputed(
+                site="site-1", device_id=subject, ts=at(60 * (w + 1)), source="agent:profit",
+                scope=scope, subject=subject, window_s=60,  # type: ignore[arg-type]
+                window_start=at(60 * w), final=True, currency="EUR", seconds=60,
+                energy_kwh=0.05 * (k + 1), hashrate_ths=100.0, revenue=0.004 + w * 0.001,
+                power_cost=0.003, profit=0.001 + w * 0.001, j_per_th=30.0,
+                breakeven_per_mwh=68.05))
+    out += [UplinkStatusObserved(site="site-1", device_id="uplink", ts=at(t), source="test",
+                                 target="http://up.example/generate_204", up=up,
+                                 latency_ms=12.0 if up else None,
+                                 detail="" if up else "timeout")
+            for t, up in ((100, False), (110, False), (290, True))]
+    out.append(ShareCountsObserved(site="site-1", device_id="a1", ts=at(280),
+                                   source="pool:local", worker="hashplane.a1", accepted=40,
+                                   rejected=0, interval_s=60))
     return out
 
 
@@ -498,3 +537,39 @@ async def test_alertmanager_and_agent_alerts_reach_sms_and_webhook_once(served: 
     texted = "\n".join(m["Body"] for m in twilio.messages())
     assert texted.count("uplink_down") == 1 and "[CRITICAL] uplink_down" in texted
     assert "HashplaneUplinkDown" not in texted and "AsicsOffline" not in texted  # a warning
+
+
+async def test_profit_prices_uplink_and_the_fleet_table(served: Any) -> None:
+    client, _, _ = served
+    site = (await client.get("/v1/profit", headers=READ,
+                             params={"since": at(-60).isoformat()})).json()
+    assert [w["window_start"] for w in site["windows"]] == [
+        at(60).isoformat().replace("+00:00", "Z"), at(0).isoformat().replace("+00:00", "Z")]
+    assert site["total_profit"] == pytest.approx(0.003)
+    assert site["total_revenue"] == pytest.approx(0.009)
+    a1 = (await client.get("/v1/profit", headers=READ, params={
+        "scope": "asic", "subject": "a1", "since": at(-60).isoformat()})).json()
+    assert {w["subject"] for w in a1["windows"]} == {"a1"} and len(a1["windows"]) == 2
+    assert a1["windows"][0]["breakeven_per_mwh"] == 68.05
+    assert (await client.get("/v1/profit", headers=READ,
+                             params={"scope": "nope"})).status_code == 422
+
+    prices = (await client.get("/v1/prices", headers=READ, params={
+        "since": at(-60).isoformat(), "until": at(400).isoformat()})).json()
+    by_market = {p["market"]: p for p in prices["intervals"]}
+    assert by_market["day_ahead"]["price_per_mwh"] == 52.5
+    assert by_market["real_time"]["price_per_mwh"] == 140.0  # the revision
+    assert prices["hashprice_per_th_day"] == 0.049
+
+    up = (await client.get("/v1/uplink", headers=READ)).json()
+    assert up["up"] is True and up["latency_ms"] == 12.0
+    assert up["local_pool_accepted_per_min"] == pytest.approx(8.0)  # 40 in 5 minutes
+    assert up["local_pool_workers"] == 1
+
+    table = {a["device_id"]: a for a in (await client.get("/v1/asics", headers=READ)).json()[
+        "asics"]}
+    assert table["a2"]["firmware"] == "braiins" and table["a1"]["firmware"] == "luxos"
+    assert table["a3"]["last_command"] == "SleepAsic" and table["a3"]["last_ack"] == "applied"
+    assert table["a2"]["last_command"] == "SleepAsic" and table["a2"]["last_ack"] == "pending"
+    assert table["a1"]["last_command"] is None and table["a1"]["last_ack"] is None
+

@@ -120,6 +120,164 @@ function drawAlerts() {
   mark("alerts", 1);
 }
 
+// -- money, uplink, tuner, fleet --------------------------------------------------------------
+
+function cells(tr, values, numeric) {
+  values.forEach((v, i) => {
+    const td = document.createElement("td");
+    td.textContent = v == null ? "–" : String(v);
+    if (numeric && numeric.includes(i)) td.className = "num";
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
+const fix = (v, n) => v == null ? null : Number(v).toFixed(n);
+
+function drawProfit(p) {
+  const ws = [...p.windows].reverse();  // oldest first
+  const x = ws.map(w => w.window_start);
+  document.getElementById("currency").textContent = (ws[0] && ws[0].currency) || "–";
+  document.getElementById("profit-total").textContent =
+    `revenue ${fix(p.total_revenue, 2)} · power ${fix(p.total_power_cost, 2)} · ` +
+    `profit ${fix(p.total_profit, 2)} over ${ws.length} windows`;
+  Plotly.react("chart-profit", [
+    { x, y: ws.map(w => w.profit), name: "profit", type: "bar",
+      marker: { color: ws.map(w => w.profit >= 0 ? "#1f9d55" : "#c53030") } },
+    { x, y: ws.map(w => w.revenue), name: "revenue", mode: "lines", line: { color: "#d69e2e" } },
+    { x, y: ws.map(w => w.power_cost), name: "power cost", mode: "lines", line: { color: "#c05621" } },
+  ], layout(), config);
+  mark("profit", ws.length);
+}
+
+// Breakeven of each model from the fleet's own readings: hashprice x 1e6 / (24 x J/TH).
+function breakevens(asics, hashprice) {
+  const by = {};
+  for (const a of asics) {
+    if (a.state !== "running" || !(a.hashrate_ths > 0)) continue;
+    (by[a.model || "?"] = by[a.model || "?"] || []).push(a.power_w / a.hashrate_ths);
+  }
+  return Object.entries(by).map(([model, js]) => {
+    js.sort((a, b) => a - b);
+    const j = js[Math.floor(js.length / 2)];
+    return { model, j, breakeven: hashprice * 1e6 / (24 * j) };
+  });
+}
+
+function drawPrice(pr, asics) {
+  const series = (market, color) => {
+    const x = [], y = [];
+    for (const i of pr.intervals.filter(i => i.market === market)) {
+      if (x.length && x[x.length - 1] !== i.start) { x.push(i.start); y.push(null); }
+      x.push(i.start, i.end); y.push(i.price_per_mwh, i.price_per_mwh);
+    }
+    return { x, y, name: market.replace("_", "-"), mode: "lines", line: { color, shape: "hv" } };
+  };
+  const traces = [series("day_ahead", "#2b6cb0"), series("real_time", "#c53030")];
+  const xs = pr.intervals.flatMap(i => [i.start, i.end]).sort();
+  const span = xs.length ? [xs[0], xs[xs.length - 1]] : [];
+  const bes = pr.hashprice_per_th_day != null ? breakevens(asics, pr.hashprice_per_th_day) : [];
+  for (const b of bes) {
+    traces.push({ x: span, y: [b.breakeven, b.breakeven], mode: "lines",
+      name: `${b.model} ${b.j.toFixed(1)} J/TH`, line: { dash: "dot", width: 1 } });
+  }
+  Plotly.react("chart-price", traces, layout(), config);
+  document.getElementById("price-now").textContent =
+    (pr.price_now == null ? "no price in force" : `now ${pr.price_now.toFixed(2)}/MWh`) +
+    ` · hashprice ${pr.hashprice_per_th_day == null ? "–" : pr.hashprice_per_th_day}/TH/s/day` +
+    (pr.max_j_per_th == null ? " · no efficiency limit" :
+      ` · limit ${pr.max_j_per_th.toFixed(1)} J/TH (less efficient miners sleep)`);
+  mark("price", pr.intervals.length);
+}
+
+function drawUplink(u) {
+  const rows = [
+    ["uplink", u.up == null ? "never probed" : (u.up ? "up" : "DOWN"), u.up ? "up" : "down"],
+    ["target", u.target || "–"], ["latency", u.latency_ms == null ? "–" : `${u.latency_ms.toFixed(0)} ms`],
+    ["last probe", u.last_probe || "–"], ["detail", u.detail || "–"],
+    ["local pool", `${u.local_pool_accepted_per_min.toFixed(1)} accepted/min from ${u.local_pool_workers} workers`],
+  ];
+  document.querySelector("#uplink tbody").replaceChildren(...rows.map(([k, v, cls]) => {
+    const tr = cells(document.createElement("tr"), [k, v]);
+    if (cls) tr.lastChild.className = cls;
+    return tr;
+  }));
+  mark("uplink", 1);
+}
+
+function drawTuner(trials, gpus) {
+  document.querySelector("#tuner tbody").replaceChildren(...trials.trials.slice(0, 20).map(t =>
+    cells(document.createElement("tr"), [t.ts, t.device_id, t.trial, fix(t.power_limit_w, 0),
+      t.mem_offset_mhz, t.intensity, fix(t.objective, 2), t.outcome], [2, 3, 4, 5, 6])));
+  document.querySelector("#profiles tbody").replaceChildren(...gpus.gpus.map(g => {
+    const p = g.profile || {};
+    return cells(document.createElement("tr"), [g.device_id, g.card, p.profile, fix(p.power_limit_w, 0),
+      p.core_offset_mhz, p.mem_offset_mhz, p.applied_at], [3, 4, 5]);
+  }));
+  mark("tuner", trials.trials.length + gpus.gpus.length);
+}
+
+const fleet = { rows: [], key: "device_id", dir: 1 };
+
+function drawFleet() {
+  const q = document.getElementById("fleet-filter").value.trim().toLowerCase();
+  const words = q ? q.split(/\s+/) : [];
+  const rows = fleet.rows.filter(a => words.every(w =>
+    [a.device_id, a.firmware, a.model, a.state, a.last_command, a.last_ack]
+      .some(v => v && String(v).toLowerCase().includes(w))));
+  const k = fleet.key;
+  rows.sort((a, b) => {
+    const x = a[k], y = b[k];
+    if (x == null && y == null) return 0;
+    if (x == null) return 1;
+    if (y == null) return -1;
+    return (typeof x === "number" ? x - y : String(x).localeCompare(String(y))) * fleet.dir;
+  });
+  document.querySelector("#fleet tbody").replaceChildren(...rows.slice(0, 500).map(a => {
+    const tr = cells(document.createElement("tr"), [a.device_id, a.firmware, a.model, a.state,
+      a.cycles, a.last_command, a.last_ack, fix(a.power_kw, 2), fix(a.hashrate_ths, 1),
+      fix(a.j_per_th, 1)], [4, 7, 8, 9]);
+    tr.className = a.state;
+    return tr;
+  }));
+  for (const th of document.querySelectorAll("#fleet th[data-key]")) {
+    th.className = th.dataset.key === k ? (fleet.dir > 0 ? "asc" : "desc") : "";
+  }
+  document.getElementById("fleet-count").textContent =
+    `${rows.length} of ${fleet.rows.length} ASICs` + (rows.length > 500 ? " (first 500 shown)" : "");
+  document.body.dataset.fleetShown = String(rows.length);
+  mark("fleet", 1);
+}
+
+function setFleet(asics) {
+  fleet.rows = asics.map(a => Object.assign({}, a, { power_kw: a.power_w / 1000,
+    j_per_th: a.state === "running" && a.hashrate_ths > 0 ? a.power_w / a.hashrate_ths : null }));
+  drawFleet();
+}
+
+document.querySelectorAll("#fleet th[data-key]").forEach(th => th.addEventListener("click", () => {
+  fleet.dir = fleet.key === th.dataset.key ? -fleet.dir : 1;
+  fleet.key = th.dataset.key;
+  drawFleet();
+}));
+document.getElementById("fleet-filter").addEventListener("input", drawFleet);
+
+async function loadMoney() {
+  const since = encodeURIComponent(new Date(Date.now() - 6 * 3600 * 1000).toISOString());
+  const until = encodeURIComponent(new Date(Date.now() + 24 * 3600 * 1000).toISOString());
+  const [profit, prices, asics, uplink, trials, gpus] = await Promise.all([
+    api("/v1/profit?scope=site&limit=500&since=" + since),
+    api("/v1/prices?since=" + since + "&until=" + until),
+    api("/v1/asics?limit=1000"), api("/v1/uplink"),
+    api("/v1/tuner/trials?limit=20"), api("/v1/gpus"),
+  ]);
+  drawProfit(profit);
+  drawPrice(prices, asics.asics);
+  setFleet(asics.asics);
+  drawUplink(uplink);
+  drawTuner(trials, gpus);
+}
+
 // -- loading --------------------------------------------------------------------------------
 
 async function loadHistory() {
@@ -144,6 +302,7 @@ async function loadHistory() {
   drawCommands();
   state.alerts = alerts.history;
   drawAlerts();
+  await loadMoney();
 }
 
 function summary(f) {
@@ -162,6 +321,7 @@ async function refresh() {
       api("/v1/history?table=asic_telemetry&field=hashrate_ths&agg=sum&by=fleet&bucket_s=10&since="
         + encodeURIComponent(since)), api("/v1/workers")]);
     summary(fleet); drawHashrate(hashrate); drawShares(workers);
+    await loadMoney();
   } catch (e) { console.warn("refresh", e); }
 }
 

@@ -22,6 +22,7 @@ from tests.conftest import HASHPLANE, ROOT
 CHROMIUM = "/usr/bin/chromium"
 KEY = "dash-operator-key"
 CHARTS = ("frequency", "energy", "hashrate", "shares", "gpu")
+PANELS = ("price", "profit", "uplink", "tuner", "fleet")
 SCREENSHOT = ROOT / "var" / "screenshots" / "dashboard.png"
 
 
@@ -30,7 +31,8 @@ def demo(tmp_path: Path) -> Any:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
     env.update(PYTHONPATH=str(ROOT), HASHPLANE_API_KEY=KEY, HASHPLANE_SCHED_MIN_ON_S="0",
-               HASHPLANE_SCHED_MIN_OFF_S="0", HASHPLANE_ASIC_POLL_S="2")
+               HASHPLANE_SCHED_MIN_OFF_S="0", HASHPLANE_ASIC_POLL_S="2",
+               HASHPLANE_PROFIT_WINDOW_S="10", HASHPLANE_PROFIT_GRACE_S="2")
     proc = subprocess.Popen(
         [*HASHPLANE, "demo", "--data-dir", str(tmp_path / "demo"), "--api-port", str(port),
          "--asics", "40", "--gpu-rigs", "2", "--asic-base-ip", "127.0.201.1",
@@ -122,6 +124,32 @@ def test_dashboard_renders_live_data_offline_and_a_curtailment_reaches_the_miner
         assert energy["cap_kw"] == 30 and energy["target_load_kw"] <= 30, (
             energy, [(p["ts"], p["cap_kw"], p["target_load_kw"]) for p in body["history"][-15:]])
         page.wait_for_function("window.hashplane.commands.size >= 30", timeout=30_000)
+
+        # the operator's money and fleet panels: prices from the simulated market, profit
+        # windows closed by the profit agent, the uplink, the GPUs' profiles
+        for panel in PANELS:
+            page.wait_for_function(
+                f"Number(document.body.dataset['{panel}'] || 0) > 0", timeout=60_000)
+        assert "hashprice 0.05/TH/s/day" in page.inner_text("#price-now")
+        assert page.inner_text("#uplink").startswith("uplink\tup")
+        # the fleet table filters and sorts: by firmware, then by power, highest first
+        fleet = httpx.get(f"{demo}/v1/asics", headers=h, params={"limit": 1000},
+                          timeout=10).json()["asics"]
+        braiins = sum(1 for a in fleet if a["firmware"] == "braiins")
+        page.fill("#fleet-filter", "braiins")
+        page.wait_for_function(f"document.body.dataset.fleetShown === '{braiins}'",
+                               timeout=10_000)
+        assert braiins > 0 and set(page.eval_on_selector_all(
+            "#fleet tbody tr td:nth-child(2)", "tds => tds.map(td => td.textContent)")) == {
+                "braiins"}
+        page.fill("#fleet-filter", "SleepAsic")
+        page.wait_for_function("Number(document.body.dataset.fleetShown) >= 30", timeout=20_000)
+        page.fill("#fleet-filter", "")
+        page.click("#fleet th[data-key=power_kw]")
+        page.click("#fleet th[data-key=power_kw]")
+        powers = [float(x) for x in page.eval_on_selector_all(
+            "#fleet tbody tr td:nth-child(8)", "tds => tds.map(td => td.textContent)")]
+        assert powers == sorted(powers, reverse=True) and len(powers) == len(fleet)
         page.wait_for_timeout(1500)  # the commands chart redraws every second
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

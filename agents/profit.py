@@ -312,6 +312,13 @@ def close(state: ProfitState, site: str, p: ProfitParams) -> list[ProfitComputed
     return out
 
 
+def flush(state: ProfitState, site: str, p: ProfitParams) -> list[ProfitComputed]:
+    """Publish every open window, as at the end of a fold (the back-test's last window)."""
+    state.watermark = max((w for u in state.units.values() for w in u.windows),
+                          default=state.watermark) + p.window_s + p.grace_s
+    return close(state, site, p) if not math.isinf(state.watermark) else []
+
+
 def _metric(site: str, scope: str, subject: str, w: float, acc: list[float],
             hp: float | None, state: ProfitState, p: ProfitParams) -> ProfitComputed:
     seconds, kwh, th_s, revenue, cost = acc

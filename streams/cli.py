@@ -20,8 +20,8 @@ from streams.supervise import run
 SIM_POOL_DIFFICULTY = 2.0**-24  # ~256 double SHA-256 per share for a simulated miner
 
 #: Commands that run to an end: a library's log lines would only repeat their one-line error.
-ONE_SHOT = frozenset({"topics", "migrate", "replay", "rebuild", "tuner", "config",
-                      "schemas", "ddl"})
+ONE_SHOT = frozenset({"topics", "migrate", "replay", "rebuild", "backtest", "tuner",
+                      "config", "schemas", "ddl"})
 
 #: The variables ``--env-file`` set, and where (``hashplane config`` names the file).
 ENV_FILE_KEYS: dict[str, str] = {}
@@ -271,6 +271,41 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(json.dumps(fold.tables(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from streams import backtest
+    from streams.history import HistoryStore
+    from streams.progress import Progress
+
+    s = _settings(args)
+    try:
+        changed_settings, changed = backtest.overrides(args.set or [], s)
+    except backtest.SettingError as exc:
+        print(f"hashplane backtest: {exc}", file=sys.stderr)
+        return 2
+    since, until = _when(args.since), _when(args.until)
+    store = HistoryStore(s.history_dsn, s.clickhouse_database).open()
+    try:
+        with Progress("backtest", unit="events") as bar:
+            report = backtest.run(store, s, changed_settings, since, until, changed,
+                                  progress=bar)
+    finally:
+        store.close()
+    if args.json:
+        a, b = report.actual, report.backtest
+        print(json.dumps({
+            "since": since.isoformat(), "until": until.isoformat(), "events": report.events,
+            "changed": {k: str(v) for k, v in changed.items()},
+            **{name: {"sleeps": o.sleeps, "price_sleeps": o.price_sleeps, "wakes": o.wakes,
+                      "asic_hours_asleep": o.asleep_s / 3600,
+                      "energy_kwh": o.money.energy_kwh, "revenue": o.money.revenue,
+                      "power_cost": o.money.power_cost, "profit": o.money.profit,
+                      "currency": o.currency, "curtailed": sorted(o.curtailed)}
+               for name, o in (("actual", a), ("backtest", b))}}, indent=2))
+    else:
+        print("\n".join(report.lines()))
     return 0
 
 
@@ -848,6 +883,18 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--to", dest="until", default="now", help="end, exclusive (default now)")
     rb.add_argument("--devices", default=None, help="comma-separated device ids")
     rb.set_defaults(func=cmd_rebuild)
+
+    bt = common(sub.add_parser(
+        "backtest", help="fold stored history through the energy agent, scheduler and profit "
+                         "agent with other settings; print what would have been curtailed "
+                         "and earned, beside what really happened"))
+    bt.add_argument("--from", dest="since", required=True, help="as for replay")
+    bt.add_argument("--to", dest="until", default="now", help="end, exclusive (default now)")
+    bt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a setting changed for the back-test (repeatable): its name, its "
+                         "HASHPLANE_ variable or a unique prefix, e.g. price_margin=20")
+    bt.add_argument("--json", action="store_true", help="the figures as JSON")
+    bt.set_defaults(func=cmd_backtest)
 
     tu = sub.add_parser("tuner", help="train and compare the GPU tuner's models")
     tus = tu.add_subparsers(dest="action", required=True)

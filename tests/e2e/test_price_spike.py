@@ -11,17 +11,24 @@ Everything is checked from the history in ClickHouse.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from streams.history import HistoryStore
+from tests.conftest import HASHPLANE, ROOT
 from tests.e2e.scenario import run_demo
 
 pytestmark = pytest.mark.integration
 
 ASICS = 10
 HOLD_S = 4
+SETTINGS = {"PRICE_HOLD_S": str(HOLD_S), "SCHED_MIN_ON_S": "0", "SCHED_MIN_OFF_S": "3",
+            "SCHED_WAKE_BATCH": "2", "SCHED_WAKE_INTERVAL_S": "1", "ASIC_POLL_S": "1"}
 #: Played out: every ASIC put to sleep has been woken, its wake acked and its telemetry
 #: running again after it said sleeping.
 DONE = (
@@ -37,9 +44,7 @@ DONE = (
 def test_a_price_spike_sleeps_the_units_that_lose_money_and_wakes_them_after(
         tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    out = run_demo(data, {"PRICE_HOLD_S": str(HOLD_S), "SCHED_MIN_ON_S": "0",
-                          "SCHED_MIN_OFF_S": "3", "SCHED_WAKE_BATCH": "2",
-                          "SCHED_WAKE_INTERVAL_S": "1", "ASIC_POLL_S": "1"},
+    out = run_demo(data, SETTINGS,
                    "--asics", str(ASICS), "--gpu-rigs", "0", "--asic-base-ip", "127.0.203.1",
                    "--scenario", "price-spike", "--speed", "3", "--duration", "80",
                    "--firmware-mix", "luxos=1,braiins=1,antminer=1,whatsminer=1",
@@ -103,3 +108,32 @@ def test_a_price_spike_sleeps_the_units_that_lose_money_and_wakes_them_after(
     assert set(slept) == losing
     assert all(any(d == dev and st == "running" and ts > slept[dev] for d, st, ts in states)
                for dev in losing)
+
+    # the back-test of the same stored events with the live settings takes the live
+    # decisions; with a margin of 100/MWh above breakeven nothing sleeps on price
+    span = ("--from", (min(c[3] for c in commands) - timedelta(minutes=2)).isoformat(),
+            "--to", (max(ts for _, _, ts in states) + timedelta(seconds=1)).isoformat())
+    same = backtest(data, *span)
+    assert same["backtest"]["curtailed"] == same["actual"]["curtailed"] == sorted(losing)
+    assert same["backtest"]["sleeps"] == same["actual"]["sleeps"] == len(sleeps)
+    assert same["backtest"]["wakes"] == same["actual"]["wakes"] == len(wakes)
+    assert same["backtest"]["price_sleeps"] == len(sleeps)
+    generous = backtest(data, *span, "--set", "price_margin=100")
+    assert generous["changed"] == {"price_margin_per_mwh": "100.0"}
+    assert generous["backtest"]["price_sleeps"] == 0  # (the supply may still shed one)
+    assert not set(losing) <= set(generous["backtest"]["curtailed"])
+    assert generous["actual"] == same["actual"]
+    # the losing miners run through the spike: more energy, more power cost
+    assert generous["backtest"]["energy_kwh"] > same["backtest"]["energy_kwh"]
+    assert generous["backtest"]["power_cost"] > same["backtest"]["power_cost"]
+
+
+def backtest(data: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    """``hashplane backtest --json`` over the demo's history, with the demo's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
+    env.update(PYTHONPATH=str(ROOT), **{f"HASHPLANE_{k}": v for k, v in SETTINGS.items()})
+    r = subprocess.run([*HASHPLANE, "backtest", "--data-dir", str(data), *args, "--json"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+

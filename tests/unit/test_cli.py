@@ -84,6 +84,18 @@ def test_replay_refuses_the_live_topics_without_live() -> None:
     assert "--prefix" in line
 
 
+def test_backtest_names_a_setting_it_does_not_know_or_a_value_it_refuses() -> None:
+    r = hashplane("backtest", "--from", "-1h", "--set", "price_magin=3")
+    assert r.returncode == 2 and "--set price_magin: no such setting" in one_line_error(r)
+    r = hashplane("backtest", "--from", "-1h", "--set", "price=3")  # ambiguous prefix
+    assert "did you mean price_margin_per_mwh, price_hysteresis_per_mwh" in one_line_error(r)
+    r = hashplane("backtest", "--from", "-1h", "--set", "price_hold_s=-5")
+    line = one_line_error(r)
+    assert "--set price_hold_s='-5'" in line and "greater than or equal to 0" in line
+    r = hashplane("backtest", "--from", "-1h", "--set", "price_margin")
+    assert "want KEY=VALUE" in one_line_error(r)
+
+
 def test_a_wrong_dsn_is_one_line_naming_the_store_without_its_password() -> None:
     port = closed_port()
     r = hashplane("rebuild", "--from", "-1h", env={

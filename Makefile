@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python bench/tuner.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/discover.py
+	$(BIN)/python bench/control_quality.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

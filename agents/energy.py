@@ -48,7 +48,13 @@ from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
-from agents.profit import Interval, PriceSchedule, max_j_per_th
+from agents.profit import (
+    Interval,
+    PriceSchedule,
+    load_prices,
+    max_j_per_th,
+    save_prices,
+)
 from agents.spec import AgentSpec, Durable, members
 from schemas.commands import CapSiteLoad, CommandAcknowledged
 from schemas.envelope import Event
@@ -397,9 +403,7 @@ def _save(state: EnergyState, key: str) -> Any:
     if key == "price":  # the schedule ahead, the hashprice and the limit in force
         if not len(state.prices) and state.hashprice is None and math.isinf(state.limit):
             return None
-        return {"intervals": [[i.start, i.end, i.price_per_mwh, i.real_time]
-                              for i in state.prices],
-                "hashprice": None if state.hashprice is None else list(state.hashprice),
+        return {**save_prices(state.prices, state.hashprice),
                 "limit": None if math.isinf(state.limit) else state.limit,
                 "relax_since": state.limit_relax_since}
     return None if state.cap_kw is None else [state.cap_kw, min(state.cap_until, 1e18)]
@@ -407,10 +411,7 @@ def _save(state: EnergyState, key: str) -> Any:
 
 def _load(state: EnergyState, key: str, v: Any) -> None:
     if key == "price":
-        for start, end, price, real_time in v["intervals"]:
-            state.prices.put(Interval(float(start), float(end), float(price), bool(real_time)))
-        hp = v.get("hashprice")
-        state.hashprice = None if hp is None else (float(hp[0]), float(hp[1]))
+        state.hashprice = load_prices(state.prices, v)
         state.limit = math.inf if v.get("limit") is None else float(v["limit"])
         relax = v.get("relax_since")
         state.limit_relax_since = None if relax is None else float(relax)

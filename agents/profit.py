@@ -353,16 +353,27 @@ def params(s: Settings) -> ProfitParams:
                         currency=s.currency)
 
 
+def save_prices(prices: PriceSchedule, hashprice: tuple[float, float] | None) -> dict[str, Any]:
+    """A price schedule and hashprice as a durable value (the energy and profit agents')."""
+    return {"intervals": [[i.start, i.end, i.price_per_mwh, i.real_time] for i in prices],
+            "hashprice": None if hashprice is None else list(hashprice)}
+
+
+def load_prices(prices: PriceSchedule, v: dict[str, Any]) -> tuple[float, float] | None:
+    """Put a saved schedule back into ``prices``; return the saved hashprice."""
+    for start, end, price, real_time in v["intervals"]:
+        prices.put(Interval(float(start), float(end), float(price), bool(real_time)))
+    hp = v.get("hashprice")
+    return None if hp is None else (float(hp[0]), float(hp[1]))
+
+
 def _keys(state: ProfitState) -> Iterable[str]:
     return ("", *state.units)
 
 
 def _save(state: ProfitState, key: str) -> Any:
     if key == "":
-        return {"intervals": [[i.start, i.end, i.price_per_mwh, i.real_time]
-                              for i in state.prices],
-                "hashprice": None if state.hashprice is None else list(state.hashprice),
-                "currency": state.currency,
+        return {**save_prices(state.prices, state.hashprice), "currency": state.currency,
                 "closed_until": None if math.isinf(state.closed_until) else state.closed_until}
     u = state.units.get(key)
     if u is None:
@@ -372,10 +383,7 @@ def _save(state: ProfitState, key: str) -> Any:
 
 def _load(state: ProfitState, key: str, v: Any) -> None:
     if key == "":
-        for start, end, price, real_time in v["intervals"]:
-            state.prices.put(Interval(float(start), float(end), float(price), bool(real_time)))
-        hp = v.get("hashprice")
-        state.hashprice = None if hp is None else (float(hp[0]), float(hp[1]))
+        state.hashprice = load_prices(state.prices, v)
         state.currency = str(v.get("currency") or "")
         cu = v.get("closed_until")
         state.closed_until = float("-inf") if cu is None else float(cu)

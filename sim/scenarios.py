@@ -114,6 +114,19 @@ SCENARIOS: dict[str, list[Step]] = {
     # and the WhatsMiner M30S++ (31.0) lose money and sleep; the S19 XP, S21, S21 Pro run
     "price-spike": [Step(10, "real-time power price spikes to 95/MWh", _price(95.0)),
                     Step(130, "real-time price back to the day-ahead 45/MWh", _price(None))],
+    # every kind of trouble in sequence, for bench/control_quality.py: both frequency bands,
+    # a supply loss, a price spike, an uplink outage, a miner crash
+    "trouble": [Step(10, "frequency falls to 49.7 Hz (the first band)", _grid(49.7)),
+                Step(40, "frequency falls to 49.4 Hz (the second band)", _grid(49.4)),
+                Step(70, "frequency recovers", _grid(None, ramp=0.2)),
+                Step(150, "feed 1 loses 40 %", _feed(0, 0.6)),
+                Step(250, "feed 1 restored", _feed(0, 1.0)),
+                Step(320, "real-time power price spikes to 95/MWh", _price(95.0)),
+                Step(440, "real-time price back to the day-ahead 45/MWh", _price(None)),
+                Step(500, "uplink cut (internet and upstream pool)", _uplink(False)),
+                Step(620, "uplink restored", _uplink(True)),
+                Step(680, "ASICs 1-5 crash", _crash(0, 5, back=False)),
+                Step(740, "ASICs 1-5 restart (counters reset)", _crash(0, 5, back=True))],
     "asic-crash": [Step(10, "ASICs 1-5 crash", _crash(0, 5, back=False)),
                    Step(70, "ASICs 1-5 restart (counters reset)", _crash(0, 5, back=True))],
 }

@@ -17,6 +17,7 @@ back-test takes the live run's decisions (``tests/e2e/test_price_spike.py`` chec
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,10 +65,13 @@ def overrides(pairs: Iterable[str], base: Settings) -> tuple[Settings, dict[str,
                 raise SettingError(f"--set {key}: no such setting{hint} "
                                    "(hashplane config lists them)")
             name = matches[0]
-        raw[name] = value.strip()
+        value = value.strip()
+        raw[name] = json.loads(value) if value[:1] in ("[", "{") else value  # lists, maps
     try:
         merged = Settings.model_validate({**base.model_dump(), **raw})
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
+        if not isinstance(exc, ValidationError):
+            raise SettingError(f"--set: {exc}") from None
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise SettingError(f"--set {where}={raw.get(where, '')!r}: {first['msg']}") from None

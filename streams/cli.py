@@ -712,7 +712,7 @@ def farm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-rigs", type=int, default=4, help="simulated GPU rigs of 8 GPUs")
     p.add_argument("--scenario", default=None,
                    help="grid-dip, supply-drop, uplink-outage, gpu-overheat, reject-spike, "
-                        "price-spike, asic-crash")
+                        "price-spike, asic-crash, trouble (all of them in turn)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0],
                    help="the simulated grid's nominal frequency (50 or 60 Hz)")

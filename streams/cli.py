@@ -740,9 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hashplane", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="hashplane: the control plane of a mining and AI-compute farm. It reads "
-                    "the ASICs, GPU rigs,\nthe grid meter and the power feeds, curtails on "
-                    "grid frequency and supply, keeps the\nwhole history in ClickHouse and "
-                    "serves it to operators (API, dashboard, alerts).",
+                    "the ASICs, GPU rigs,\nthe grid meter, the power feeds and the power "
+                    "price, curtails on grid frequency, supply\nand price, keeps the whole "
+                    "history in ClickHouse and serves it to operators (API,\ndashboard, "
+                    "alerts), with revenue, power cost and profit per machine.",
         epilog="common tasks:\n"
                "  hashplane demo                      try it: everything on this machine, "
                "a simulated farm\n"
@@ -751,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  hashplane doctor --site site.toml   check a deployment, say what is wrong\n"
                "  hashplane up --site site.toml       run a real site\n"
                "  hashplane rebuild --from -1h        the site state, folded from the history\n"
+               "  hashplane backtest --from -1d --set price_margin=20\n"
+               "                                      what a setting would have curtailed "
+               "and earned\n"
                "  hashplane COMMAND --help            the options of a command")
     sub = p.add_subparsers(dest="command", required=True)
 

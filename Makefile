@@ -44,7 +44,7 @@ demo: install
 	$(BIN)/hashplane demo $(DEMO_ARGS)
 
 test: install-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/pip install --quiet -e '.[dev]'

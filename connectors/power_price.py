@@ -188,6 +188,38 @@ def parse(text: str, fmt: str) -> PriceFile:
     return out
 
 
+#: A hashprice document's value and its unit: per TH/s per day, or per PH/s per day (how
+#: Luxor's Hashrate Index quotes it).
+HASHPRICE_KEYS = {"hashprice_per_th_day": 1.0, "hashprice_th": 1.0,
+                  "hashprice_per_ph_day": 1000.0, "hashprice_ph": 1000.0, "hashprice": 1.0}
+
+
+def parse_hashprice(text: str) -> tuple[float, str]:
+    """(per TH/s per day, currency or '') from a JSON object such as
+    ``{"hashprice_per_ph_day": 48.1, "currency": "USD"}``; ValueError naming what is wrong."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("expected a JSON object with hashprice_per_th_day or "
+                         "hashprice_per_ph_day")
+    row = {_norm(k): v for k, v in doc.items() if isinstance(k, str)}
+    for key, per in HASHPRICE_KEYS.items():
+        if key in row:
+            raw = row[key]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise ValueError(f"{key} {raw!r} is not a number")
+            try:
+                value = float(raw) / per
+            except ValueError:
+                raise ValueError(f"{key} {raw!r} is not a number") from None
+            if not math.isfinite(value) or not 0 <= value <= 1_000:
+                raise ValueError(f"hashprice {value:g} per TH/s per day is outside 0..1000")
+            return value, str(row.get("currency") or "").strip().upper()
+    raise ValueError("no hashprice_per_th_day or hashprice_per_ph_day")
+
+
 def sniff(source: str, text: str) -> str:
     """A source's format from its name (``.csv``/``.json``), else from its first byte."""
     name = source.split("?", 1)[0].lower()
@@ -212,9 +244,10 @@ class PriceFeed:
         self._published: dict[tuple[str, float], tuple[float, float]] = {}
         self._hashprice: float | None = None
 
-    async def read(self, client: httpx.AsyncClient) -> str:
-        """The source's text (file or URL), at most ``MAX_BYTES``."""
-        src = self.entry.source
+    async def read(self, client: httpx.AsyncClient, src: str | None = None) -> str:
+        """A source's text (file or URL; the price list by default), at most
+        ``MAX_BYTES``."""
+        src = src or self.entry.source
         if src.startswith(("http://", "https://")):
             async with client.stream("GET", src, timeout=self.timeout_s) as r:
                 if r.status_code != 200:
@@ -239,6 +272,8 @@ class PriceFeed:
         out: list[Event] = []
         now = self.emitter.clock()
         hp = self.entry.hashprice_per_th_day
+        if self.entry.hashprice_source:
+            hp = await self.read_hashprice(client, hp)
         if hp is not None and hp != self._hashprice:
             out.append(HashpriceObserved(
                 event_id=uuid5(_NS, f"{self.emitter.site}/hashprice/{hp}/{now.isoformat()}"),
@@ -289,6 +324,31 @@ class PriceFeed:
             del self._published[k]
         await self.emitter.emit(out)
         return len(out)
+
+    async def read_hashprice(self, client: httpx.AsyncClient,
+                             fallback: float | None) -> float | None:
+        """The hashprice feed's value (``parse_hashprice``); on a failure or a refusal the
+        last one read, else ``fallback``."""
+        src = self.entry.hashprice_source
+        last = self._hashprice if self._hashprice is not None else fallback
+        try:
+            text = await self.read(client, src)
+        except (OSError, httpx.HTTPError, ConnectorError) as exc:
+            self.emitter.error(exc)
+            log.warning("hashprice feed %s: %s", src, exc)
+            return last
+        try:
+            value, currency = parse_hashprice(text)
+        except ValueError as exc:
+            await self.emitter.dead("prices", text[:4096].encode(), f"{src}: {exc}",
+                                    key="hashprice")
+            return last
+        if currency and currency != self.currency:
+            await self.emitter.dead("prices", text[:4096].encode(), f"{src}: hashprice in "
+                                    f"{currency}, the site's currency is {self.currency} "
+                                    "(HASHPLANE_CURRENCY)", key="hashprice")
+            return last
+        return value
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient() as client:

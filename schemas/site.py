@@ -266,8 +266,12 @@ class Price(_Entry):
     hashprice_per_th_day: float | None = Field(
         default=None, ge=0, le=1_000, description="Published as the site's hashprice "
         "(HashpriceObserved) at start and whenever it changes")
+    hashprice_source: str = Field(
+        default="", description="A file or http(s) URL of a JSON object with "
+        "hashprice_per_th_day (or hashprice_per_ph_day), re-read every poll_s; its value "
+        "wins over hashprice_per_th_day, which stays the fallback")
 
-    @field_validator("source")
+    @field_validator("source", "hashprice_source")
     @classmethod
     def _source(cls, v: str) -> str:
         if "://" in v and not v.startswith(("http://", "https://")):

@@ -156,3 +156,46 @@ async def test_the_connector_keeps_running_through_bad_polls(tmp_path: Path) -> 
     await asyncio.wait_for(task, 5)
     assert len(kinds(sink, PowerPriceObserved)) == 2
     assert kinds(sink, RecordDeadLettered)  # the garbage was named, once (rate-limited)
+
+
+async def test_a_hashprice_feed_in_luxor_units_wins_over_the_configured_value(
+        tmp_path: Path) -> None:
+    prices, hp = tmp_path / "da.csv", tmp_path / "hashprice.json"
+    prices.write_text(DAY_AHEAD)
+    hp.write_text('{"hashprice_per_ph_day": 48.1, "currency": "EUR"}')
+    f, sink = feed(str(prices), hashprice_source=str(hp), hashprice_per_th_day=0.03)
+    await poll(f)
+    assert [e.hashprice_per_th_day for e in kinds(sink, HashpriceObserved)] == [
+        pytest.approx(0.0481)]  # 48.1 per PH/s per day
+    await poll(f)  # unchanged: not published again
+    hp.write_text('{"hashprice_per_th_day": 0.052}')
+    await poll(f)
+    assert [e.hashprice_per_th_day for e in kinds(sink, HashpriceObserved)] == [
+        pytest.approx(0.0481), 0.052]
+
+
+@pytest.mark.parametrize(("doc", "why"), [
+    ("{nope", "not JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"price": 5}', "no hashprice_per_th_day"),
+    ('{"hashprice_per_th_day": "abc"}', "is not a number"),
+    ('{"hashprice_per_th_day": true}', "is not a number"),
+    ('{"hashprice_per_ph_day": 5e9}', "outside 0..1000"),
+    ('{"hashprice_per_th_day": -1}', "outside 0..1000"),
+    ('{"hashprice_per_th_day": 0.05, "currency": "USD"}', "hashprice in USD"),
+])
+async def test_a_bad_hashprice_document_goes_to_dlq_and_the_last_value_holds(
+        tmp_path: Path, doc: str, why: str) -> None:
+    prices, hp = tmp_path / "da.csv", tmp_path / "hashprice.json"
+    prices.write_text(DAY_AHEAD)
+    hp.write_text('{"hashprice_per_th_day": 0.044}')
+    f, sink = feed(str(prices), hashprice_source=str(hp))
+    await poll(f)
+    hp.write_text(doc)
+    await poll(f)
+    (letter,) = kinds(sink, RecordDeadLettered)
+    assert why in letter.reason and str(hp) in letter.reason, letter.reason
+    assert [e.hashprice_per_th_day for e in kinds(sink, HashpriceObserved)] == [0.044]
+    hp.unlink()  # a missing feed: the connector's error, and still the last value
+    await poll(f)
+    assert f.emitter.stats.errors == 1 and len(kinds(sink, HashpriceObserved)) == 1

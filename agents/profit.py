@@ -181,8 +181,9 @@ class PriceSchedule:
 # readings).  Between two readings of a device the earlier one holds (left-constant); a gap
 # longer than ``profit_max_gap_s`` (a silent device) is not accrued, and neither is time
 # without a price or a hashprice in force: no money on a guess (``seconds`` says how much of
-# the window was priced).  GPU rigs have power cost only: what their hashrate earns depends
-# on the algorithm and coin, which is not an input yet.
+# the window was priced).  A GPU rig earns its hashrate (MH/s) times
+# ``gpu_revenue_per_mh_day``, the configured revenue of the rigs' algorithm (0 by default:
+# power cost only, as what a GPU's hashrate earns depends on the algorithm and coin).
 #
 # Every device's open windows are a durable key of their own (only the device a reading
 # changed is written); the price schedule, the hashprice and the closed windows are the
@@ -197,6 +198,7 @@ class ProfitParams:
     max_gap_s: float = 120.0
     hashprice: float | None = None  # per TH/s per day, until a HashpriceObserved says
     currency: str = "USD"
+    gpu_revenue_per_mh_day: float = 0.0  # what the rigs' algorithm earns per MH/s per day
 
 
 @dataclass(slots=True)
@@ -208,8 +210,9 @@ class Unit:
     subject: str
     ts: float
     kw: float
-    ths: float
+    ths: float  # ASICs: TH/s
     windows: dict[float, list[float]] = field(default_factory=dict)
+    mhs: float = 0.0  # GPUs: MH/s
 
 
 @dataclass(slots=True)
@@ -237,8 +240,10 @@ def _accrue_unit(state: ProfitState, u: Unit, a: float, b: float, p: ProfitParam
         w = window_of(a, p.window_s)
         end = min(b, w + p.window_s)
         price = state.prices.at(a)
-        if w + p.window_s > state.closed_until and price is not None and hp is not None:
-            m = accrue(u.kw, u.ths, end - a, price, hp if u.scope == "asic" else 0.0)
+        asic = u.scope == "asic"
+        rate = hp if asic else p.gpu_revenue_per_mh_day
+        if w + p.window_s > state.closed_until and price is not None and rate is not None:
+            m = accrue(u.kw, u.ths if asic else u.mhs, end - a, price, rate)
             acc = u.windows.setdefault(w, [0.0, 0.0, 0.0, 0.0, 0.0])
             acc[0] += end - a
             acc[1] += m.energy_kwh
@@ -269,15 +274,16 @@ def profit_step(state: ProfitState, event: ProfitInput, p: ProfitParams = Profit
         ths = event.hashrate_ths if event.state == "running" else 0.0
     else:
         scope, subject, ths = "rig", event.rig_id, 0.0
+    mhs = event.hashrate_mhs if isinstance(event, GpuTelemetryObserved) else 0.0
     kw = event.power_w / 1000.0
     u = state.units.get(event.device_id)
     if u is None:
-        state.units[event.device_id] = Unit(scope, subject, t, kw, ths)
+        state.units[event.device_id] = Unit(scope, subject, t, kw, ths, mhs=mhs)
         state.dirty.add(event.device_id)
     elif t > u.ts:
         if t - u.ts <= p.max_gap_s:
             _accrue_unit(state, u, u.ts, t, p)
-        u.ts, u.kw, u.ths = t, kw, ths
+        u.ts, u.kw, u.ths, u.mhs = t, kw, ths, mhs
         state.dirty.add(event.device_id)
     state.watermark = max(state.watermark, t)
     return state, close(state, event.site, p)
@@ -350,7 +356,7 @@ def params(s: Settings) -> ProfitParams:
     """Profit configuration from Settings."""
     return ProfitParams(window_s=s.profit_window_s, grace_s=s.profit_grace_s,
                         max_gap_s=s.profit_max_gap_s, hashprice=s.hashprice_per_th_day,
-                        currency=s.currency)
+                        currency=s.currency, gpu_revenue_per_mh_day=s.gpu_revenue_per_mh_day)
 
 
 def save_prices(prices: PriceSchedule, hashprice: tuple[float, float] | None) -> dict[str, Any]:
@@ -378,7 +384,8 @@ def _save(state: ProfitState, key: str) -> Any:
     u = state.units.get(key)
     if u is None:
         return None
-    return [u.scope, u.subject, u.ts, u.kw, u.ths, [[w, *acc] for w, acc in u.windows.items()]]
+    return [u.scope, u.subject, u.ts, u.kw, u.ths, [[w, *acc] for w, acc in u.windows.items()],
+            u.mhs]
 
 
 def _load(state: ProfitState, key: str, v: Any) -> None:
@@ -388,9 +395,10 @@ def _load(state: ProfitState, key: str, v: Any) -> None:
         cu = v.get("closed_until")
         state.closed_until = float("-inf") if cu is None else float(cu)
         return
-    scope, subject, ts, kw, ths, windows = v
+    scope, subject, ts, kw, ths, windows = v[:6]
     state.units[key] = Unit(str(scope), str(subject), float(ts), float(kw), float(ths),
-                            {float(w[0]): [float(x) for x in w[1:]] for w in windows})
+                            {float(w[0]): [float(x) for x in w[1:]] for w in windows},
+                            mhs=float(v[6]) if len(v) > 6 else 0.0)
 
 
 SPEC = AgentSpec[ProfitState, ProfitParams](

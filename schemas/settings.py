@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     price_hysteresis_per_mwh: float = Field(
         default=2.0, ge=0, description="The efficiency limit relaxes only as far as the price "
         "plus this allows, so a price hovering at a breakeven does not flap the fleet")
+    gpu_revenue_per_mh_day: float = Field(
+        default=0.0, ge=0, le=1_000, description="What the GPU rigs' algorithm earns per MH/s "
+        "per day (their profit windows' revenue); 0: power cost only")
     profit_window_s: float = Field(
         default=900.0, ge=10, le=86_400, description="Event-time window of the profit agent's "
         "revenue, power cost and profit per unit (15 minutes: a market's settlement period)")

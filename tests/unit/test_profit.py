@@ -5,7 +5,8 @@ hostile files."""
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,11 +14,24 @@ from agents.profit import (
     Interval,
     Money,
     PriceSchedule,
+    ProfitParams,
+    ProfitState,
     accrue,
     breakeven_per_mwh,
     max_j_per_th,
+    profit_fold,
+    profit_step,
 )
+from agents.profit import _load as load_profit
+from agents.profit import _save as save_profit
 from connectors.power_price import parse
+from schemas.events import (
+    AsicTelemetryObserved,
+    GpuTelemetryObserved,
+    HashpriceObserved,
+    PowerPriceObserved,
+)
+from tests.factories import T0
 
 
 def test_breakeven_by_hand() -> None:
@@ -140,23 +154,6 @@ def test_an_unknown_format_is_refused() -> None:
 
 # -- the profit agent: windows computed by hand ------------------------------------------------
 
-from datetime import timedelta  # noqa: E402
-
-from agents.profit import (  # noqa: E402
-    ProfitParams,
-    ProfitState,
-    profit_fold,
-    profit_step,
-)
-from agents.profit import _load as load_profit  # noqa: E402
-from agents.profit import _save as save_profit  # noqa: E402
-from schemas.events import (  # noqa: E402
-    AsicTelemetryObserved,
-    GpuTelemetryObserved,
-    HashpriceObserved,
-    PowerPriceObserved,
-)
-from tests.factories import T0  # noqa: E402
 
 PP = ProfitParams(window_s=900, grace_s=30, max_gap_s=60, hashprice=0.05, currency="EUR")
 W0 = T0.replace(minute=0)  # 12:00, a window edge
@@ -248,6 +245,13 @@ def test_a_sleeping_miner_costs_its_standby_and_a_gpu_rig_costs_its_power() -> N
     r = m[("rig", "rig1", _at(0))]
     assert r.energy_kwh == pytest.approx(0.6 * 0.25) and r.revenue == 0
     assert r.profit == pytest.approx(-0.6 * 0.25 / 1000 * 80)
+    # with what the rigs' algorithm earns configured: 2 GPUs x 100 MH/s x 0.002 per MH/s/day
+    earning = [g.model_copy(update={"hashrate_mhs": 100.0}) for g in rig]
+    _, out = profit_fold(sorted([_price(0, 3600, 80.0), *earning], key=lambda e: e.ts),
+                         replace(PP, gpu_revenue_per_mh_day=0.002))
+    r = _by(out)[("rig", "rig1", _at(0))]
+    assert r.revenue == pytest.approx(200 * 0.002 * 900 / 86400)
+    assert r.hashrate_ths == 0 and r.j_per_th is None  # a rig's MH/s is not TH/s
 
 
 def test_an_observed_hashprice_replaces_the_configured_one_for_revenue() -> None:

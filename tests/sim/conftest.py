@@ -17,30 +17,44 @@ _subnet = itertools.count(10)
 
 
 @pytest.fixture
-def mqtt_broker() -> Iterator[tuple[str, int] | None]:
+def mqtt_broker(tmp_path: Path) -> Iterator[tuple[str, int] | None]:
     """Mosquitto on a free port when installed (``make test`` installs it as root);
-    otherwise None and the farm starts its embedded amqtt broker."""
+    otherwise None and the farm starts its embedded amqtt broker.  It runs as the user
+    running the tests (``user``: no privilege drop, which a user namespace refuses), and a
+    broker that does not come up fails the test with its own words."""
     exe = shutil.which("mosquitto")
     if exe is None:
         yield None
         return
-    port = free_port()
-    proc = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        import socket
-        import time
+    import getpass
+    import socket
+    import time
 
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    f"user {getpass.getuser()}\n")
+    log = (tmp_path / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 break
             except OSError:
+                if proc.poll() is not None:
+                    break
                 time.sleep(0.05)
+        else:
+            pytest.fail(f"mosquitto did not listen on {port} (100 attempts)")
+        if proc.poll() is not None:
+            out = (tmp_path / "mosquitto.log").read_text(errors="replace")
+            pytest.fail(f"mosquitto exited {proc.returncode}: {out[-500:]}")
         yield ("127.0.0.1", port)
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 def farm_config(tmp_path: Path, **kw: object) -> FarmConfig:

@@ -49,8 +49,9 @@ from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 from agents.profit import (
-    Interval,
     PriceSchedule,
+    fold_price,
+    hashprice_in_force,
     load_prices,
     max_j_per_th,
     save_prices,
@@ -160,21 +161,14 @@ def next_band(state: EnergyState, freq: float, now: float, p: EnergyParams) -> i
 
 
 def price_input(state: EnergyState, e: PowerPriceObserved | HashpriceObserved) -> None:
-    """Fold a price interval (a real-time one goes in front of the day-ahead hour) or a
-    hashprice (the newest by event time wins)."""
-    if isinstance(e, HashpriceObserved):
-        t = e.ts.timestamp()
-        if state.hashprice is None or t >= state.hashprice[1]:
-            state.hashprice = (e.hashprice_per_th_day, t)
-    else:
-        state.prices.put(Interval(e.interval_start.timestamp(), e.interval_end.timestamp(),
-                                  e.price_per_mwh, real_time=e.market == "real_time"))
+    """Fold a price interval or a hashprice (``profit.fold_price``)."""
+    state.hashprice = fold_price(state.prices, state.hashprice, e)
     state.dirty.add("price")
 
 
 def hashprice(state: EnergyState, p: EnergyParams) -> float | None:
     """The hashprice in force: the newest observed, else the configured one."""
-    return state.hashprice[0] if state.hashprice is not None else p.hashprice
+    return hashprice_in_force(state.hashprice, p.hashprice)
 
 
 def next_limit(state: EnergyState, now: float, p: EnergyParams) -> bool:

@@ -235,7 +235,7 @@ def window_of(t: float, window_s: float) -> float:
 
 def _accrue_unit(state: ProfitState, u: Unit, a: float, b: float, p: ProfitParams) -> None:
     """Accrue [a, b) of the unit's last reading into its windows, split at their edges."""
-    hp = state.hashprice[0] if state.hashprice is not None else p.hashprice
+    hp = hashprice_in_force(state.hashprice, p.hashprice)
     while a < b:
         w = window_of(a, p.window_s)
         end = min(b, w + p.window_s)
@@ -257,16 +257,10 @@ def profit_step(state: ProfitState, event: ProfitInput, p: ProfitParams = Profit
                 ) -> tuple[ProfitState, list[ProfitComputed]]:
     """Fold a price, a hashprice or a reading; publish the windows it closes."""
     t = event.ts.timestamp()
-    if isinstance(event, HashpriceObserved):
-        if state.hashprice is None or t >= state.hashprice[1]:
-            state.hashprice = (event.hashprice_per_th_day, t)
-            state.dirty.add("")
-        return state, []
-    if isinstance(event, PowerPriceObserved):
-        state.prices.put(Interval(event.interval_start.timestamp(),
-                                  event.interval_end.timestamp(), event.price_per_mwh,
-                                  real_time=event.market == "real_time"))
-        state.currency = event.currency
+    if isinstance(event, PowerPriceObserved | HashpriceObserved):
+        state.hashprice = fold_price(state.prices, state.hashprice, event)
+        if isinstance(event, PowerPriceObserved):
+            state.currency = event.currency
         state.dirty.add("")
         return state, []
     if isinstance(event, AsicTelemetryObserved):
@@ -296,7 +290,7 @@ def close(state: ProfitState, site: str, p: ProfitParams) -> list[ProfitComputed
     if edge <= state.closed_until:
         return []
     starts = sorted({w for u in state.units.values() for w in u.windows if w < edge})
-    hp = state.hashprice[0] if state.hashprice is not None else p.hashprice
+    hp = hashprice_in_force(state.hashprice, p.hashprice)
     out: list[ProfitComputed] = []
     for w in starts:
         by_unit: dict[tuple[str, str], list[float]] = {}  # a rig's GPUs are one unit
@@ -357,6 +351,26 @@ def params(s: Settings) -> ProfitParams:
     return ProfitParams(window_s=s.profit_window_s, grace_s=s.profit_grace_s,
                         max_gap_s=s.profit_max_gap_s, hashprice=s.hashprice_per_th_day,
                         currency=s.currency, gpu_revenue_per_mh_day=s.gpu_revenue_per_mh_day)
+
+
+def fold_price(prices: PriceSchedule, hashprice: tuple[float, float] | None,
+               e: PowerPriceObserved | HashpriceObserved) -> tuple[float, float] | None:
+    """Fold a price interval into ``prices`` (a real-time one goes in front of the day-ahead
+    hour) or a hashprice; return the hashprice (value, since) in force after it: the newest
+    by event time wins."""
+    if isinstance(e, HashpriceObserved):
+        t = e.ts.timestamp()
+        return (e.hashprice_per_th_day, t) if hashprice is None or t >= hashprice[1] \
+            else hashprice
+    prices.put(Interval(e.interval_start.timestamp(), e.interval_end.timestamp(),
+                        e.price_per_mwh, real_time=e.market == "real_time"))
+    return hashprice
+
+
+def hashprice_in_force(observed: tuple[float, float] | None,
+                       configured: float | None) -> float | None:
+    """The newest observed hashprice, else the configured one."""
+    return observed[0] if observed is not None else configured
 
 
 def save_prices(prices: PriceSchedule, hashprice: tuple[float, float] | None) -> dict[str, Any]:

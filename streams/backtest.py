@@ -66,12 +66,13 @@ def overrides(pairs: Iterable[str], base: Settings) -> tuple[Settings, dict[str,
                                    "(hashplane config lists them)")
             name = matches[0]
         value = value.strip()
-        raw[name] = json.loads(value) if value[:1] in ("[", "{") else value  # lists, maps
+        try:
+            raw[name] = json.loads(value) if value[:1] in ("[", "{") else value  # lists, maps
+        except ValueError as exc:
+            raise SettingError(f"--set {name}={value!r}: not JSON: {exc}") from None
     try:
         merged = Settings.model_validate({**base.model_dump(), **raw})
-    except (ValidationError, ValueError) as exc:
-        if not isinstance(exc, ValidationError):
-            raise SettingError(f"--set: {exc}") from None
+    except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise SettingError(f"--set {where}={raw.get(where, '')!r}: {first['msg']}") from None

@@ -46,6 +46,9 @@ NUMERIC: dict[str, list[str]] = {
         for spec in TOPICS}.items() if f}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _T = "DateTime64(3, 'UTC')"
+#: Profit windows of one scope (and one subject, or all) starting in [s, u).
+_PROFIT_RANGE = (f"window_start >= {{s:{_T}}} AND window_start < {{u:{_T}}} AND scope = "
+                 "{scope:String} AND ({subj:String} = '' OR subject = {subj:String})")
 
 
 def store_reader(store: HistoryStore) -> Reader:
@@ -284,21 +287,19 @@ class Queries:
                      n: int, offset: int) -> list[Row]:
         """Profit windows of ``scope`` (one subject or all), newest first."""
         return await self.read(
-            f"SELECT * FROM (SELECT * FROM {self.db}.metrics_profit WHERE window_start >= "
-            f"{{s:{_T}}} AND window_start < {{u:{_T}}} AND scope = {{scope:String}} AND "
-            f"({{subj:String}} = '' OR subject = {{subj:String}}) ORDER BY ts DESC LIMIT 1 BY "
-            f"event_id) ORDER BY window_start DESC, subject LIMIT {{n:UInt32}} OFFSET "
-            f"{{o:UInt32}}", {"s": since, "u": until, "scope": scope, "subj": subject or "",
-                              "n": n, "o": offset}, None)
+            f"SELECT * FROM (SELECT * FROM {self.db}.metrics_profit WHERE {_PROFIT_RANGE} "
+            f"ORDER BY ts DESC LIMIT 1 BY event_id) ORDER BY window_start DESC, subject "
+            f"LIMIT {{n:UInt32}} OFFSET {{o:UInt32}}",
+            {"s": since, "u": until, "scope": scope, "subj": subject or "", "n": n,
+             "o": offset}, None)
 
     async def profit_totals(self, scope: str, subject: str | None, since: datetime,
                             until: datetime) -> Row:
         """Revenue, power cost and profit summed over the windows of a range."""
         rows = await self.read(
             f"SELECT sum(revenue) AS revenue, sum(power_cost) AS power_cost, sum(profit) AS "
-            f"profit FROM (SELECT * FROM {self.db}.metrics_profit WHERE window_start >= "
-            f"{{s:{_T}}} AND window_start < {{u:{_T}}} AND scope = {{scope:String}} AND "
-            f"({{subj:String}} = '' OR subject = {{subj:String}}) LIMIT 1 BY event_id)",
+            f"profit FROM (SELECT * FROM {self.db}.metrics_profit WHERE {_PROFIT_RANGE} "
+            f"LIMIT 1 BY event_id)",
             {"s": since, "u": until, "scope": scope, "subj": subject or ""}, None)
         return rows[0]
 

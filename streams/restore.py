@@ -71,8 +71,8 @@ async def create_changelogs(bootstrap: str, app_id: str, replication: int = 1) -
     """Create the site tables' changelog topics that are missing (compacted, 1 partition,
     as Faust creates them); return those created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
     try:
+        await admin.start()
         have = set(await admin.list_topics())
         new = [NewTopic(name=changelog_topic(app_id, t), num_partitions=1,
                         replication_factor=replication,
@@ -205,16 +205,37 @@ async def prepare_changelogs(settings: Settings) -> str:
 
 class ChangelogWatchdog:
     """Notices that the broker lost its state under a running worker and writes the
-    tables' content into fresh changelog topics (``check`` runs on a Faust timer)."""
+    tables' content into fresh changelog topics (``check`` runs on a Faust timer).
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    Every look is bounded (``look_timeout_s``): a look the broker does not answer, or
+    answers with an error, drops the admin client, so the next look connects afresh
+    instead of waiting on a connection to the broker that died.  A loss once seen is
+    rewritten until a rewrite succeeds, whatever the later looks say."""
+
+    def __init__(self, app: Any, settings: Settings, look_timeout_s: float = 15.0,
+                 silent_warn_s: float = 30.0) -> None:
         self.app, self.settings = app, settings
+        self.look_timeout_s, self.silent_warn_s = look_timeout_s, silent_warn_s
         self.cluster_id: str | None = None
         self.reseeds = 0
+        self.lost: str | None = None  # what the last look found lost, until rewritten
         self._admin: AIOKafkaAdminClient | None = None
+        self._silent_since: float | None = None
+        self._warned = False
 
     async def check(self) -> bool:
         """One look; True when the changelogs were rewritten."""
+        try:
+            return await asyncio.wait_for(self._look(), self.look_timeout_s)
+        except TimeoutError:
+            self._unanswered(f"no answer within {self.look_timeout_s:.0f} s")
+            await self._drop_admin()
+            return False
+
+    async def close(self) -> None:
+        await self._drop_admin()
+
+    async def _look(self) -> bool:
         try:
             if self._admin is None:
                 self._admin = AIOKafkaAdminClient(
@@ -222,17 +243,21 @@ class ChangelogWatchdog:
                 await self._admin.start()
             cluster = (await self._admin.describe_cluster()).get("cluster_id")
             topics = set(await self._admin.list_topics())
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.debug("changelog watchdog: broker not answering (%s)", exc)
+        except (KafkaError, OSError) as exc:
+            self._unanswered(str(exc) or type(exc).__name__)
+            await self._drop_admin()
             return False
+        self._answered()
         missing = [t for t in SITE_TABLES
                    if changelog_topic(self.settings.app_id, t) not in topics]
         changed = self.cluster_id is not None and cluster != self.cluster_id
         self.cluster_id = cluster
-        if not (missing or changed):
+        if (missing or changed) and self.lost is None:
+            self.lost = "new cluster id" if changed else f"missing {missing}"
+            log.error("the broker lost its state (%s): rewriting the site tables into new "
+                      "changelog topics", self.lost)
+        if self.lost is None:
             return False
-        log.error("the broker lost its state (%s): rewriting the site tables into new "
-                  "changelog topics", "new cluster id" if changed else f"missing {missing}")
         try:
             await create_changelogs(self.settings.kafka_bootstrap, self.settings.app_id,
                                     self.settings.topic_replication)
@@ -245,13 +270,35 @@ class ChangelogWatchdog:
                     if v is not None:
                         table.send_changelog(0, k, v)  # queued on the app's producer
                         n += 1
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except (KafkaError, OSError) as exc:
             log.warning("changelog watchdog: rewrite failed (%s); retrying", exc)
-            self.cluster_id = None  # look again next time
             return False
+        self.lost = None
         self.reseeds += 1
         log.warning("site tables rewritten into the changelogs (%d entries)", n)
         return True
+
+    def _unanswered(self, why: str) -> None:
+        now = time.monotonic()
+        self._silent_since = self._silent_since or now
+        if not self._warned and now - self._silent_since >= self.silent_warn_s:
+            self._warned = True
+            log.warning("changelog watchdog: the broker has not answered for %.0f s (%s)",
+                        now - self._silent_since, why)
+        else:
+            log.debug("changelog watchdog: broker not answering (%s)", why)
+
+    def _answered(self) -> None:
+        if self._warned:
+            log.warning("changelog watchdog: the broker answers again after %.0f s",
+                        time.monotonic() - (self._silent_since or time.monotonic()))
+        self._silent_since, self._warned = None, False
+
+    async def _drop_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), 5.0)
 
 
 class RecoveryGuard(threading.Thread):

@@ -296,5 +296,8 @@ def build_app(settings: Settings, watchdog_s: float = 2.0) -> faust.App:
 
         @app.timer(watchdog_s, on_leader=False)  # type: ignore[untyped-decorator]
         async def changelog_watchdog() -> None:
-            await watchdog.check()
+            try:
+                await watchdog.check()
+            except Exception:  # a look that fails in a way not foreseen must not stop the
+                log.exception("changelog watchdog: look failed")  # worker; next tick looks again
     return app

@@ -123,8 +123,13 @@ async def test_worker_restores_its_state_after_the_broker_lost_it_and_acts_on_a_
         broker_proc.kill_tansu()
         await until(lambda: "tansu broker restarted" in broker_proc.tail(), 30,
                     what="broker back")
-        await until(lambda: _changelog_cycles(s), 60, 1.0,
-                    what="the running worker rewrote its tables into the new changelogs")
+        try:
+            await until(lambda: _changelog_cycles(s), 60, 1.0,
+                        what="the running worker rewrote its tables into the new changelogs")
+        except AssertionError as exc:  # say what the worker and its supervisor were doing
+            worker = (s.data_dir / "worker.log").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"{exc}\n--- worker.log ---\n{worker}\n--- up ---\n"
+                                 f"{up.tail()}\n--- broker ---\n{broker_proc.tail()}") from None
 
         # 2. power cut: broker and up (its worker with it) die at once, start again
         broker_proc.kill()

@@ -3,8 +3,9 @@
 Every optimiser is a function of the trial history, ``propose(history) -> unit point``, so the
 online tuner, the benchmark and training call them the same way:
 
-* ``BayesOpt`` — BoTorch: one GP per outcome (objective J, peak temperature, reject %) on the
-  normalised settings, q=1 noisy expected improvement (qLogNEI) on J with the constraints
+* ``BayesOpt`` — BoTorch: one GP per smooth outcome (hashrate, peak temperature, log reject
+  ratio, and power for the profit objective) on the normalised settings, q=1 noisy
+  expected improvement (qLogNEI) on the objective composed from them, with the constraints
   temperature <= T_max - 2 °C (a margin: a trial over T_max has already overheated the card)
   and reject <= 1 % as outcome constraints, and a candidate whose temperature the GP is not
   confident about (mean + 2 sd over T_max) pulled back toward the best feasible trial;
@@ -16,6 +17,10 @@ online tuner, the benchmark and training call them the same way:
   context), Thompson sampling over a fixed candidate set, constraints checked on the sampled
   outcomes.  Cheaper than the GP, no hyperparameter fitting.
 * ``RandomSearch`` — uniform in the box (the baseline).
+
+Each composes the objective from its modelled parts (``composite``): J, or the profit per
+day at the revenue rate and power price passed with the call (``propose(history,
+objective)``), so a new price changes the next proposal without refitting.
 
 Optuna's TPE is compared in bench/tuner.py (a benchmark-only dependency).
 """
@@ -30,7 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agents.tuning import STALE_FRACTION, Observation
+from agents.tuning import (
+    HOURS_PER_DAY,
+    STALE_FRACTION,
+    J,
+    Objective,
+    Observation,
+    profit_per_day,
+)
 
 DIM = 4
 REJECT_FLOOR = 0.1  # % added before the log of the reject ratio
@@ -41,7 +53,8 @@ class Optimizer(Protocol):
 
     name: str
 
-    def propose(self, history: Sequence[Observation]) -> list[float]: ...
+    def propose(self, history: Sequence[Observation],
+                objective: Objective | None = None) -> list[float]: ...
 
 
 def best_feasible(history: Sequence[Observation], temp_max_c: float = 90.0,
@@ -59,7 +72,8 @@ class RandomSearch:
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
 
-    def propose(self, history: Sequence[Observation]) -> list[float]:
+    def propose(self, history: Sequence[Observation],
+                objective: Objective | None = None) -> list[float]:
         return [float(v) for v in self.rng.random(DIM)]
 
 
@@ -76,20 +90,23 @@ class BayesOpt:
     def __init__(self, seed: int = 0, n_init: int = 5, temp_max_c: float = 90.0,
                  reject_max_pct: float = 1.0, prior: Sequence[Observation] = (),
                  restarts: int = 4, raw_samples: int = 128, mc_samples: int = 64,
-                 temp_margin_c: float = 2.0):
+                 temp_margin_c: float = 2.0, objective: Objective = J):
         self.seed, self.n_init, self.temp_margin_c = seed, n_init, temp_margin_c
+        self.objective = objective
         self.temp_max_c, self.reject_max_pct = temp_max_c, reject_max_pct
         self.prior = list(prior)
         self.restarts, self.raw_samples, self.mc_samples = restarts, raw_samples, mc_samples
         self._init = _sobol(max(n_init, 1) + 64, seed)
 
-    def propose(self, history: Sequence[Observation]) -> list[float]:
-        data = self.prior + list(history)
+    def propose(self, history: Sequence[Observation],
+                objective: Objective | None = None) -> list[float]:
+        obj = objective or self.objective
+        data = usable(self.prior + list(history), obj)
         if len(history) < self.n_init and len(data) < max(self.n_init, 2 * DIM):
             return [float(v) for v in self._init[len(history)]]
-        return self._acquire(data, len(history))
+        return self._acquire(data, len(history), obj)
 
-    def _acquire(self, data: list[Observation], n: int) -> list[float]:
+    def _acquire(self, data: list[Observation], n: int, obj: Objective) -> list[float]:
         from botorch.acquisition.logei import qLogNoisyExpectedImprovement
         from botorch.acquisition.objective import GenericMCObjective
         from botorch.fit import fit_gpytorch_mll
@@ -101,7 +118,7 @@ class BayesOpt:
 
         torch.manual_seed(self.seed * 1000 + n)
         x = torch.tensor([d[0] for d in data], dtype=torch.double)
-        ys = targets(data)
+        ys = targets(data, obj.kind)
         models = [SingleTaskGP(x, y, outcome_transform=Standardize(m=1)) for y in ys]
         model = ModelListGP(*models)
         with warnings.catch_warnings():
@@ -112,7 +129,7 @@ class BayesOpt:
             tsafe = tmax - self.temp_margin_c
 
             def objective(z: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
-                return _composite(z, tmax)
+                return composite(z, tmax, obj)
 
             acqf = qLogNoisyExpectedImprovement(
                 model, X_baseline=x, prune_baseline=True,
@@ -143,13 +160,44 @@ class BayesOpt:
         return [float(v) for v in anchor]
 
 
-def targets(data: Sequence[Observation]) -> list[torch.Tensor]:
+def usable(data: Sequence[Observation], obj: Objective) -> list[Observation]:
+    """The observations an objective can learn from, each valued by it: for profit, those
+    with a recorded power, valued at ``obj``'s rates now (from their parts, as ``composite``
+    does); for J, as recorded."""
+    if obj.kind == "j":
+        return list(data)
+    return [(d[0], _profit_of_parts(d[4], d[3], d[5], obj), *d[2:]) for d in data
+            if math.isfinite(d[5])]
+
+
+def _profit_of_parts(hashrate_mhs: float, reject_pct: float, power_w: float,
+                     obj: Objective) -> float:
+    acc = 100.0 - reject_pct - 100.0 * STALE_FRACTION
+    return profit_per_day(hashrate_mhs * acc / 100.0, power_w, obj.revenue_per_mh_day,
+                          obj.price_per_mwh or 0.0)
+
+
+def targets(data: Sequence[Observation], kind: str = "j") -> list[torch.Tensor]:
     """The outcomes the models fit, one column each.  J has a cliff where rejects start, so
     its smooth parts are modelled instead: hashrate, peak temperature, and the log of the
-    reject ratio (flat near 0.3 %, then steep)."""
-    return [torch.tensor([[d[4]] for d in data], dtype=torch.double),
+    reject ratio (flat near 0.3 %, then steep); the profit objective adds power."""
+    cols = [torch.tensor([[d[4]] for d in data], dtype=torch.double),
             torch.tensor([[d[2]] for d in data], dtype=torch.double),
             torch.tensor([[math.log(d[3] + REJECT_FLOOR)] for d in data], dtype=torch.double)]
+    if kind == "profit":
+        cols.append(torch.tensor([[d[5]] for d in data], dtype=torch.double))
+    return cols
+
+
+def composite(z: torch.Tensor, temp_max_c: float, obj: Objective) -> torch.Tensor:
+    """The objective from sampled (hashrate, peak temperature, log reject[, power])."""
+    if obj.kind == "j":
+        return _composite(z, temp_max_c)
+    rej = (torch.exp(z[..., 2]) - REJECT_FLOOR).clamp(0.0, 100.0)
+    acc = 100.0 - rej - 100.0 * STALE_FRACTION
+    price = obj.price_per_mwh or 0.0  # agents.tuning.profit_per_day, on tensors
+    return z[..., 0] * acc / 100.0 * obj.revenue_per_mh_day \
+        - z[..., 3] * HOURS_PER_DAY / 1e6 * price
 
 
 def _composite(z: torch.Tensor, temp_max_c: float) -> torch.Tensor:
@@ -189,8 +237,10 @@ class ThompsonBandit:
 
     def __init__(self, seed: int = 0, n_init: int = 5, temp_max_c: float = 90.0,
                  reject_max_pct: float = 1.0, prior: Sequence[Observation] = (),
-                 features: int = 256, lengthscale: float = 0.2, candidates: int = 2048):
+                 features: int = 256, lengthscale: float = 0.2, candidates: int = 2048,
+                 objective: Objective = J):
         self.rng = np.random.default_rng(seed)
+        self.objective = objective
         self.n_init, self.prior = n_init, list(prior)
         self.temp_max_c, self.reject_max_pct = temp_max_c, reject_max_pct
         self.w = self.rng.normal(0.0, 1.0 / lengthscale, (DIM, features))
@@ -203,8 +253,10 @@ class ThompsonBandit:
     def _phi(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(np.sqrt(2.0 / self.w.shape[1]) * np.cos(x @ self.w + self.b))
 
-    def propose(self, history: Sequence[Observation]) -> list[float]:
-        data = self.prior + list(history)
+    def propose(self, history: Sequence[Observation],
+                objective: Objective | None = None) -> list[float]:
+        obj = objective or self.objective
+        data = usable(self.prior + list(history), obj)
         if len(history) < self.n_init and len(data) < self.n_init:
             return [float(v) for v in self._init[len(history)]]
         x = np.array([d[0] for d in data])
@@ -215,20 +267,26 @@ class ThompsonBandit:
         logr = self.blr.sample(phi, np.log(np.array([d[3] for d in data]) + REJECT_FLOOR),
                                self.cand_phi, self.rng)
         r = np.exp(logr) - REJECT_FLOOR
-        j = np.asarray(_composite(torch.from_numpy(np.stack([h, t, logr], -1)),
-                                  self.temp_max_c))
+        parts = [h, t, logr]
+        if obj.kind == "profit":
+            parts.append(self.blr.sample(phi, np.array([d[5] for d in data]), self.cand_phi,
+                                         self.rng))
+        j = np.asarray(composite(torch.from_numpy(np.stack(parts, -1)), self.temp_max_c, obj))
         ok = (t <= self.temp_max_c) & (r <= self.reject_max_pct)
         i = int(np.argmax(np.where(ok, j, -np.inf))) if ok.any() else int(np.argmin(t))
         return [float(v) for v in self.cands[i]]
 
 
 def make(name: str, seed: int = 0, prior: Sequence[Observation] = (), n_init: int = 5,
-         temp_max_c: float = 90.0, reject_max_pct: float = 1.0) -> Optimizer:
-    """An optimiser by name: botorch, bandit or random."""
+         temp_max_c: float = 90.0, reject_max_pct: float = 1.0,
+         objective: Objective = J) -> Optimizer:
+    """An optimiser by name: botorch, bandit or random (``objective``: the default one; a
+    ``propose`` call may pass the one in force)."""
     if name == "botorch":
-        return BayesOpt(seed, n_init, temp_max_c, reject_max_pct, prior)
+        return BayesOpt(seed, n_init, temp_max_c, reject_max_pct, prior, objective=objective)
     if name == "bandit":
-        return ThompsonBandit(seed, n_init, temp_max_c, reject_max_pct, prior)
+        return ThompsonBandit(seed, n_init, temp_max_c, reject_max_pct, prior,
+                              objective=objective)
     if name == "random":
         return RandomSearch(seed)
     raise ValueError(f"unknown optimizer {name!r}; use botorch, bandit or random")

@@ -57,8 +57,10 @@ def observations(rows: Iterable[dict[str, Any]]) -> dict[str, list[Observation]]
                                     float(r["mem_offset_mhz"]), int(r["intensity"])))
         total = (r["accepted"] or 0) + (r["rejected"] or 0) + (r["stale"] or 0)
         rej = 100.0 * (r["rejected"] or 0) / total if total else 100.0
+        power = r.get("power_w")
         out.setdefault(space.family, []).append(
-            (x, float(r["objective"]), float(r["temp_max_c"]), rej, float(r["hashrate_mhs"])))
+            (x, float(r["objective"]), float(r["temp_max_c"]), rej, float(r["hashrate_mhs"]),
+             math.nan if power is None else float(power)))
     return out
 
 
@@ -125,7 +127,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"cannot read tuner checkpoint {p}: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ValueError(f"{p} is not a {FORMAT} checkpoint")
-    obs = {f: [(list(o[0]), float(o[1]), float(o[2]), float(o[3]), float(o[4])) for o in v]
+    # a checkpoint older than the profit objective has no power: NaN (the J objective
+    # does not need it; the profit objective leaves those observations out)
+    obs = {f: [(list(o[0]), float(o[1]), float(o[2]), float(o[3]), float(o[4]),
+                float(o[5]) if len(o) > 5 else math.nan) for o in v]
            for f, v in raw["observations"].items()}
     return Checkpoint(int(raw["version"]), p, str(raw["created"]), dict(raw["trained_on"]),
                       obs, dict(raw["models"]))

@@ -13,6 +13,16 @@ subject to the seed's constraints made explicit: temperature <= T_max (90 °C) a
 ratio <= 1 %.  Both J and the reward are recorded with every trial; efficiency (accepted
 MH per joule) is reported beside them.
 
+With ``HASHPLANE_TUNER_OBJECTIVE=profit`` it maximises, under the same constraints, the
+money the card makes per day instead (``profit_per_day``):
+
+    profit = accepted MH/s x revenue per MH/s per day - power (W) x 24 h / 1e6 x price per MWh
+
+at the power price in force (the ``prices`` topic, else ``HASHPLANE_TUNER_POWER_PRICE_PER_MWH``).
+The optimiser models power as a fourth smooth outcome and composes profit at the price of
+the moment, so a price that moves changes what it proposes next without refitting.  Every
+trial records its profit (when a revenue rate and a price are known) beside J.
+
 **Space.** Four knobs, normalised to [0, 1]: NVML power limit (the card's min..max), core
 offset (-200..+300 MHz), memory offset (0..2x the card's typical stable offset) and the
 miner's intensity (8..25).  ``bounded`` limits each change to ``max_step`` of the range per
@@ -36,10 +46,11 @@ from datetime import timedelta
 from typing import Any, Literal
 from uuid import NAMESPACE_URL, uuid5
 
+from agents.profit import PriceSchedule, fold_price
 from agents.rewards import reward as seed_reward
 from agents.spec import AgentSpec, members
 from schemas.commands import ApplyGpuProfile, CommandAcknowledged
-from schemas.events import GpuTelemetryObserved, ShareCountsObserved
+from schemas.events import GpuTelemetryObserved, PowerPriceObserved, ShareCountsObserved
 from schemas.metrics import TuningTrialEvaluated
 from schemas.settings import Settings
 
@@ -154,9 +165,40 @@ class Score:
     accepted_pct: float
     efficiency: float  # accepted MH per joule
     feasible: bool
+    profit_per_day: float | None = None  # at the objective's rates (None: no price known)
 
 
 STALE_FRACTION = 0.002  # stale share of all shares a stable card shows (the model's prior)
+HOURS_PER_DAY = 24.0
+ObjectiveKind = Literal["j", "profit"]
+
+
+def profit_per_day(accepted_mhs: float, power_w: float, revenue_per_mh_day: float,
+                   price_per_mwh: float) -> float:
+    """What a card makes per day: its accepted hashrate's revenue minus its power's cost
+    (W x 24 h / 1e6 = MWh a day)."""
+    return accepted_mhs * revenue_per_mh_day - power_w * HOURS_PER_DAY / 1e6 * price_per_mwh
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a trial is scored by: ``j`` (J) or ``profit`` (``profit_per_day`` at these rates;
+    ``price_per_mwh`` None: no price known, no profit computed)."""
+
+    kind: ObjectiveKind = "j"
+    revenue_per_mh_day: float = 0.0
+    price_per_mwh: float | None = None
+
+    def value(self, sc: Score) -> float:
+        """The number the optimiser maximises."""
+        if self.kind == "j":
+            return sc.objective
+        if sc.profit_per_day is None:
+            raise ValueError("the profit objective needs a power price")
+        return sc.profit_per_day
+
+
+J = Objective()  # the default objective
 
 
 def objective_of(hashrate_mhs: float, reject_pct: float, temp_c: float,
@@ -169,21 +211,27 @@ def objective_of(hashrate_mhs: float, reject_pct: float, temp_c: float,
 
 
 def score(m: Measurement, temp_max_c: float = 90.0, reject_max_pct: float = 1.0,
-          cluster_accepted: int = 0) -> Score:
-    """Score a measured window (shares of the worker; cluster share 0 = the worker alone)."""
+          cluster_accepted: int = 0, objective: Objective = J) -> Score:
+    """Score a measured window (shares of the worker; cluster share 0 = the worker alone);
+    its profit at ``objective``'s rates when a price is known."""
     total = m.accepted + m.rejected + m.stale
     acc = 100.0 * m.accepted / total if total else 0.0
     rej = 100.0 * m.rejected / total if total else 0.0
     r = seed_reward(rej, acc, m.accepted, cluster_accepted, m.temp_max_c, temp_max_c)
     j = m.hashrate_mhs * acc / 100.0 * r / 100.0
     eff = m.hashrate_mhs * acc / 100.0 / m.power_w if m.power_w > 0 else 0.0
-    return Score(r, j, rej, acc, eff, m.temp_max_c <= temp_max_c and rej <= reject_max_pct)
+    money = None if objective.price_per_mwh is None else profit_per_day(
+        m.hashrate_mhs * acc / 100.0, m.power_w, objective.revenue_per_mh_day,
+        objective.price_per_mwh)
+    return Score(r, j, rej, acc, eff, m.temp_max_c <= temp_max_c and rej <= reject_max_pct,
+                 money)
 
 
 # -- the online tuner's fold ------------------------------------------------------------------
 
-#: (unit point, objective J, peak temperature, reject %, hashrate MH/s) of each trial so far.
-Observation = tuple[list[float], float, float, float, float]
+#: (unit point, objective value (J or profit per day), peak temperature, reject %,
+#: hashrate MH/s, power W) of each trial so far; power NaN where it was not recorded.
+Observation = tuple[list[float], float, float, float, float, float]
 Proposer = Callable[[str, list[Observation]], list[float]]
 
 
@@ -201,6 +249,9 @@ class TunerParams:
     ack_timeout_s: float = 120.0
     optimizer: str = "botorch"
     devices: frozenset[str] = frozenset()  # the GPUs in tuning mode (the live agent)
+    objective: ObjectiveKind = "j"
+    revenue_per_mh_day: float = 0.0  # what an accepted MH/s earns per day
+    price_per_mwh: float | None = None  # the power price when none is in force on `prices`
     #: warm-start observations per card family (from a trained checkpoint)
     prior: dict[str, list[Observation]] = field(default_factory=dict)
 
@@ -233,15 +284,28 @@ class TunerState:
 
     gpus: dict[str, GpuTuning] = field(default_factory=dict)
     optimizers: dict[str, Any] = field(default_factory=dict)  # the live agent's, per family
+    prices: PriceSchedule = field(default_factory=PriceSchedule)  # the power price intervals
 
 
-TunerInput = GpuTelemetryObserved | ShareCountsObserved | CommandAcknowledged
+def objective_at(state: TunerState, t: float, p: TunerParams) -> Objective:
+    """The objective in force at event time ``t``: its price is the market's in force, else
+    the configured one."""
+    price = state.prices.at(t)
+    return Objective(p.objective, p.revenue_per_mh_day,
+                     p.price_per_mwh if price is None else price)
+
+
+TunerInput = GpuTelemetryObserved | ShareCountsObserved | CommandAcknowledged | PowerPriceObserved
 TunerOutput = ApplyGpuProfile | TuningTrialEvaluated
 
 
 def step(state: TunerState, event: TunerInput, devices: frozenset[str], propose: Proposer,
          p: TunerParams = TunerParams()) -> tuple[TunerState, list[TunerOutput]]:
     """Fold one event; may command the next trial and record the finished one."""
+    if isinstance(event, PowerPriceObserved):
+        fold_price(state.prices, None, event)
+        state.prices.forget_before(event.ts.timestamp() - 86_400.0)  # a day is plenty
+        return state, []
     if isinstance(event, CommandAcknowledged):
         g = next((g for g in state.gpus.values() if g.command_id == str(event.command_id)),
                  None)
@@ -252,7 +316,7 @@ def step(state: TunerState, event: TunerInput, devices: frozenset[str], propose:
             g.phase, g.since = ("settling", t) if not g.rollback else ("propose", t)
             g.rollback = False
         else:  # rejected/failed/expired: count the trial as infeasible, try elsewhere
-            g.history.append((g.current, 0.0, p.temp_max_c + 1.0, 100.0, 0.0))
+            g.history.append((g.current, 0.0, p.temp_max_c + 1.0, 100.0, 0.0, math.nan))
             g.phase, g.since = "propose", t
         return state, []
     if isinstance(event, ShareCountsObserved):
@@ -276,11 +340,11 @@ def step(state: TunerState, event: TunerInput, devices: frozenset[str], propose:
         g = state.gpus[event.device_id] = GpuTuning(
             event.device_id, event.rig_id, event.gpu_index, space, space.to_unit(start),
             since=t)
-    return state, _advance(g, event, t, propose, p)
+    return state, _advance(g, event, t, propose, p, objective_at(state, t, p))
 
 
 def _advance(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Proposer,
-             p: TunerParams) -> list[TunerOutput]:
+             p: TunerParams, objective: Objective) -> list[TunerOutput]:
     if g.phase == "applying" and t - g.since > p.ack_timeout_s:
         g.phase = "propose"  # no ack: the command expired; propose again
     if g.phase == "settling" and t - g.since >= p.settle_s:
@@ -290,9 +354,9 @@ def _advance(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Proposer,
     if g.phase == "measuring":
         g.samples.append((e.hashrate_mhs, e.power_w, e.temp_c))
         if t - g.window_start >= p.window_s:
-            return _finish_trial(g, e, t, propose, p)
+            return _finish_trial(g, e, t, p, objective)
         if e.temp_c > p.temp_max_c:  # too hot: stop the trial now, roll back
-            return _finish_trial(g, e, t, propose, p)
+            return _finish_trial(g, e, t, p, objective)
         return []
     if g.phase == "propose":
         if g.trial >= p.trials:
@@ -304,8 +368,8 @@ def _advance(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Proposer,
     return []
 
 
-def _finish_trial(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Proposer,
-                  p: TunerParams) -> list[TunerOutput]:
+def _finish_trial(g: GpuTuning, e: GpuTelemetryObserved, t: float, p: TunerParams,
+                  objective: Objective) -> list[TunerOutput]:
     n = len(g.samples)
     m = Measurement(
         hashrate_mhs=math.fsum(s[0] for s in g.samples) / n,
@@ -314,13 +378,15 @@ def _finish_trial(g: GpuTuning, e: GpuTelemetryObserved, t: float, propose: Prop
         stale=g.shares[2])
     # seed 000's reward with the cluster's accepted shares of the same window (the worker's
     # own included: alone, the cluster is the worker)
-    sc = score(m, p.temp_max_c, p.reject_max_pct, cluster_accepted=max(g.cluster, m.accepted))
-    g.history.append((list(g.current), sc.objective, m.temp_max_c, sc.reject_pct,
-                      m.hashrate_mhs))
-    if sc.feasible and (g.best is None or sc.objective > g.best[1]):
-        g.best = (list(g.current), sc.objective)
+    sc = score(m, p.temp_max_c, p.reject_max_pct, cluster_accepted=max(g.cluster, m.accepted),
+               objective=objective)
+    value = objective.value(sc)
+    g.history.append((list(g.current), value, m.temp_max_c, sc.reject_pct, m.hashrate_mhs,
+                      m.power_w))
+    if sc.feasible and (g.best is None or value > g.best[1]):
+        g.best = (list(g.current), value)
     outcome: Literal["kept", "rolled_back"] = "kept" if sc.feasible else "rolled_back"
-    record = _trial_event(g, e, t, m, sc, outcome, p)
+    record = _trial_event(g, e, t, m, sc, outcome, p, objective)
     out: list[TunerOutput] = [record]
     if not sc.feasible:
         back = g.best[0] if g.best is not None else g.space.to_unit(g.space.default())
@@ -357,8 +423,8 @@ def _command(g: GpuTuning, e: GpuTelemetryObserved, unit: list[float], p: TunerP
 
 
 def _trial_event(g: GpuTuning, e: GpuTelemetryObserved, t: float, m: Measurement, sc: Score,
-                 outcome: Literal["kept", "rolled_back"],
-                 p: TunerParams) -> TuningTrialEvaluated:
+                 outcome: Literal["kept", "rolled_back"], p: TunerParams,
+                 objective: Objective) -> TuningTrialEvaluated:
     s = g.space.to_settings(g.current)
     return TuningTrialEvaluated(
         event_id=uuid5(_NS, f"trial/{g.device}/{g.trial}/{e.event_id}"), site=e.site,
@@ -369,7 +435,9 @@ def _trial_event(g: GpuTuning, e: GpuTelemetryObserved, t: float, m: Measurement
         hashrate_mhs=round(m.hashrate_mhs, 6), power_w=round(m.power_w, 3),
         temp_max_c=m.temp_max_c, accepted=m.accepted, rejected=m.rejected, stale=m.stale,
         reward=round(sc.reward, 6), objective=round(sc.objective, 6),
-        efficiency_mh_per_j=round(sc.efficiency, 6), feasible=sc.feasible, outcome=outcome)
+        efficiency_mh_per_j=round(sc.efficiency, 6), feasible=sc.feasible, outcome=outcome,
+        objective_kind=objective.kind, price_per_mwh=objective.price_per_mwh,
+        profit_per_day=None if sc.profit_per_day is None else round(sc.profit_per_day, 6))
 
 
 def params(s: Settings) -> TunerParams:
@@ -383,7 +451,9 @@ def params(s: Settings) -> TunerParams:
         trials=s.tuner_trials, settle_s=s.tuner_settle_s, window_s=s.tuner_window_s,
         max_step=s.tuner_max_step, temp_max_c=s.reward_temp_max_c,
         reject_max_pct=s.tuner_reject_max_pct, ttl_s=max(s.command_ttl_s, 30.0),
-        optimizer=s.tuner_optimizer, devices=frozenset(s.tuner_gpus), prior=prior)
+        optimizer=s.tuner_optimizer, devices=frozenset(s.tuner_gpus), prior=prior,
+        objective=s.tuner_objective, revenue_per_mh_day=s.gpu_revenue_per_mh_day,
+        price_per_mwh=s.tuner_power_price_per_mwh)
 
 
 def agent_step(state: TunerState, event: TunerInput,
@@ -396,16 +466,21 @@ def agent_step(state: TunerState, event: TunerInput,
         if state.gpus:
             step(state, event, p.devices, _no_proposal, p)  # counting only
         return state, []
+    if isinstance(event, PowerPriceObserved):
+        return step(state, event, p.devices, _no_proposal, p)
     if event.device_id not in p.devices:
         return state, []
     from agents import optimizers  # torch: imported in the offloaded step, not on the loop
+
+    t = event.ts.timestamp()
 
     def propose(family: str, history: list[Observation]) -> list[float]:
         if family not in state.optimizers:
             state.optimizers[family] = optimizers.make(
                 p.optimizer, seed=len(state.optimizers), prior=p.prior.get(family, ()),
                 temp_max_c=p.temp_max_c, reject_max_pct=p.reject_max_pct)
-        return list(state.optimizers[family].propose(history))
+        # composed at the price of the moment
+        return list(state.optimizers[family].propose(history, objective_at(state, t, p)))
 
     return step(state, event, p.devices, propose, p)
 
@@ -416,7 +491,8 @@ def _no_proposal(family: str, history: list[Observation]) -> list[float]:
 
 def _slow(state: TunerState, event: Any, p: TunerParams) -> bool:
     """A tuned GPU's telemetry or ack may fit a GP (~1 s): off the event loop."""
-    return not isinstance(event, ShareCountsObserved) and event.device_id in p.devices
+    return not isinstance(event, ShareCountsObserved | PowerPriceObserved) \
+        and event.device_id in p.devices
 
 
 SPEC = AgentSpec[TunerState, TunerParams](

@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.tuning import Measurement, Score, Settings4, Space, score
+from agents.tuning import J, Measurement, Objective, Score, Settings4, Space, score
 from sim.gpu import CARDS, GpuSettings, SimGpu
 
 
@@ -55,8 +55,9 @@ class GpuTuningEnv(gym.Env[np.ndarray, np.ndarray]):
         s = self.space.to_settings(x)
         return GpuSettings(s.power_limit_w, s.core_offset_mhz, s.mem_offset_mhz, s.intensity)
 
-    def evaluate(self, x: list[float]) -> tuple[Measurement, Score]:
-        """Apply ``x``, settle, measure one window (noisy shares); advances the card's time."""
+    def evaluate(self, x: list[float], objective: Objective = J) -> tuple[Measurement, Score]:
+        """Apply ``x``, settle, measure one window (noisy shares); advances the card's time.
+        The score's profit is at ``objective``'s rates."""
         g = self.gpu
         g.apply(self.settings(x))
         t = g.last_t + self.settle_s
@@ -73,9 +74,9 @@ class GpuTuningEnv(gym.Env[np.ndarray, np.ndarray]):
         m = Measurement(float(np.mean(hs)), float(np.mean(ps)), float(max(temps)),
                         g.accepted, g.rejected, g.stale)
         self.last = m
-        return m, score(m, self.temp_max_c, self.reject_max_pct)
+        return m, score(m, self.temp_max_c, self.reject_max_pct, objective=objective)
 
-    def true_score(self, x: list[float]) -> Score:
+    def true_score(self, x: list[float], objective: Objective = J) -> Score:
         """Noise-free score of ``x`` at thermal steady state (does not touch the card)."""
         g = copy.copy(self.gpu)
         g.apply(self.settings(x))
@@ -86,7 +87,7 @@ class GpuTuningEnv(gym.Env[np.ndarray, np.ndarray]):
         acc = total - rej - stale
         m = Measurement(g.hashrate_mhs(), g.power_w(), g.temp_c, round(acc * 1e6),
                         round(rej * 1e6), round(stale * 1e6))
-        return score(m, self.temp_max_c, self.reject_max_pct)
+        return score(m, self.temp_max_c, self.reject_max_pct, objective=objective)
 
     # -- gymnasium ----------------------------------------------------------------------------
 

@@ -131,3 +131,11 @@ class TuningTrialEvaluated(Event):
     efficiency_mh_per_j: float = Field(ge=0, description="Accepted MH per joule")
     feasible: bool = Field(description="Temperature and reject ratio within limits")
     outcome: Literal["kept", "rolled_back"] = Field(description="What the tuner did next")
+    objective_kind: Literal["j", "profit"] = Field(
+        default="j", description="What the tuner maximised: J, or profit per day")
+    price_per_mwh: float | None = Field(
+        default=None, description="Power price the trial was scored at, per MWh (None: none "
+        "known)")
+    profit_per_day: float | None = Field(
+        default=None, description="Accepted hashrate's revenue minus the power's cost per day "
+        "at that price, in the site's currency (None: no price known)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     tuner_max_step: float = Field(
         default=0.25, gt=0, le=1, description="Largest change per knob per trial (of its range)")
     tuner_reject_max_pct: float = Field(default=1.0, ge=0, description="Reject % constraint")
+    tuner_objective: Literal["j", "profit"] = Field(
+        default="j", description="What the GPU tuner maximises: j (reward-weighted accepted "
+        "hashrate) or profit (accepted MH/s x HASHPLANE_GPU_REVENUE_PER_MH_DAY minus the power "
+        "cost at the price in force)")
+    tuner_power_price_per_mwh: float | None = Field(
+        default=None, ge=-1_000, le=100_000, description="Power price the profit objective uses "
+        "while no price is in force on the prices topic, per MWh")
     tuner_checkpoint: str = Field(
         default="", description="Trained checkpoint warm-starting the optimiser (tuner train)")
 
@@ -268,6 +275,19 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _profit_objective_has_its_rates(self) -> Settings:
+        if self.tuner_objective == "profit":
+            missing = [name for name, ok in (
+                ("HASHPLANE_GPU_REVENUE_PER_MH_DAY", self.gpu_revenue_per_mh_day > 0),
+                ("HASHPLANE_TUNER_POWER_PRICE_PER_MWH",
+                 self.tuner_power_price_per_mwh is not None)) if not ok]
+            if missing:
+                raise ValueError(f"HASHPLANE_TUNER_OBJECTIVE=profit needs {' and '.join(missing)}"
+                                 " (the revenue rate, and the price used until the prices topic"
+                                 " has one in force)")
+        return self
 
     @property
     def history_dsn(self) -> str:

@@ -457,7 +457,7 @@ class Queries:
 
 def _tuning_trials(db: str, since: datetime, until: datetime) -> tuple[str, dict[str, Any]]:
     return (f"SELECT card, power_limit_w, core_offset_mhz, mem_offset_mhz, intensity, "
-            f"objective, temp_max_c, accepted, rejected, stale, hashrate_mhs FROM ("
+            f"objective, temp_max_c, accepted, rejected, stale, hashrate_mhs, power_w FROM ("
             f"SELECT * FROM {db}.metrics_rewards WHERE kind = 'TuningTrialEvaluated' "
             f"AND ts >= {{s:{_T}}} AND ts < {{u:{_T}}} LIMIT 1 BY event_id) ORDER BY ts, "
             f"event_id", {"s": since, "u": until})

@@ -2,16 +2,22 @@
 tuner agent (BoTorch) commands trials on commands.gpu, the GPU actuator writes them into the
 simulated rig's RainbowMiner files and NVML and acks them, the agent measures each window
 from the rig's telemetry and shares and records the trial; at the end the best settings are
-applied.  Everything is checked from ClickHouse."""
+applied.  It tunes for profit: every trial is scored at the simulated market's power price
+(folded from the prices topic, not the configured fallback) and the card keeps the most
+profitable feasible trial.  Everything is checked from ClickHouse."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from streams.history import HistoryStore
 from tests.e2e.scenario import run_demo
 
 TRIALS = 3
+FALLBACK_PRICE = 999.0  # the configured price: no trial should need it (the market has one)
+REVENUE = 0.01
 #: Played out: the final profile is acked and the card reports its power limit.
 DONE = ("SELECT (SELECT count() FROM {db}.commands_acks WHERE status = 'applied' AND"
         " command_id IN (SELECT command_id FROM {db}.commands_gpu WHERE"
@@ -25,15 +31,20 @@ def test_the_tuner_runs_trials_through_the_gpu_actuator_and_keeps_the_best(
     data = tmp_path / "demo"
     out = run_demo(data, {"TUNER_GPUS": '["rig01-gpu0"]', "TUNER_TRIALS": str(TRIALS),
                           "TUNER_SETTLE_S": "4", "TUNER_WINDOW_S": "12", "RIG_POLL_S": "1",
-                          "TUNER_OPTIMIZER": "botorch"},
+                          "TUNER_OPTIMIZER": "botorch", "TUNER_OBJECTIVE": "profit",
+                          "GPU_REVENUE_PER_MH_DAY": str(REVENUE),
+                          "TUNER_POWER_PRICE_PER_MWH": str(FALLBACK_PRICE)},
                    "--asics", "0", "--gpu-rigs", "1", "--speed", "10", "--duration", "95",
                    timeout_s=200, until=DONE)
     store = HistoryStore(f"chdb://{data / 'clickhouse'}").open()
     try:
         trials = store.query_dicts(
             "SELECT trial, outcome, feasible, power_limit_w, mem_offset_mhz, intensity, "
-            "objective, accepted, window_s FROM (SELECT * FROM hashplane.metrics_rewards WHERE "
-            "kind = 'TuningTrialEvaluated' LIMIT 1 BY event_id) ORDER BY trial")
+            "objective, accepted, rejected, stale, window_s, hashrate_mhs, power_w, "
+            "objective_kind, price_per_mwh, profit_per_day FROM (SELECT * FROM "
+            "hashplane.metrics_rewards WHERE kind = 'TuningTrialEvaluated' LIMIT 1 BY event_id)"
+            " ORDER BY trial")
+        market = {r[0] for r in store.query("SELECT DISTINCT price_per_mwh FROM hashplane.prices")}
         commands = store.query_dicts(
             "SELECT c.device_id AS device_id, c.reason AS reason, c.power_limit_w AS pl, "
             "c.mem_offset_mhz AS mem, c.intensity AS intensity, a.n AS acks, a.status AS status,"
@@ -60,7 +71,14 @@ def test_the_tuner_runs_trials_through_the_gpu_actuator_and_keeps_the_best(
     assert final["reason"].startswith("tuning done"), commands
     feasible = [t for t in trials if t["feasible"]]
     assert feasible, trials  # steps of a quarter range from the defaults: some stay stable
-    best = max(feasible, key=lambda t: t["objective"])  # what the card keeps
+    for t in trials:  # scored in money at the market's price, as computed by hand
+        assert t["objective_kind"] == "profit" and t["price_per_mwh"] in market, (t, market)
+        if t["outcome"] == "kept":
+            acc = t["accepted"] / (t["accepted"] + t["rejected"] + t["stale"])
+            assert t["profit_per_day"] == pytest.approx(
+                t["hashrate_mhs"] * acc * REVENUE - t["power_w"] * 24 / 1e6 * t["price_per_mwh"],
+                abs=1e-5)
+    best = max(feasible, key=lambda t: t["profit_per_day"])  # what the card keeps
     assert (final["pl"], final["mem"], final["intensity"]) == (
         best["power_limit_w"], best["mem_offset_mhz"], best["intensity"])
     assert last_limit == final["pl"]  # the card itself reports the kept power limit

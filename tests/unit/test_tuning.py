@@ -5,19 +5,22 @@ commands are applied to the simulated card and acked, telemetry and shares come 
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import timedelta
 from uuid import uuid4
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from agents import optimizers, tuning
 from agents.tuning import Measurement, Settings4, Space, TunerParams, bounded, score
 from bench.gpu_env import GpuTuningEnv
 from schemas.commands import ApplyGpuProfile, CommandAcknowledged
-from schemas.events import GpuTelemetryObserved, ShareCountsObserved
+from schemas.events import GpuTelemetryObserved, PowerPriceObserved, ShareCountsObserved
 from schemas.metrics import TuningTrialEvaluated
+from schemas.settings import Settings
 from sim.gpu import GpuSettings
 from tests.factories import T0
 
@@ -70,7 +73,7 @@ def test_bayesopt_beats_the_default_settings_within_a_few_trials() -> None:
     for i in range(10):
         x = env.space.to_unit(env.space.default()) if i == 0 else opt.propose(hist)
         m, sc = env.evaluate(x)
-        hist.append((x, sc.objective, m.temp_max_c, sc.reject_pct, m.hashrate_mhs))
+        hist.append((x, sc.objective, m.temp_max_c, sc.reject_pct, m.hashrate_mhs, m.power_w))
     best = optimizers.best_feasible(hist)
     assert best is not None
     assert env.true_score(best[0]).objective > 1.05 * default
@@ -83,7 +86,7 @@ def test_other_optimisers_propose_points_in_the_box(name: str) -> None:
     for i in range(8):
         x = opt.propose(hist)
         assert len(x) == 4 and all(0.0 <= v <= 1.0 for v in x)
-        hist.append((x, 100.0 + i, 70.0, 0.3, 100.0))
+        hist.append((x, 100.0 + i, 70.0, 0.3, 100.0, 250.0))
     with pytest.raises(ValueError, match="unknown optimizer"):
         optimizers.make("dqn")
 
@@ -271,3 +274,110 @@ def test_a_trials_reward_uses_the_clusters_accepted_shares() -> None:
                                                  t.temp_max_c, 90.0))
     alone = seed_reward(rej, acc, t.accepted, t.accepted, t.temp_max_c, 90.0)
     assert t.reward < alone  # sharing the cluster, the worker's own shortfall counts
+
+
+# -- the profit objective ------------------------------------------------------------------
+
+
+def test_profit_per_day_and_a_windows_profit_computed_by_hand() -> None:
+    # 100 accepted MH/s at 0.01 a day = 1.00; 250 W x 24 h = 6 kWh at 80 per MWh = 0.48
+    assert tuning.profit_per_day(100.0, 250.0, 0.01, 80.0) == pytest.approx(0.52)
+    money = tuning.Objective("profit", revenue_per_mh_day=0.01, price_per_mwh=80.0)
+    sc = score(Measurement(100.0, 250.0, 80.0, accepted=990, rejected=10, stale=0),
+               objective=money)
+    # 99 % accepted: 99 MH/s x 0.01 - 0.48
+    assert sc.profit_per_day == pytest.approx(0.51)
+    assert money.value(sc) == sc.profit_per_day and tuning.J.value(sc) == sc.objective
+    unpriced = score(Measurement(100.0, 250.0, 80.0, 990, 10, 0))
+    assert unpriced.profit_per_day is None
+    with pytest.raises(ValueError, match="needs a power price"):
+        tuning.Objective("profit", 0.01, None).value(unpriced)
+    # the optimiser's composite on modelled parts (hashrate, temperature, log reject, power)
+    z = torch.tensor([[100.0, 80.0, math.log(1.0 + optimizers.REJECT_FLOOR), 250.0]],
+                     dtype=torch.double)
+    expected = tuning.profit_per_day(100.0 * (100.0 - 1.0 - 0.2) / 100.0, 250.0, 0.01, 80.0)
+    assert float(optimizers.composite(z, 90.0, money)[0]) == pytest.approx(expected)
+    assert float(optimizers.composite(z[..., :3], 90.0, tuning.J)[0]) == pytest.approx(
+        tuning.objective_of(100.0, 1.0, 80.0))
+
+
+def test_the_profit_objective_needs_its_rates_and_says_which() -> None:
+    with pytest.raises(ValueError, match="HASHPLANE_GPU_REVENUE_PER_MH_DAY and "
+                                         "HASHPLANE_TUNER_POWER_PRICE_PER_MWH"):
+        Settings(tuner_objective="profit")
+    with pytest.raises(ValueError, match="needs HASHPLANE_TUNER_POWER_PRICE_PER_MWH"):
+        Settings(tuner_objective="profit", gpu_revenue_per_mh_day=0.01)
+    s = Settings(tuner_objective="profit", gpu_revenue_per_mh_day=0.01,
+                 tuner_power_price_per_mwh=80.0)
+    p = tuning.params(s)
+    assert (p.objective, p.revenue_per_mh_day, p.price_per_mwh) == ("profit", 0.01, 80.0)
+
+
+def _history(env: GpuTuningEnv, n: int) -> list[tuning.Observation]:
+    rng = np.random.default_rng(4)
+    out: list[tuning.Observation] = []
+    for _ in range(n):
+        x = [float(v) for v in rng.random(4)]
+        m, sc = env.evaluate(x)
+        out.append((x, sc.objective, m.temp_max_c, sc.reject_pct, m.hashrate_mhs, m.power_w))
+    return out
+
+
+def test_a_dearer_power_price_makes_the_optimiser_propose_less_power() -> None:
+    env = GpuTuningEnv("RTX 3090", seed=3, ambient_c=30.0, window_s=300)
+    hist = _history(env, 14)
+
+    def proposal(price: float) -> list[float]:
+        bandit = optimizers.make("bandit", seed=1)  # the same draws for both prices
+        return bandit.propose(hist, tuning.Objective("profit", 0.01, price))
+
+    cheap, dear = proposal(0.0), proposal(2_000.0)
+    assert dear[0] < cheap[0]  # the power-limit knob
+    # an observation without a recorded power (an old checkpoint's) is left out of profit
+    old = [(x, j, t, r, h, math.nan) for x, j, t, r, h, _ in hist]
+    assert optimizers.usable(old, tuning.Objective("profit", 0.01, 80.0)) == []
+    assert len(optimizers.usable(old, tuning.J)) == len(old)
+
+
+def test_bayesopt_on_profit_beats_the_default_settings_within_a_few_trials() -> None:
+    money = tuning.Objective("profit", 0.01, 100.0)
+    env = GpuTuningEnv("RTX 4090", seed=5, ambient_c=32.0, window_s=600)
+    default = env.true_score(env.space.to_unit(env.space.default()), money).profit_per_day
+    assert default is not None
+    opt = optimizers.make("botorch", seed=3, objective=money)
+    hist: list[tuning.Observation] = []
+    for i in range(10):
+        x = env.space.to_unit(env.space.default()) if i == 0 else opt.propose(hist)
+        m, sc = env.evaluate(x, money)
+        hist.append((x, money.value(sc), m.temp_max_c, sc.reject_pct, m.hashrate_mhs,
+                     m.power_w))
+    best = optimizers.best_feasible(hist)
+    assert best is not None
+    assert money.value(env.true_score(best[0], money)) > 1.05 * default
+
+
+def test_online_trials_are_scored_at_the_price_in_force() -> None:
+    p = TunerParams(trials=3, settle_s=60, window_s=300, max_step=0.25, optimizer="scripted",
+                    objective="profit", revenue_per_mh_day=0.01, price_per_mwh=50.0)
+    sp = Space.for_card("RTX 3090")
+    x = sp.to_unit(Settings4(300.0, 0.0, 500.0, 22))
+    loop = Loop(scripted([x, x, x]), p)
+    loop.run(500)  # trial 1 at the configured price: no market price yet
+    assert len(loop.trials) == 1
+    # the market's price for the next hour
+    start = T0 + timedelta(seconds=loop.t)
+    loop.feed(PowerPriceObserved(
+        site="site-1", device_id="price", ts=start, source="t", market="real_time",
+        interval_start=start, interval_end=start + timedelta(hours=1), price_per_mwh=180.0,
+        currency="USD"))
+    loop.run(900)
+    first, later = loop.trials[0], loop.trials[-1]
+    assert (first.objective_kind, first.price_per_mwh) == ("profit", 50.0)
+    assert later.price_per_mwh == 180.0
+    for t in loop.trials:  # each as computed by hand from what its window measured
+        acc = t.accepted / (t.accepted + t.rejected + t.stale)
+        by_hand = t.hashrate_mhs * acc * 0.01 - t.power_w * 24 / 1e6 * (t.price_per_mwh or 0)
+        assert t.profit_per_day == pytest.approx(by_hand, abs=1e-5)
+    # the dearer power costs what it should at the same settings
+    assert first.profit_per_day is not None and later.profit_per_day is not None
+    assert later.profit_per_day < first.profit_per_day

@@ -297,6 +297,10 @@ class TuningTrial(BaseModel):
     efficiency_mh_per_j: float
     feasible: bool
     outcome: str
+    objective_kind: str = Field(description="What the tuner maximised: j or profit")
+    price_per_mwh: float | None = Field(description="Power price the trial was scored at")
+    profit_per_day: float | None = Field(
+        description="Revenue minus power cost per day at that price (None: no price known)")
 
 
 class TuningTrials(BaseModel):

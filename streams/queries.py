@@ -415,7 +415,8 @@ class Queries:
         return await self.read(
             f"SELECT ts, device_id, card, trial, optimizer, power_limit_w, core_offset_mhz, "
             f"mem_offset_mhz, intensity, hashrate_mhs, power_w, temp_max_c, reward, objective, "
-            f"efficiency_mh_per_j, feasible, outcome FROM (SELECT * FROM "
+            f"efficiency_mh_per_j, feasible, outcome, ifNull(objective_kind, 'j') AS "
+            f"objective_kind, price_per_mwh, profit_per_day FROM (SELECT * FROM "
             f"{self.db}.metrics_rewards WHERE kind = 'TuningTrialEvaluated' AND ts >= "
             f"{{s:{_T}}} AND ts < {{u:{_T}}} AND ({{d:String}} = '' OR device_id = {{d:String}})"
             f" LIMIT 1 BY event_id) ORDER BY ts DESC, device_id LIMIT {{n:UInt32}} "

@@ -208,7 +208,9 @@ function drawUplink(u) {
 function drawTuner(trials, gpus) {
   document.querySelector("#tuner tbody").replaceChildren(...trials.trials.slice(0, 20).map(t =>
     cells(document.createElement("tr"), [t.ts, t.device_id, t.trial, fix(t.power_limit_w, 0),
-      t.mem_offset_mhz, t.intensity, fix(t.objective, 2), t.outcome], [2, 3, 4, 5, 6])));
+      t.mem_offset_mhz, t.intensity, fix(t.objective, 2),
+      t.profit_per_day == null ? null : fix(t.profit_per_day, 3), t.objective_kind,
+      t.outcome], [2, 3, 4, 5, 6, 7])));
   document.querySelector("#profiles tbody").replaceChildren(...gpus.gpus.map(g => {
     const p = g.profile || {};
     return cells(document.createElement("tr"), [g.device_id, g.card, p.profile, fix(p.power_limit_w, 0),

@@ -136,7 +136,7 @@ def history_events() -> list[Event]:
         core_offset_mhz=0, mem_offset_mhz=900, intensity=24, window_s=300.0,
         hashrate_mhs=118.0, power_w=300.0, temp_max_c=72.0, accepted=140, rejected=0,
         stale=0, reward=99.8, objective=117.5, efficiency_mh_per_j=0.39, feasible=True,
-        outcome="kept"))
+        outcome="kept", objective_kind="profit", price_per_mwh=80.0, profit_per_day=0.604))
     out.append(RewardComputed(site="site-1", device_id="w1", ts=at(3), source="agent:rewards",
                               worker="w1", window_s=60, window_start=start, reward=84.5,
                               accepted_pct=90.0, rejected_pct=10.0, temp_c=71.0,
@@ -290,8 +290,9 @@ async def test_alerts_energy_shares_rewards_and_jobs(served: Any) -> None:
     assert [(j["job_id"], j["state"]) for j in jobs] == [("job-1", "accepted")]
     trials = (await client.get("/v1/tuner/trials", headers=READ, params={
         "device_id": "rig01-gpu0"})).json()["trials"]
-    assert [(t["trial"], t["mem_offset_mhz"], t["objective"], t["outcome"]) for t in trials] \
-        == [(1, 900, 117.5, "kept")]
+    assert [(t["trial"], t["mem_offset_mhz"], t["objective"], t["outcome"], t["objective_kind"],
+             t["price_per_mwh"], t["profit_per_day"]) for t in trials] \
+        == [(1, 900, 117.5, "kept", "profit", 80.0, 0.604)]
 
 
 async def test_history_buckets_per_device_and_for_the_fleet(served: Any) -> None:

@@ -267,9 +267,9 @@ async def test_a_proof_whose_answer_is_lost_is_sent_again_and_credited_once(farm
     ep = farm.endpoints()["coordinator"]
     farm.coordinator.job_size = 64
     farm.coordinator.job_mix = ("torch_bench",)
-    farm.coordinator.slow_proof_replies, farm.coordinator.proof_reply_delay_s = 1, 2.0
+    farm.coordinator.slow_proof_replies, farm.coordinator.proof_reply_delay_s = 1, 3.0
     sink = ListSink()
-    miner = CoordinatorMiner(CoordinatorClient(ep["url"], ep["api_key"], timeout_s=0.5),
+    miner = CoordinatorMiner(CoordinatorClient(ep["url"], ep["api_key"], timeout_s=1.0),
                              Emitter(sink, source="t", site="s"), miner_id="m-1",
                              wallet="w-lost", retry_s=0.2)
     final = await miner.poll_once()

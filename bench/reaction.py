@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.profiling import summarize
 from connectors.cgminer import rpc
 from schemas.commands import CommandAcknowledged
 from sim.farm import Farm, FarmConfig
@@ -160,27 +160,6 @@ def start_profiles(up: subprocess.Popen[bytes], out: Path, tag: str) -> list[Any
                               str(out / f"{tag}-{process_name(pid)}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for pid in stack_pids(up)]
-
-
-def summarize(path: Path, top: int = 12) -> None:
-    """The functions of hashplane's own code (and the engines it calls) that the samples
-    of one process were in, by share of samples (inclusive)."""
-    counts: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        frames = {f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1].split(":")[0]
-                  for f in stack.split(";")
-                  if any(k in f for k in ("chdb", "aiokafka/producer", "aiokafka/consumer"))
-                  or ("site-packages" not in f and "cli.py" not in f
-                      and any(k in f for k in ("streams/", "agents/", "connectors/")))}
-        counts.update(dict.fromkeys(frames, int(n)))
-    print(f"  {path.name}: {total} samples")
-    for name, hits in counts.most_common(top):
-        print(f"    {100 * hits / max(1, total):5.1f}%  {name})")
 
 
 def resident_kib(pid: int) -> int:

@@ -48,6 +48,16 @@ EVENT_COLUMNS = (
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(t: datetime) -> int:
+    """A ``DateTime64(3, 'UTC')`` value as the log stores it: whole milliseconds since the
+    epoch (exact: integer arithmetic, the same value the client computes from ``t``)."""
+    return (t - _EPOCH) // _MS
+
+
 @dataclass(frozen=True)
 class Migration:
     """A numbered, named DDL step; applied once, recorded in ``schema_migrations``."""
@@ -235,7 +245,10 @@ class HistoryStore:
     # -- writes and reads -----------------------------------------------------------------
 
     def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert raw-log rows (columns ``EVENT_COLUMNS``) in one atomic insert."""
+        """Insert raw-log rows (columns ``EVENT_COLUMNS``) in one atomic insert.  A column's
+        values are all of one form: the event id a ``UUID`` or its ``int``, the times
+        ``datetime`` or ``epoch_ms`` integers (the sink's rows: the client writes those as
+        they are)."""
         if not rows:
             return
         with self._lock:

@@ -79,6 +79,11 @@ async def test_events_reach_clickhouse_once_and_redelivery_is_not_stored_twice(
     first = next(e for e in events if e.device_id == "w7")
     assert (row["event_id"], row["accepted"], row["ts"]) == (first.event_id, first.accepted,
                                                              first.ts)
+    # the log's own columns (the sink writes ids and times as integers) say the same
+    logged = store.query_dicts("SELECT event_id, ts, device_id FROM hashplane.events "
+                               "WHERE topic = 'shares' ORDER BY ts")
+    assert [(r["event_id"], r["ts"], r["device_id"]) for r in logged] == [
+        (e.event_id, e.ts, e.device_id) for e in sorted(events, key=lambda e: e.ts)]
 
 
 async def test_sink_killed_mid_batch_and_restarted_stores_each_event_exactly_once(
@@ -164,3 +169,28 @@ async def test_undecodable_records_go_to_dlq_with_reason_and_the_sink_goes_on(
     assert "not JSON" in rows[0]["reason"] and base64.b64decode(rows[0]["raw"]) == b"\x00garbage"
     assert "worker" in rows[1]["reason"] and rows[1]["device_id"] == "w2"
     assert counts(store) == (10, 10, 10)
+
+
+def test_times_go_into_the_log_as_the_client_would_write_them(store: HistoryStore) -> None:
+    """``epoch_ms`` truncates to the millisecond as clickhouse-connect does for a datetime:
+    the same instants stored both ways read back equal."""
+    from datetime import UTC, datetime
+
+    from streams.history import epoch_ms
+
+    micros = (0, 999, 1000, 123999, 999999)
+    instants = [datetime(2026, 12, 3, 12, 0, 0, us, tzinfo=UTC) for us in micros]
+    instants.append(datetime(2030, 1, 1, 23, 59, 59, 999500, tzinfo=UTC))
+    for n, t in enumerate(instants):
+        for form, value in (("datetime", t), ("epoch_ms", epoch_ms(t))):
+            store.insert_events([(f"00000000-0000-0000-0000-{n:06d}{len(form):06d}", "shares",
+                                  "ShareCountsObserved", 1, "site-1", form, value, value,
+                                  "test", "{}", 0, n)])
+    rows = store.query("SELECT device_id, kafka_offset, ts, ingested_at FROM hashplane.events "
+                       "ORDER BY kafka_offset, device_id")
+    by_form: dict[str, list[tuple[object, object]]] = {}
+    for form, _, ts, ingested in rows:
+        by_form.setdefault(form, []).append((ts, ingested))
+    assert by_form["datetime"] == by_form["epoch_ms"]
+    assert [ts for ts, _ in by_form["epoch_ms"]] == [
+        t.replace(microsecond=t.microsecond // 1000 * 1000) for t in instants]

@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/discover.py
 	$(BIN)/python bench/control_quality.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,4 +1,5 @@
-"""Where a sampled process's time went: py-spy raw stacks summarised by function."""
+"""Where a sampled process's time went (py-spy raw stacks summarised by function), and what
+memory it holds."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def summarize(path: Path, top: int = 12,
     print(f"  {path.name}: {total} samples")
     for name, hits in counts.most_common(top):
         print(f"    {100 * hits / max(1, total):5.1f}%  {name})")
+
+
+def status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory as the kernel counts it, KiB: ``VmRSS`` (resident now) or
+    ``VmHWM`` (its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.profiling import summarize
+from bench.profiling import status_kib, summarize
 from connectors.cgminer import rpc
 from schemas.commands import CommandAcknowledged
 from sim.farm import Farm, FarmConfig
@@ -162,14 +162,6 @@ def start_profiles(up: subprocess.Popen[bytes], out: Path, tag: str) -> list[Any
             for pid in stack_pids(up)]
 
 
-def resident_kib(pid: int) -> int:
-    """A process's resident memory (VmRSS), KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def stop_profiles(spies: list[Any]) -> None:
     for p in spies:
         p.send_signal(signal.SIGINT)
@@ -264,7 +256,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
         if profile:
             for f in sorted(profile.glob(f"{n}-{fleet}-*.txt")):
                 summarize(f)
-        rss = {process_name(pid): resident_kib(pid) for pid in stack_pids(up)}
+        rss = {process_name(pid): status_kib(pid) for pid in stack_pids(up)}
         if trace:  # the worker logs each fold slower than streams.worker.SLOW_S
             slow = [line.split(": ", 1)[-1] for line in (work / "data" / "worker.log")
                     .read_text(errors="replace").splitlines() if " took " in line]

@@ -77,7 +77,7 @@ def site_events(asics: int, polls: int, end: datetime) -> list[Event]:
                 site="site-1", device_id=d, ts=ts, source="bench", model="S19j Pro",
                 state="running", hashrate_ths=104.0, hashrate_avg_ths=104.0, power_w=DRAW_W,
                 temp_chip_c=70.0, accepted=20 * poll, rejected=poll // 3, stale=0,
-                hardware_errors=0, elapsed_s=600 + poll * POLL_S,
+                hardware_errors=0, elapsed_s=600 + int(poll * POLL_S),
                 pool_url="stratum+tcp://pool:3333"))
             out.append(ShareCountsObserved(
                 site="site-1", device_id=d, ts=ts, source="bench", worker=f"acct.{d}",
@@ -100,7 +100,9 @@ async def produce(bootstrap: str, events: list[Event]) -> None:
 
 async def lag(bootstrap: str, group: str, topics: list[str]) -> int:
     """Records of ``topics`` the group has not committed yet (against the high watermarks a
-    fetch reports: Tansu's ListOffsets alone answers short)."""
+    fetch reports: Tansu's ListOffsets alone answers short).  Unlike the API's
+    ``consumer_lag``, a partition the group has not committed at all counts whole: here
+    "nothing committed yet" means behind, not unknown."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()
     try:

@@ -415,6 +415,6 @@ def _load(state: EnergyState, key: str, v: Any) -> None:
 
 SPEC = AgentSpec[EnergyState, EnergyParams](
     name="energy", source=SOURCE, inputs=members(EnergyInput), params=params,
-    state=EnergyState, step=step, live=publishable,
+    state=EnergyState, step=step, live=publishable, lane="control",
     durable=Durable(table="energy_caps", keys=lambda _: ("cap", "price"), save=_save,
                     load=_load, ledger=(CapSiteLoad, PowerPriceObserved, HashpriceObserved)))

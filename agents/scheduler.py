@@ -302,6 +302,6 @@ def _save(state: SchedulerState, device: str) -> list[Any] | None:
 #: again.
 SPEC = AgentSpec[SchedulerState, SchedulerParams](
     name="scheduler", source=SOURCE, inputs=members(SchedulerInput), params=params,
-    state=SchedulerState, step=step, commit_first=True,
+    state=SchedulerState, step=step, commit_first=True, lane="control",
     durable=Durable(table="scheduler_asics", keys=lambda s: s.asics, save=_save, load=restore,
                     ledger=(CommandAcknowledged,)))

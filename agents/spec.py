@@ -11,6 +11,10 @@ Two scopes:
   runner brings the partitioned ones through the single-partition site feed).
 * ``partition``: one state per record key (a device), on the input topic's own partitions;
   the step also gets the record's (partition, offset) so a redelivery changes nothing.
+
+Two lanes: ``hashplane up`` runs the ``control`` agents (the demand-response path) in a
+worker process of their own and every other agent in the ``main`` one; ``hashplane worker``
+runs both lanes in one process unless ``--lane`` names one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from schemas.envelope import Event
 from schemas.settings import Settings
 
 S = TypeVar("S")
+Lane = Literal["control", "main"]
+#: every lane, in the order ``up`` starts their worker processes
+LANES: tuple[Lane, ...] = ("control", "main")
 P = TypeVar("P")
 
 #: ``step(state, event, params) -> (state, outputs)``; a partition-scoped step also takes the
@@ -86,6 +93,10 @@ class AgentSpec(Generic[S, P]):
     #: make the state durable (flush the changelog) before its outputs go out
     commit_first: bool = False
     enabled: Callable[[Settings], bool] = lambda _: True
+    #: the worker process it runs in when the lanes are split (``hashplane worker --lane``):
+    #: ``control`` for the demand-response path (meter -> energy -> scheduler), which must not
+    #: share an event loop and a producer with the fleet's telemetry and share counts
+    lane: Lane = "main"
 
     def wants(self, event: Event) -> bool:
         """Whether this agent folds ``event``."""

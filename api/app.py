@@ -38,9 +38,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 
 def pipeline_groups(s: Settings) -> list[str]:
-    """Consumer groups whose lag /metrics reports."""
-    return [s.app_id, s.sink_group, f"{s.app_id}-asic-actuator", f"{s.app_id}-gpu-actuator",
-            f"{s.app_id}-alert-sinks"]
+    """Consumer groups whose lag /metrics reports (the worker's and its control lane's)."""
+    return [s.app_id, f"{s.app_id}-control", s.sink_group, f"{s.app_id}-asic-actuator",
+            f"{s.app_id}-gpu-actuator", f"{s.app_id}-alert-sinks"]
 
 
 def create_api(settings: Settings, store: HistoryStore, *, live: bool = True,

@@ -144,8 +144,10 @@ def stack_pids(up: subprocess.Popen[bytes]) -> list[int]:
 def process_name(pid: int) -> str:
     """The hashplane subcommand a process runs (up, worker), else "proc"."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    return argv[3].decode() if len(argv) > 3 and argv[1:3] == [b"-m", b"streams.cli"] \
-        else "proc"
+    if len(argv) <= 3 or argv[1:3] != [b"-m", b"streams.cli"]:
+        return "proc"
+    lane = argv[argv.index(b"--lane") + 1].decode() if b"--lane" in argv else "all"
+    return f"worker-{lane}" if argv[3] == b"worker" and lane == "control" else argv[3].decode()
 
 
 def start_profiles(up: subprocess.Popen[bytes], out: Path, tag: str) -> list[Any]:
@@ -169,8 +171,15 @@ def stop_profiles(spies: list[Any]) -> None:
         p.wait(30)
 
 
+#: The worker layouts compared: every agent in one worker process (before #18's lanes), and
+#: the control path's agents in a worker of their own (``HASHPLANE_CONTROL_LANE``, the
+#: default).
+LAYOUTS: dict[str, str] = {"one": "false", "lanes": "true"}
+
+
 async def run(n: int, dips: int, work: Path, trace: bool = False,
-              fleet: str = "luxos", profile: Path | None = None) -> dict[str, Any]:
+              fleet: str = "luxos", profile: Path | None = None,
+              layout: str = "lanes") -> dict[str, Any]:
     farm = Farm(FarmConfig(asics=n, gpu_rigs=0, model_endpoints=0, data_dir=work / "sim",
                            asic_base_ip="127.1.0.1", speed=30.0, firmware_mix=FLEETS[fleet],
                            coordinator=False))
@@ -187,7 +196,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
                HASHPLANE_BAND_HOLD_S="1", HASHPLANE_SCHED_MIN_ON_S="0",
                HASHPLANE_SCHED_MIN_OFF_S="0", HASHPLANE_SCHED_WAKE_BATCH=str(n),
                HASHPLANE_SCHED_WAKE_INTERVAL_S="0", HASHPLANE_ENERGY_MARGIN_KW="0",
-               HASHPLANE_LOG_LEVEL="WARNING")
+               HASHPLANE_LOG_LEVEL="WARNING", HASHPLANE_CONTROL_LANE=LAYOUTS[layout])
     up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--site", str(devices),
                            "--env-file", str(devices.with_suffix(".env"))],
                           env=env, stdout=open(work / "up.log", "wb"), stderr=subprocess.STDOUT)
@@ -215,7 +224,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
         last: list[float] = []
         every: list[float] = []
         failed: list[int] = []  # dips whose acks did not all arrive in 60 s: how many did
-        spies = start_profiles(up, profile, f"{n}-{fleet}") if profile else []
+        spies = start_profiles(up, profile, f"{n}-{fleet}-{layout}") if profile else []
         for _ in range(dips):
             try:
                 await until(lambda: all(a.state in ("running", "waking") for a in farm.asics),
@@ -254,14 +263,16 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
             step_grid(farm, 50.0)
         stop_profiles(spies)
         if profile:
-            for f in sorted(profile.glob(f"{n}-{fleet}-*.txt")):
+            for f in sorted(profile.glob(f"{n}-{fleet}-{layout}-*.txt")):
                 summarize(f)
         rss = {process_name(pid): status_kib(pid) for pid in stack_pids(up)}
-        if trace:  # the worker logs each fold slower than streams.worker.SLOW_S
-            slow = [line.split(": ", 1)[-1] for line in (work / "data" / "worker.log")
-                    .read_text(errors="replace").splitlines() if " took " in line]
-            print("  slow folds in the worker:", *slow[-12:], sep="\n    ")
-        return {"n": n, "fleet": fleet, "last": last, "every": every, "failed": failed,
+        if trace:  # each worker logs each fold slower than streams.worker.SLOW_S
+            for log in sorted((work / "data").glob("worker*.log")):
+                slow = [line.split(": ", 1)[-1] for line in log.read_text(errors="replace")
+                        .splitlines() if " took " in line]
+                print(f"  slow folds in {log.stem}:", *slow[-12:], sep="\n    ")
+        return {"n": n, "fleet": fleet, "layout": layout, "last": last, "every": every,
+                "failed": failed,
                 "floor": METER_POLL_S + statistics.median(fleet_rtts),
                 "fleet_rpc": statistics.median(fleet_rtts), "rtt": statistics.median(rtts),
                 "rss": rss}
@@ -277,26 +288,31 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
 
 
 async def main(sizes: list[int], dips: int, trace: bool, fleets: list[str],
-               profile: Path | None = None) -> None:
+               profile: Path | None = None, layouts: tuple[str, ...] = ("lanes",)) -> None:
     print(f"hashplane reaction benchmark: {dips} dips per fleet, {os.cpu_count()} cores; "
           f"grid stepped to 49.4 Hz -> last applied SleepAsic ack; fleets: "
-          + "; ".join(f"{f} ({', '.join(FLEETS[f])})" for f in fleets))
+          + "; ".join(f"{f} ({', '.join(FLEETS[f])})" for f in fleets)
+          + f"; workers: {', '.join(layouts)}")
     rows = []
     for n in sizes:
         for fleet in fleets:
-            rows.append(await run(n, dips, Path(tempfile.mkdtemp(
-                prefix=f"hashplane-react-{n}-{fleet}-")), trace, fleet, profile))
-    print(f"\n{'ASICs':>6} {'fleet':>6} {'last ack p50':>13} {'p99':>7} {'every ack p50':>14} "
-          f"{'p99':>7} {'floor':>7}  (poll {METER_POLL_S:g} s + every miner's RPC in flight)")
+            for layout in layouts:
+                rows.append(await run(n, dips, Path(tempfile.mkdtemp(
+                    prefix=f"hashplane-react-{n}-{fleet}-{layout}-")), trace, fleet, profile,
+                    layout))
+    print(f"\n{'ASICs':>6} {'fleet':>6} {'workers':>7} {'last ack p50':>13} {'p99':>7} "
+          f"{'every ack p50':>14} {'p99':>7} {'floor':>7}  (poll {METER_POLL_S:g} s + every "
+          f"miner's RPC in flight)")
     for r in rows:
+        head = f"{r['n']:>6} {r['fleet']:>6} {r['layout']:>7}"
         if not r["last"]:
-            print(f"{r['n']:>6} {r['fleet']:>6} no dip completed ({len(r['failed'])} failed)")
+            print(f"{head} no dip completed ({len(r['failed'])} failed)")
             continue
         if r["failed"]:
-            print(f"{r['n']:>6} {r['fleet']:>6} {len(r['failed'])} of "
+            print(f"{head} {len(r['failed'])} of "
                   f"{len(r['failed']) + len(r['last'])} dips incomplete after 60 s "
                   f"(acks seen: {', '.join(map(str, r['failed']))})")
-        print(f"{r['n']:>6} {r['fleet']:>6} {pct(r['last'], 50):>12.3f}s "
+        print(f"{head} {pct(r['last'], 50):>12.3f}s "
               f"{pct(r['last'], 99):>6.3f}s "
               f"{pct(r['every'], 50):>13.3f}s {pct(r['every'], 99):>6.3f}s "
               f"{r['floor']:>6.3f}s  (fleet RPC {r['fleet_rpc']:.3f} s, one RPC "
@@ -316,5 +332,9 @@ if __name__ == "__main__":
                     help="per dip: when the reading, the headroom, the commands and acks arrived")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="sample the stack's processes with py-spy during the dips, into DIR")
+    ap.add_argument("--workers", nargs="+", choices=list(LAYOUTS), default=["lanes"],
+                    help="one worker process for every agent, and/or the control lane in a "
+                         "worker of its own (default: lanes, what `up` runs)")
     args = ap.parse_args()
-    asyncio.run(main(args.asics, args.dips, args.trace, args.fleets, args.profile))
+    asyncio.run(main(args.asics, args.dips, args.trace, args.fleets, args.profile,
+                     tuple(args.workers)))

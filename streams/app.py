@@ -14,15 +14,27 @@ from schemas.envelope import Event
 from schemas.plausibility import implausible
 from schemas.settings import Settings
 from streams.codec import DecodeError, dead_letter, decode, dlq_id
+from streams.topics import changelog_topic
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, **overrides: Any) -> faust.App:
+def site_table(app_id: str) -> type[faust.Table[Any, Any]]:
+    """Faust's table class, with its changelog named by ``changelog_topic``."""
+
+    class SiteTable(faust.Table[Any, Any]):
+        def _changelog_topic_name(self) -> str:
+            return changelog_topic(app_id, self.name)
+
+    return SiteTable
+
+
+def create_app(settings: Settings, app_id: str | None = None, **overrides: Any) -> faust.App:
     """A Faust app on ``settings.kafka_bootstrap`` with join timings that suit the broker.
 
-    Tables live in memory and are rebuilt from their changelog topics on start; the broker,
-    not local disk, is their durable copy.
+    ``app_id`` (the consumer group) defaults to ``settings.app_id``.  Tables live in memory
+    and are rebuilt from their changelog topics on start; the broker, not local disk, is
+    their durable copy.
     """
     conf: dict[str, Any] = {
         # hashplane:// is Faust's aiokafka transport with a short fetch wait (kafka_transport)
@@ -41,9 +53,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "web_enabled": False,
         "table_standby_replicas": 0,
         "stream_wait_empty": False,
+        "Table": site_table(settings.app_id),
     }
     conf.update(overrides)
-    return faust.App(settings.app_id, **conf)
+    return faust.App(app_id or settings.app_id, **conf)
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:

@@ -140,23 +140,27 @@ def _own_info_handler(s: Settings) -> logging.Handler:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from streams.restore import RecoveryGuard, prepare_changelogs
+    from streams.restore import RecoveryGuard, broker_cluster_id, prepare_changelogs
     from streams.topics import ensure_topics_retrying
     from streams.worker import build_app
 
     s = _settings(args)
     _logging(s.log_level)
 
-    async def prepare() -> str:
+    async def prepare() -> tuple[str | None, str]:
         # Started during a broker outage, it waits for the broker; the site agents' internal
         # feed (and the contract topics) exist before Faust subscribes; empty changelogs
-        # (the broker lost them) are filled from the history first.
+        # (the broker lost them) are filled from the history first.  The cluster id comes
+        # first: a broker that restarts from here on is one the watchdog must see as new.
         await ensure_topics_retrying(s.kafka_bootstrap, s.topic_replication)
-        return await prepare_changelogs(s)
+        cluster = await broker_cluster_id(s.kafka_bootstrap)
+        return cluster, await prepare_changelogs(s, args.lane)
 
-    logging.getLogger("hashplane.worker").warning("%s", asyncio.run(prepare()))
-    app = build_app(s)
-    RecoveryGuard(app, s, s.restore_timeout_s).start()
+    who = "worker" if args.lane == "all" else f"worker-{args.lane}"
+    cluster, done = asyncio.run(prepare())
+    logging.getLogger("hashplane.worker").warning("%s: %s", who, done)
+    app = build_app(s, lane=args.lane, cluster_id=cluster)
+    RecoveryGuard(app, s, s.restore_timeout_s, who).start()
     level = "warning" if s.log_level.upper() == "INFO" else s.log_level.lower()
     app.conf.loghandlers = [*app.conf.loghandlers, _own_info_handler(s)]
     worker = faust.Worker(app, loglevel=level, quiet=True, logfile=None,
@@ -699,7 +703,9 @@ def _banner(stack: Any, embedded: bool) -> None:
         *([f"  farm       {_farm_line(stack.farm)}",
            f"  inventory  {stack.endpoints_file}"] if stack.farm else []),
         f"  ClickHouse {s.history_dsn} (database {s.clickhouse_database})",
-        f"  logs       {s.data_dir}/worker.log, {s.data_dir}/broker.log",
+        f"  logs       {s.data_dir}/worker.log"
+        f"{f', {s.data_dir}/worker-control.log' if s.control_lane else ''}, "
+        f"{s.data_dir}/broker.log",
         "  Ctrl-C stops everything; the history stays readable.",
         "",
     ]
@@ -823,7 +829,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "API and every device class; says what is wrong in plain words"))
     doc.add_argument("--site", default=None, help="the site inventory (TOML) to check too")
     doc.set_defaults(func=cmd_doctor)
-    common(sub.add_parser("worker", help="run the Faust agents")).set_defaults(func=cmd_worker)
+    w = common(sub.add_parser("worker", help="run the Faust agents"))
+    w.add_argument("--lane", choices=("all", "control", "main"), default="all",
+                   help="run every agent (all), or one lane's: the control path's agents "
+                        "(energy, scheduler, the site feed's forwarder; consumer group "
+                        "<app_id>-control) or the rest (main: share ratios and the other "
+                        "agents).  `up` "
+                        "runs control and main as two processes unless "
+                        "HASHPLANE_CONTROL_LANE=false")
+    w.set_defaults(func=cmd_worker)
     common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(
         func=cmd_sink)
     a = common(sub.add_parser("api", help="run the operator API, the dashboard and /metrics"))

@@ -1,10 +1,10 @@
 """The site agents' durable state across a broker that forgets (the embedded Tansu broker
 keeps topics in memory: its restart loses every Faust changelog).
 
-Two paths, both in the worker process:
+Two paths, both in the worker process (in each lane's, for the tables of its agents):
 
 * **At start** (``prepare_changelogs``, before Faust starts): when every site table's
-  changelog topic is empty or missing, the state is rebuilt from ClickHouse with the
+  changelog topic of the lane is empty or missing, the state is rebuilt from ClickHouse with the
   replay fold (``streams.replay.restore``) and written into the changelog topics, so Faust's
   own recovery loads it and the agents act on it at their first event.  The fold runs where
   the history is: straight on a ClickHouse server (``HASHPLANE_CLICKHOUSE_DSN``), or, with
@@ -33,9 +33,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from agents.registry import durable_site_agents
+from agents.registry import AGENTS, durable_site_agents
 from schemas.alerts import AlertFired, AlertResolved
 from schemas.settings import Settings
+from streams.topics import changelog_topic
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,22 @@ log = logging.getLogger(__name__)
 #: all with one partition.  Persistent names (STYLE.md 12).
 SITE_TABLES = tuple(a.durable.table for a in durable_site_agents() if a.durable is not None)
 
+
+def lane_tables(lane: str) -> tuple[str, ...]:
+    """The site tables a worker of ``lane`` holds (``all``: every one)."""
+    return tuple(a.durable.table for a in durable_site_agents()
+                 if a.durable is not None and lane in ("all", a.lane))
+
+
+def lane_changelogs(lane: str) -> tuple[str, ...] | None:
+    """Every table (site and partition scoped) a worker of ``lane`` holds; None for ``all``
+    (every changelog topic of the app)."""
+    if lane == "all":
+        return None
+    return tuple(t for a in AGENTS if a.lane == lane
+                 for t in (a.durable.table if a.durable else "", a.partition_table) if t)
+
 Tables = dict[str, dict[str, Any]]
-
-
-def changelog_topic(app_id: str, table: str) -> str:
-    """Faust's changelog topic of a table."""
-    return f"{app_id}-{table}-changelog"
 
 
 async def changelog_ends(bootstrap: str, app_id: str) -> dict[str, int]:
@@ -108,9 +119,10 @@ async def seed_changelogs(bootstrap: str, app_id: str, tables: Tables,
 SEAL_KEY = "__seal__"
 
 
-async def seal_changelogs(bootstrap: str, app_id: str) -> int:
+async def seal_changelogs(bootstrap: str, app_id: str,
+                          tables: tuple[str, ...] | None = None) -> int:
     """Append one record, alone in its produce request, to every non-empty partition of the
-    app's changelog topics; return how many were sealed.
+    app's changelog topics (of ``tables`` only, when given); return how many were sealed.
 
     Tansu answers ListOffsets(latest) with the last batch's base offset + 1, not the high
     watermark, and Faust's table recovery reads a changelog up to that answer: the rest of
@@ -121,8 +133,10 @@ async def seal_changelogs(bootstrap: str, app_id: str) -> int:
                                 enable_auto_commit=False)
     await consumer.start()
     try:
+        mine = None if tables is None else {changelog_topic(app_id, t) for t in tables}
         names = [t for t in await consumer.topics()
-                 if t.startswith(f"{app_id}-") and t.endswith("-changelog")]
+                 if t.startswith(f"{app_id}-") and t.endswith("-changelog")
+                 and (mine is None or t in mine)]
         tps = [TopicPartition(t, p) for t in names
                for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = await consumer.end_offsets(tps) if tps else {}
@@ -185,21 +199,35 @@ async def fetch_restored(settings: Settings) -> Tables | None:
             delay = min(5.0, delay * 2)
 
 
-async def prepare_changelogs(settings: Settings) -> str:
-    """Before Faust starts: restore the durable state into empty changelogs (see module
-    docstring); return what was done, for the log."""
+async def broker_cluster_id(bootstrap: str) -> str | None:
+    """The broker's cluster id (a restarted embedded broker has a new one)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        cluster = (await admin.describe_cluster()).get("cluster_id")
+        return str(cluster) if cluster else None
+    finally:
+        await admin.close()
+
+
+async def prepare_changelogs(settings: Settings, lane: str = "all") -> str:
+    """Before Faust starts: restore the durable state of the lane's site tables (each lane's
+    worker restores its own) into their changelogs when all of them are empty (see module
+    docstring), and seal the lane's changelogs; return what was done, for the log."""
+    tables, sealing = lane_tables(lane), lane_changelogs(lane)
     ends = await changelog_ends(settings.kafka_bootstrap, settings.app_id)
-    if any(ends.get(t, 0) > 0 for t in SITE_TABLES):
-        sealed = await seal_changelogs(settings.kafka_bootstrap, settings.app_id)
+    if not tables or any(ends.get(t, 0) > 0 for t in tables):
+        sealed = await seal_changelogs(settings.kafka_bootstrap, settings.app_id, sealing)
         return (f"changelog topics hold the site state: Faust recovers it from them "
                 f"({sealed} partitions sealed)")
-    tables = await fetch_restored(settings)
-    if tables is None:
+    restored = await fetch_restored(settings)
+    if restored is None:
         return "site state NOT restored (no history source): starting from empty tables"
-    n = await seed_changelogs(settings.kafka_bootstrap, settings.app_id, tables,
+    restored = {t: v for t, v in restored.items() if t in tables}
+    n = await seed_changelogs(settings.kafka_bootstrap, settings.app_id, restored,
                               settings.topic_replication)
-    await seal_changelogs(settings.kafka_bootstrap, settings.app_id)
-    sizes = ", ".join(f"{t} {len(tables.get(t, {}))}" for t in SITE_TABLES)
+    await seal_changelogs(settings.kafka_bootstrap, settings.app_id, sealing)
+    sizes = ", ".join(f"{t} {len(restored.get(t, {}))}" for t in tables)
     return f"site state restored from the history into the changelogs ({n} entries: {sizes})"
 
 
@@ -213,10 +241,15 @@ class ChangelogWatchdog:
     rewritten until a rewrite succeeds, whatever the later looks say."""
 
     def __init__(self, app: Any, settings: Settings, look_timeout_s: float = 15.0,
-                 silent_warn_s: float = 30.0) -> None:
+                 silent_warn_s: float = 30.0, cluster_id: str | None = None) -> None:
         self.app, self.settings = app, settings
+        #: the site tables this worker holds (its lane's), registered before the watchdog
+        self.tables = tuple(t for t in SITE_TABLES if t in app.tables)
         self.look_timeout_s, self.silent_warn_s = look_timeout_s, silent_warn_s
-        self.cluster_id: str | None = None
+        #: the broker's cluster id when the tables were recovered (``broker_cluster_id``
+        #: before Faust starts): a broker that restarts before the first look is a new
+        #: cluster too, though Faust's writes may have created its changelog topics again
+        self.cluster_id: str | None = cluster_id
         self.reseeds = 0
         self.lost: str | None = None  # what the last look found lost, until rewritten
         self._admin: AIOKafkaAdminClient | None = None
@@ -248,7 +281,7 @@ class ChangelogWatchdog:
             await self._drop_admin()
             return False
         self._answered()
-        missing = [t for t in SITE_TABLES
+        missing = [t for t in self.tables
                    if changelog_topic(self.settings.app_id, t) not in topics]
         changed = self.cluster_id is not None and cluster != self.cluster_id
         self.cluster_id = cluster
@@ -262,7 +295,7 @@ class ChangelogWatchdog:
             await create_changelogs(self.settings.kafka_bootstrap, self.settings.app_id,
                                     self.settings.topic_replication)
             n = 0
-            for name in SITE_TABLES:
+            for name in self.tables:
                 table = self.app.tables.get(name)
                 if table is None:
                     continue
@@ -305,11 +338,13 @@ class RecoveryGuard(threading.Thread):
     """Says loudly when Faust's table recovery holds the agents for longer than
     ``bound_s`` (nothing is decided meanwhile): a CRITICAL log line and a critical
     ``worker_recovery_stalled`` alert on the alerts topic (SMS, webhooks), resolved when the
-    recovery ends.  A thread, so it speaks even when recovery holds the event loop busy."""
+    recovery ends.  A thread, so it speaks even when recovery holds the event loop busy.
+    ``who`` names the worker in the alert (a lane's: ``worker-control``)."""
 
-    def __init__(self, app: Any, settings: Settings, bound_s: float) -> None:
+    def __init__(self, app: Any, settings: Settings, bound_s: float,
+                 who: str = "worker") -> None:
         super().__init__(name="recovery-guard", daemon=True)
-        self.app, self.settings, self.bound_s = app, settings, bound_s
+        self.app, self.settings, self.bound_s, self.who = app, settings, bound_s, who
         self.fired: AlertFired | None = None
 
     def run(self) -> None:
@@ -332,9 +367,9 @@ class RecoveryGuard(threading.Thread):
     def _alert(self, held: float) -> AlertFired:
         now = datetime.now(UTC)
         alert = AlertFired(
-            site=self.settings.site, device_id="worker", ts=now, source="worker:recovery",
+            site=self.settings.site, device_id=self.who, ts=now, source="worker:recovery",
             rule="worker_recovery_stalled", severity="critical",
-            dedup_key=f"{self.settings.site}/worker_recovery_stalled",
+            dedup_key=f"{self.settings.site}/{self.who}_recovery_stalled",
             message=f"the agents' table recovery has taken {held:.0f} s: the control plane "
                     f"makes no decision until it ends", value=held, threshold=self.bound_s)
         self._send(alert)

@@ -266,15 +266,24 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
     return {k: v for k, v in out.items() if names is None or k in names}
 
 
-def spawn_worker(settings: Settings, log_path: Any = None) -> subprocess.Popen[bytes]:
-    """Start ``hashplane worker`` (the Faust agents) as a child process that dies with us."""
+def worker_lanes(settings: Settings) -> dict[str, str]:
+    """The worker processes ``up`` runs, name -> lane: the control path's agents in one of
+    their own and the rest in ``worker`` (``control_lane``), or every agent in ``worker``."""
+    return {"worker-control": "control", "worker": "main"} if settings.control_lane \
+        else {"worker": "all"}
+
+
+def spawn_worker(settings: Settings, log_path: Any = None,
+                 lane: str = "all") -> subprocess.Popen[bytes]:
+    """Start ``hashplane worker --lane LANE`` (the Faust agents) as a child process that
+    dies with us."""
     from streams.broker import die_with_parent
 
     out: Any = subprocess.DEVNULL
     if log_path is not None:
         out = open(log_path, "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker"],
+        [sys.executable, "-m", "streams.cli", "worker", "--lane", lane],
         env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT,
         preexec_fn=die_with_parent)
 
@@ -354,9 +363,10 @@ async def run_stack(settings: Settings, opts: StackOptions,
             stack.store = HistoryStore(settings.history_dsn, settings.clickhouse_database)
             await asyncio.to_thread(_open_store, stack.store)
         if opts.worker:
-            worker_log = settings.data_dir / "worker.log"
             s_worker = settings
-            sup.process("worker", lambda: spawn_worker(s_worker, worker_log))
+            for name, lane in worker_lanes(settings).items():
+                log_path = settings.data_dir / f"{name}.log"
+                sup.process(name, partial(spawn_worker, s_worker, log_path, lane))
         if opts.sink:
             assert stack.store is not None
             store = stack.store

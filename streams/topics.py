@@ -35,6 +35,14 @@ SITE_FEED = "hashplane.site-feed"
 INTERNAL: tuple[tuple[str, int, int], ...] = ((SITE_FEED, 1, 24 * 3_600_000),)
 
 
+def changelog_topic(app_id: str, table: str) -> str:
+    """A Faust table's changelog topic.  Named after the site's app id (``settings.app_id``),
+    not after the Faust app of the process holding the table: a lane's worker process (its
+    own consumer group, ``hashplane worker --lane``) keeps the names that one worker running
+    every agent uses (``streams.app.site_table``)."""
+    return f"{app_id}-{table}-changelog"
+
+
 async def ensure_topics(
     bootstrap: str, specs: tuple[TopicSpec, ...] = TOPICS, replication: int = 1, prefix: str = ""
 ) -> list[str]:

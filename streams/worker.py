@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import faust
 
@@ -121,9 +121,20 @@ def forwarded_topics(specs: Iterable[AgentSpec[Any, Any]]) -> list[str]:
     return [t.name for t in TOPICS if t.name in wanted]
 
 
-def enabled(settings: Settings) -> list[AgentSpec[Any, Any]]:
-    """The agents this configuration runs."""
-    return [a for a in AGENTS if a.enabled(settings)]
+#: What a worker process runs: every agent (``all``) or one lane's (``AgentSpec.lane``).
+Lane = Literal["all", "control", "main"]
+
+
+def enabled(settings: Settings, lane: Lane = "all") -> list[AgentSpec[Any, Any]]:
+    """The agents this configuration runs (in ``lane``)."""
+    return [a for a in AGENTS if a.enabled(settings) and lane in ("all", a.lane)]
+
+
+def lane_app_id(settings: Settings, lane: Lane) -> str:
+    """A lane's Faust app id, which is its consumer group: the site's for the main lane and
+    for a worker running every agent, ``<app_id>-control`` for the control lane.  The tables'
+    changelogs keep the site's names whatever the lane (``streams.app.site_table``)."""
+    return f"{settings.app_id}-control" if lane == "control" else settings.app_id
 
 
 #: The site feed gathers what it forwards into one record per batch: at most
@@ -275,24 +286,34 @@ def describe_assignment(assigned: Iterable[Any]) -> str:
                     for t, p in sorted(by_topic.items())) or "(none)"
 
 
-def build_app(settings: Settings, watchdog_s: float = 2.0) -> faust.App:
-    """The worker app with every enabled agent and the site feed registered, and the
-    changelog watchdog (the broker may lose the tables' changelogs under a running worker:
-    streams/restore.py)."""
+def build_app(settings: Settings, watchdog_s: float = 2.0, lane: Lane = "all",
+              cluster_id: str | None = None) -> faust.App:
+    """The worker app with the enabled agents of ``lane`` registered (the site feed with the
+    control lane: the telemetry and acks the scheduler folds never wait behind the main
+    lane's work), and the changelog watchdog (the broker may lose the tables' changelogs under
+    a running worker: streams/restore.py; ``cluster_id``: the broker's when the changelogs
+    were prepared).
+
+    The lanes split the agents between two worker processes: the control path (meter ->
+    energy -> scheduler) gets an event loop and a producer of its own.  In one process,
+    every fold waits while another agent's fold runs, and Faust's conductor delivers no
+    record to any agent while the producer's buffer holds more than 100 table writes: a
+    fleet's poll of share counts held the meter's readings behind it."""
     from streams.restore import ChangelogWatchdog
 
-    app = create_app(settings)
+    app = create_app(settings, app_id=lane_app_id(settings, lane))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def log_assignment(_sender: Any, assigned: Iterable[Any], **_: Any) -> None:
         # An operator (and the scale-out test) sees which worker holds what.
         log.info("partitions assigned: %s", describe_assignment(assigned))
 
-    register_site_feed(app, settings)
-    for spec in enabled(settings):
+    if lane != "main":
+        register_site_feed(app, settings)  # forwards for every lane's site agents
+    for spec in enabled(settings, lane):
         register(app, settings, spec)
     if watchdog_s > 0:
-        watchdog = ChangelogWatchdog(app, settings)
+        watchdog = ChangelogWatchdog(app, settings, cluster_id=cluster_id)
 
         @app.timer(watchdog_s, on_leader=False)  # type: ignore[untyped-decorator]
         async def changelog_watchdog() -> None:

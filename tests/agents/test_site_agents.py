@@ -218,6 +218,29 @@ def test_the_worker_runs_the_tuner_only_when_gpus_are_in_tuning_mode(
     assert any("tuner" in a.name for a in worker.build_app(tuned).agents.values())
 
 
+def test_the_lanes_split_the_agents_between_two_workers_that_keep_the_changelog_names(
+        settings: Settings) -> None:
+    """``up`` runs the control path (energy, scheduler) in a worker process of its own: the
+    lanes together run exactly the agents of one worker running all of them, each once;
+    the control lane is its own consumer group; every table keeps its changelog topic."""
+    apps = {lane: worker.build_app(settings, watchdog_s=0, lane=lane)
+            for lane in ("all", "control", "main")}
+    agents = {lane: sorted(a.name for a in app.agents.values()) for lane, app in apps.items()}
+    logs = {lane: {t.changelog_topic.get_topic_name() for t in app.tables.values()}
+            for lane, app in apps.items()}
+    # the site feed's forwarder runs with the control path: what the scheduler folds
+    # (telemetry, acks) never waits behind the main lane's share ratios
+    assert agents["control"] == ["energy", "energy-feed", "scheduler", "scheduler-feed",
+                                 "site_feed"]
+    assert sorted(agents["control"] + agents["main"]) == agents["all"]
+    assert logs["control"] | logs["main"] == logs["all"]
+    assert not logs["control"] & logs["main"]
+    assert {"hashplane-energy_caps-changelog", "hashplane-scheduler_asics-changelog"} == \
+        logs["control"]
+    assert [apps[lane].conf.id for lane in ("all", "control", "main")] == \
+        ["hashplane", "hashplane-control", "hashplane"]
+
+
 async def test_a_site_agent_folds_a_feed_batch_as_the_records_it_holds(settings) -> None:  # type: ignore[no-untyped-def]
     """The feed's batches (many readings in one record) fold exactly as the readings one by
     one would; the meter's readings come on the agent's other lane."""

@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.settings import Settings
 from streams.broker import free_port
-from streams.restore import SITE_TABLES, ChangelogWatchdog, changelog_topic
+from streams.restore import SITE_TABLES, ChangelogWatchdog
+from streams.topics import changelog_topic
 from tests.conftest import until
 from tests.faults.conftest import Broker
 
@@ -70,6 +71,36 @@ async def test_the_watchdog_rewrites_the_tables_after_the_broker_came_back_empty
         assert set(logs) <= await topics(fault_settings.kafka_bootstrap)
         assert app.sent() == 2 * 3 * len(SITE_TABLES)
         assert dog.reseeds == 2 and dog.lost is None
+    finally:
+        await dog.close()
+
+
+async def test_a_broker_that_restarts_before_the_first_look_is_seen_as_new(
+        fault_settings: Settings, broker_proc: Broker) -> None:
+    """The worker reads the cluster id before Faust starts; the broker restarts before the
+    watchdog's first look, and the agents' first writes create the changelog topics again
+    (empty of everything before): the first look still rewrites the tables."""
+    from aiokafka.admin import NewTopic
+
+    from streams.restore import broker_cluster_id
+
+    app = App()
+    before = await broker_cluster_id(fault_settings.kafka_bootstrap)
+    assert before
+    broker_proc.kill_tansu()
+    await until(lambda: "tansu broker restarted" in broker_proc.tail(), 30, what="broker back")
+    admin = AIOKafkaAdminClient(bootstrap_servers=fault_settings.kafka_bootstrap)
+    await admin.start()
+    try:  # what a table write after the restart would leave: the topics, nearly empty
+        await admin.create_topics([NewTopic(changelog_topic(fault_settings.app_id, t), 1, 1)
+                                   for t in SITE_TABLES])
+    finally:
+        await admin.close()
+    dog = ChangelogWatchdog(app, fault_settings, look_timeout_s=5, cluster_id=before)
+    try:
+        assert await dog.check()
+        assert app.sent() == 3 * len(SITE_TABLES) and dog.reseeds == 1
+        assert not await dog.check()
     finally:
         await dog.close()
 

@@ -1,8 +1,9 @@
 """The worker's durable state survives the broker forgetting it.
 
-One box: ``hashplane broker`` and ``hashplane up`` (sink, API and the supervised Faust worker,
-on the real ClickHouse engine), fed a live site (40 running ASICs, three supply feeds, the
-meter).  Ten ASICs have slept three times each (their acks are the history).
+One box: ``hashplane broker`` and ``hashplane up`` (sink, API and the supervised Faust
+workers, the control lane's holding the scheduler, on the real ClickHouse engine), fed a
+live site (40 running ASICs, three supply feeds, the meter).  Ten ASICs have slept three
+times each (their acks are the history).
 
 1. The broker restarts under the running worker: the worker writes its tables into the new
    changelog topics (they hold the cycles again).
@@ -29,7 +30,7 @@ from schemas.events import AsicTelemetryObserved, FeedPowerMeasured, GridMeasure
 from schemas.settings import Settings
 from streams.broker import free_port
 from streams.publish import Publisher
-from streams.restore import changelog_topic
+from streams.topics import changelog_topic
 from tests.conftest import until
 from tests.faults.conftest import Broker, Proc, read_topic
 
@@ -40,6 +41,8 @@ WORN = ASICS[:10]  # slept three times each
 FEEDS = ["feed-a", "feed-b", "feed-c"]
 KEY = "fault-test-key"
 RESTORE_BOUND_S = 60.0
+#: ``up`` runs the scheduler in the control lane's worker, which logs here
+SCHEDULER_LOG = "worker-control.log"
 
 
 def site_now() -> list[Event]:
@@ -126,9 +129,9 @@ async def test_worker_restores_its_state_after_the_broker_lost_it_and_acts_on_a_
         try:
             await until(lambda: _changelog_cycles(s), 60, 1.0,
                         what="the running worker rewrote its tables into the new changelogs")
-        except AssertionError as exc:  # say what the worker and its supervisor were doing
-            worker = (s.data_dir / "worker.log").read_text(errors="replace")[-6000:]
-            raise AssertionError(f"{exc}\n--- worker.log ---\n{worker}\n--- up ---\n"
+        except AssertionError as exc:  # say what the workers and their supervisor were doing
+            worker = (s.data_dir / SCHEDULER_LOG).read_text(errors="replace")[-6000:]
+            raise AssertionError(f"{exc}\n--- {SCHEDULER_LOG} ---\n{worker}\n--- up ---\n"
                                  f"{up.tail()}\n--- broker ---\n{broker_proc.tail()}") from None
 
         # 2. power cut: broker and up (its worker with it) die at once, start again
@@ -137,9 +140,9 @@ async def test_worker_restores_its_state_after_the_broker_lost_it_and_acts_on_a_
         broker_proc.start()
         up.start()
         started = asyncio.get_running_loop().time()
-        await until(lambda: "restored from the history" in (s.data_dir / "worker.log")
+        await until(lambda: "restored from the history" in (s.data_dir / SCHEDULER_LOG)
                     .read_text(errors="replace"), RESTORE_BOUND_S, 0.5,
-                    what="the new worker restoring from the history")
+                    what="the new control-lane worker restoring from the history")
         now = datetime.now(UTC)
         cap = CapSiteLoad(site="site-1", device_id="site-1", ts=now, source="api",
                           issued_at=now, expires_at=now + timedelta(seconds=120),
@@ -160,8 +163,8 @@ async def test_worker_restores_its_state_after_the_broker_lost_it_and_acts_on_a_
     finally:
         stop.set()
         await site
-    log = (s.data_dir / "worker.log").read_text(errors="replace")
-    print(f"after the power cut the worker restored its state and shed "
+    log = (s.data_dir / SCHEDULER_LOG).read_text(errors="replace")
+    print(f"after the power cut the control-lane worker restored its state and shed "
           f"{len(sleeps)} ASICs for the cap {took:.1f} s after the box came back; "
           f"{log.count('restored from the history')} restore(s) from ClickHouse")
     slept = {c.device_id for c in sleeps}
@@ -182,13 +185,15 @@ async def _changelog_cycles(s: Settings) -> bool:
 
 async def test_a_killed_worker_recovers_its_tables_and_does_not_command_twice(
         fault_settings: Settings, broker_proc: Broker, spawn: Callable[..., Proc]) -> None:
-    """The worker alone, SIGKILLed twice: after the first kill it recovers every cycle
-    from its changelog (written in one batch: the seal makes Tansu's answer exact), and
-    after the second, the sleeps its predecessor sent and nobody acked yet are still in
-    flight for it: it does not send them again."""
+    """The two lanes' workers as ``up`` runs them; the control lane's (energy, scheduler,
+    the site feed's forwarder) SIGKILLed twice while the main one keeps running: after the
+    first kill it recovers every cycle from its changelog (written in one batch: the seal
+    makes Tansu's answer exact), and after the second, the sleeps its predecessor sent and nobody
+    acked yet are still in flight for it: it does not send them again."""
     s = fault_settings.model_copy(update={"supply_feeds": FEEDS, "energy_emit_s": 0.5,
                                           "command_ttl_s": 120.0})
-    worker = spawn("worker", "worker", settings=s)
+    worker = spawn("worker-control", "worker", "--lane", "control", settings=s)
+    main = spawn("worker", "worker", "--lane", "main", settings=s)
     stop = asyncio.Event()
     site = asyncio.create_task(live_site(s, stop))
     try:
@@ -223,12 +228,14 @@ async def test_a_killed_worker_recovers_its_tables_and_does_not_command_twice(
         stop.set()
         await site
     per_device = {d: sum(1 for c in again if c.device_id == d) for d in ASICS}
-    print(f"after two SIGKILLs of the worker: first shed {len(first)} ASICs, none of the "
-          f"{len(WORN)} worn ones; sleep commands per ASIC after the second restart: max "
+    print(f"after two SIGKILLs of the control lane's worker: first shed {len(first)} ASICs, "
+          f"none of the {len(WORN)} worn ones; sleep commands per ASIC after the second "
+          f"restart: max "
           f"{max(per_device.values())}")
     assert not {c.device_id for c in first} & set(WORN)
     assert len(again) == len(first) == 20 and max(per_device.values()) == 1
     assert worker.stop() == 0, worker.tail()
+    assert main.stop() == 0, main.tail()
 
 
 async def _at_least(get: Callable[[], object], n: int) -> object:

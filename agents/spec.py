@@ -31,8 +31,6 @@ from schemas.settings import Settings
 
 S = TypeVar("S")
 Lane = Literal["control", "main"]
-#: every lane, in the order ``up`` starts their worker processes
-LANES: tuple[Lane, ...] = ("control", "main")
 P = TypeVar("P")
 
 #: ``step(state, event, params) -> (state, outputs)``; a partition-scoped step also takes the

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     worker_heartbeat_interval_s: float = Field(default=0.5, gt=0)
     control_lane: bool = Field(
         default=True, description="`hashplane up` runs the control path's agents (energy, "
-        "scheduler) in a worker process of their own, consumer group <app_id>-control")
+        "scheduler) and the site feed's forwarder in a worker process of their own, "
+        "consumer group <app_id>-control")
 
     # ClickHouse history store
     clickhouse_dsn: str = Field(

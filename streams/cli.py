@@ -834,8 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every agent (all), or one lane's: the control path's agents "
                         "(energy, scheduler, the site feed's forwarder; consumer group "
                         "<app_id>-control) or the rest (main: share ratios and the other "
-                        "agents).  `up` "
-                        "runs control and main as two processes unless "
+                        "agents).  `up` runs control and main as two processes unless "
                         "HASHPLANE_CONTROL_LANE=false")
     w.set_defaults(func=cmd_worker)
     common(sub.add_parser("sink", help="run the ClickHouse history sink")).set_defaults(

@@ -31,6 +31,8 @@ from schemas.settings import Settings
 
 S = TypeVar("S")
 Lane = Literal["control", "main"]
+#: what ``hashplane worker --lane`` takes: one lane, or ``all`` (every agent in one process)
+WORKER_LANES: tuple[str, ...] = ("all", *typing.get_args(Lane))
 P = TypeVar("P")
 
 #: ``step(state, event, params) -> (state, outputs)``; a partition-scoped step also takes the
@@ -95,6 +97,10 @@ class AgentSpec(Generic[S, P]):
     #: ``control`` for the demand-response path (meter -> energy -> scheduler), which must not
     #: share an event loop and a producer with the fleet's telemetry and share counts
     lane: Lane = "main"
+
+    def runs_in(self, lane: str) -> bool:
+        """Whether a worker of ``lane`` runs this agent (``all``: every agent)."""
+        return lane in ("all", self.lane)
 
     def wants(self, event: Event) -> bool:
         """Whether this agent folds ``event``."""

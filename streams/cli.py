@@ -830,7 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--site", default=None, help="the site inventory (TOML) to check too")
     doc.set_defaults(func=cmd_doctor)
     w = common(sub.add_parser("worker", help="run the Faust agents"))
-    w.add_argument("--lane", choices=("all", "control", "main"), default="all",
+    from agents.spec import WORKER_LANES
+
+    w.add_argument("--lane", choices=WORKER_LANES, default="all",
                    help="run every agent (all), or one lane's: the control path's agents "
                         "(energy, scheduler, the site feed's forwarder; consumer group "
                         "<app_id>-control) or the rest (main: share ratios and the other "

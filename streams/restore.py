@@ -48,7 +48,7 @@ SITE_TABLES = tuple(a.durable.table for a in durable_site_agents() if a.durable 
 def lane_tables(lane: str) -> tuple[str, ...]:
     """The site tables a worker of ``lane`` holds (``all``: every one)."""
     return tuple(a.durable.table for a in durable_site_agents()
-                 if a.durable is not None and lane in ("all", a.lane))
+                 if a.durable is not None and a.runs_in(lane))
 
 
 def lane_changelogs(lane: str) -> tuple[str, ...] | None:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import faust
 
+from agents import spec as spec_lanes
 from agents.registry import AGENTS, site_agents
 from agents.spec import AgentSpec, table_key
 from schemas.envelope import Event
@@ -122,12 +123,12 @@ def forwarded_topics(specs: Iterable[AgentSpec[Any, Any]]) -> list[str]:
 
 
 #: What a worker process runs: every agent (``all``) or one lane's (``AgentSpec.lane``).
-Lane = Literal["all", "control", "main"]
+Lane = Literal["all"] | spec_lanes.Lane
 
 
 def enabled(settings: Settings, lane: Lane = "all") -> list[AgentSpec[Any, Any]]:
     """The agents this configuration runs (in ``lane``)."""
-    return [a for a in AGENTS if a.enabled(settings) and lane in ("all", a.lane)]
+    return [a for a in AGENTS if a.enabled(settings) and a.runs_in(lane)]
 
 
 def lane_app_id(settings: Settings, lane: Lane) -> str:

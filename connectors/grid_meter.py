@@ -2,8 +2,10 @@
 
 The register map is data (the inventory's ``meter.register_map``, schemas/site.py): each
 quantity at an address, as a float32 pair or a 16/32-bit integer with a scale, word order
-configurable (SEL meters default to high word first).  ``parse_registers`` is pure and
-refuses values a meter cannot mean (NaN, infinities, a frequency outside 40-70 Hz).
+configurable (SEL meters default to high word first).  A map whose fields lie far apart
+(the SEL-735 keeps power at 370 and frequency at 900) is read in as few requests as fit the
+meter's per-read limit (``read_plan``).  ``parse_registers`` is pure and refuses values a
+meter cannot mean (NaN, infinities, a frequency outside 40-70 Hz).
 """
 
 from __future__ import annotations
@@ -11,73 +13,59 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from connectors.base import ConnectorError, Emitter, every, with_backoff
 from schemas.events import GridMeasured
+from schemas.site import REGISTER_MAPS, REGISTER_TYPES, RegisterMap
 
 SOURCE = "connector:grid-meter"
 
-
-#: register type -> (registers it spans, struct format of its big-endian bytes)
-TYPES = {"float32": (2, ">f"), "int32": (2, ">i"), "uint32": (2, ">I"), "int16": (1, ">h"),
-         "uint16": (1, ">H")}
-
-
-@dataclass(frozen=True)
-class RegisterMap:
-    """Where a meter keeps each quantity: address, and (``types``/``scales``) its type and
-    scale when not a plain float32."""
-
-    addresses: dict[str, int] = field(default_factory=lambda: {
-        "frequency_hz": 0, "voltage_v": 2, "active_power_kw": 4, "reactive_power_kvar": 6,
-        "nominal_hz": 14})
-    high_word_first: bool = True
-    function: str = "holding"  # or "input"
-    types: dict[str, str] = field(default_factory=dict)  # name -> TYPES key (float32)
-    scales: dict[str, float] = field(default_factory=dict)  # name -> multiplier (1)
-
-    @classmethod
-    def of(cls, spec: Any) -> RegisterMap:
-        """From the inventory's map (schemas.site.RegisterMap)."""
-        return cls(addresses={k: f.address for k, f in spec.fields.items()},
-                   high_word_first=spec.word_order == "big", function=spec.function,
-                   types={k: f.type for k, f in spec.fields.items()},
-                   scales={k: f.scale for k, f in spec.fields.items()})
-
-    def words(self, name: str) -> int:
-        return TYPES[self.types.get(name, "float32")][0]
-
-    @property
-    def span(self) -> tuple[int, int]:
-        lo = min(self.addresses.values())
-        return lo, max(a + self.words(k) for k, a in self.addresses.items()) - lo
+#: The map a meter gets when the inventory names none.
+DEFAULT_MAP = REGISTER_MAPS["ieee754-float"]
 
 
 class MeterDecodeError(ValueError):
     """Registers that do not make a plausible reading."""
 
 
-def parse_registers(regs: list[int], rmap: RegisterMap, start: int = 0) -> dict[str, float]:
-    """Quantities from a block of registers read from ``start``; MeterDecodeError if not
-    plausible."""
+def read_plan(rmap: RegisterMap) -> list[tuple[int, int]]:
+    """The reads (start, count) that cover every field of the map: neighbouring fields
+    share a read while it stays within ``rmap.max_read`` registers."""
+    spans = sorted((f.address, f.address + f.words) for f in rmap.fields.values())
+    plan: list[list[int]] = []
+    for lo, hi in spans:
+        if plan and hi - plan[-1][0] <= rmap.max_read:
+            plan[-1][1] = max(plan[-1][1], hi)
+        else:
+            plan.append([lo, hi])
+    return [(lo, hi - lo) for lo, hi in plan]
+
+
+def parse_registers(regs: Sequence[int] | Mapping[int, int], rmap: RegisterMap,
+                    start: int = 0) -> dict[str, float]:
+    """Quantities from the registers read: one block read from ``start``, or a mapping of
+    address -> register (several reads); MeterDecodeError if not plausible."""
+    at: Mapping[int, int] = regs if isinstance(regs, Mapping) else {
+        start + i: r for i, r in enumerate(regs)}
     out: dict[str, float] = {}
-    for name, addr in rmap.addresses.items():
-        n, fmt = TYPES[rmap.types.get(name, "float32")]
-        i = addr - start
-        if i < 0 or i + n > len(regs):
-            raise MeterDecodeError(f"{name}: register {addr} not in the block read")
-        words = regs[i:i + n] if rmap.high_word_first or n == 1 else regs[i:i + n][::-1]
-        if any(not 0 <= r <= 0xFFFF for r in words):
-            raise MeterDecodeError(f"{name}: register value out of range {words}")
-        value = struct.unpack(fmt, struct.pack(f">{n}H", *words))[0]
+    for name, field in rmap.fields.items():
+        n, fmt = REGISTER_TYPES[field.type]
+        words = [at.get(a) for a in range(field.address, field.address + n)]
+        if any(w is None for w in words):
+            raise MeterDecodeError(f"{name}: register {field.address} not in the block read")
+        ws = [w for w in words if w is not None]
+        if rmap.word_order == "little":
+            ws.reverse()
+        if any(not 0 <= r <= 0xFFFF for r in ws):
+            raise MeterDecodeError(f"{name}: register value out of range {ws}")
+        value = struct.unpack(fmt, struct.pack(f">{n}H", *ws))[0]
         if math.isnan(value) or math.isinf(value):
             raise MeterDecodeError(f"{name}: not a number ({value})")
-        out[name] = float(value) * rmap.scales.get(name, 1.0)
+        out[name] = float(value) * field.scale
     f = out.get("frequency_hz", 0.0)
     if not 40.0 <= f <= 70.0:
         raise MeterDecodeError(f"frequency {f:.3f} Hz is not a grid frequency")
@@ -106,29 +94,32 @@ class GridMeter:
         self.host, self.port, self.unit = host, port, unit
         self.emitter, self.meter_id = emitter, meter_id
         self.period_s, self.timeout_s = period_s, timeout_s
-        self.rmap = rmap or RegisterMap()
+        self.rmap = rmap or DEFAULT_MAP
         self.exceptions = 0
 
     async def poll(self, client: AsyncModbusTcpClient) -> None:
-        start, count = self.rmap.span
         read = (client.read_holding_registers if self.rmap.function == "holding"
                 else client.read_input_registers)
-        try:
-            rr = await asyncio.wait_for(read(start, count=count, device_id=self.unit),
-                                        self.timeout_s)
-        except (ModbusException, TimeoutError) as exc:
-            raise ConnectorError(f"meter {self.host}:{self.port}: {exc}") from exc
+        regs: dict[int, int] = {}
+        for start, count in read_plan(self.rmap):
+            try:
+                rr = await asyncio.wait_for(read(start, count=count, device_id=self.unit),
+                                            self.timeout_s)
+            except (ModbusException, TimeoutError) as exc:
+                raise ConnectorError(f"meter {self.host}:{self.port}: {exc}") from exc
+            if rr.isError():
+                self.exceptions += 1
+                code = getattr(rr, "exception_code", "?")
+                self.emitter.error(f"meter answered Modbus exception {code} reading "
+                                   f"{count} registers from {start}")
+                return
+            regs.update((start + i, r) for i, r in enumerate(rr.registers))
         ts = self.emitter.clock()
-        if rr.isError():
-            self.exceptions += 1
-            code = getattr(rr, "exception_code", "?")
-            self.emitter.error(f"meter answered Modbus exception {code}")
-            return
         try:
-            values = parse_registers(list(rr.registers), self.rmap, start)
+            values = parse_registers(regs, self.rmap)
             event = reading(values, meter_id=self.meter_id, site=self.emitter.site, ts=ts)
         except (MeterDecodeError, ValueError, struct.error) as exc:
-            raw = struct.pack(f">{len(rr.registers)}H", *(r & 0xFFFF for r in rr.registers))
+            raw = struct.pack(f">{len(regs)}H", *(r & 0xFFFF for _, r in sorted(regs.items())))
             await self.emitter.dead(f"modbus://{self.host}:{self.port}", raw,
                                     f"{exc}"[:2000], key=self.meter_id)
             return

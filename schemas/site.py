@@ -134,6 +134,15 @@ class Rig(_Entry):
         return v
 
 
+#: register type -> (registers it spans, struct format of its big-endian bytes)
+REGISTER_TYPES: dict[str, tuple[int, str]] = {
+    "float32": (2, ">f"), "int32": (2, ">i"), "uint32": (2, ">I"), "int16": (1, ">h"),
+    "uint16": (1, ">H")}
+
+#: The most registers one read may ask for (Modbus application protocol, function 3 and 4).
+MODBUS_MAX_READ = 125
+
+
 class RegisterField(_Entry):
     address: int = Field(ge=0, le=65535)
     type: RegisterType = "float32"
@@ -141,7 +150,7 @@ class RegisterField(_Entry):
 
     @property
     def words(self) -> int:
-        return 2 if self.type in ("float32", "int32", "uint32") else 1
+        return REGISTER_TYPES[self.type][0]
 
 
 class RegisterMap(_Entry):
@@ -150,6 +159,8 @@ class RegisterMap(_Entry):
     function: Literal["holding", "input"] = "holding"
     word_order: Literal["big", "little"] = Field(
         default="big", description="big: the high word first (SEL's default)")
+    max_read: int = Field(default=MODBUS_MAX_READ, ge=1, le=MODBUS_MAX_READ,
+                          description="Most registers the meter answers in one read")
     fields: dict[Quantity, RegisterField]
 
     @model_validator(mode="after")
@@ -160,14 +171,32 @@ class RegisterMap(_Entry):
         return self
 
 
-#: Register maps by name.  ``ieee754-float``: the generic map of float32 pairs, high word
-#: first, that many meters and gateways offer (and the simulated meter serves).
+#: Register maps by name.
+#:
+#: ``ieee754-float``: the generic map of float32 pairs, high word first, that many meters
+#: and gateways offer (and the simulated meter serves by default).
+#:
+#: ``sel-735``: the SEL-735 Power Quality and Revenue Meter's own Modbus map (Table E.26 of
+#: its instruction manual; no user map needed).  Function 3 (the meter answers 4 alike);
+#: 32-bit values are the manual's ``LONG`` with the most significant word in the lower
+#: register, scaled by 100; frequency is one register in hundredths of a hertz; values are
+#: primary (V, A, kW, kvar).  IA 350, VAB 364 (line to line, so a Form 5 delta meter reads
+#: it too), W3 370, Q3 374, FREQ 900.  Where the addresses come from: README, "Meter
+#: register maps".
 REGISTER_MAPS: dict[str, RegisterMap] = {
     "ieee754-float": RegisterMap(fields={
         "frequency_hz": RegisterField(address=0), "voltage_v": RegisterField(address=2),
         "active_power_kw": RegisterField(address=4),
         "reactive_power_kvar": RegisterField(address=6),
+        "power_factor": RegisterField(address=8), "current_a": RegisterField(address=10),
+        "energy_import_kwh": RegisterField(address=12),
         "nominal_hz": RegisterField(address=14)}),
+    "sel-735": RegisterMap(fields={
+        "current_a": RegisterField(address=350, type="int32", scale=0.01),
+        "voltage_v": RegisterField(address=364, type="int32", scale=0.01),
+        "active_power_kw": RegisterField(address=370, type="int32", scale=0.01),
+        "reactive_power_kvar": RegisterField(address=374, type="int32", scale=0.01),
+        "frequency_hz": RegisterField(address=900, type="uint16", scale=0.01)}),
 }
 
 

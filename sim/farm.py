@@ -34,7 +34,7 @@ from sim.feeds import Feed, encode, feed_readings, start_embedded_broker
 from sim.http1 import serve_http
 from sim.luxos import LuxosApi
 from sim.market import PowerMarket, market_app
-from sim.meter import REGISTERS, GridModel, MeterServer
+from sim.meter import GridModel, MeterServer
 from sim.model_endpoints import ModelEndpoint, model_app
 from sim.nvml import SimNvml
 from sim.pool import UpstreamPool
@@ -73,6 +73,8 @@ class FarmConfig:
     gpu_rigs: int = 4
     gpus_per_rig: int = 8
     nominal_hz: float = 50.0
+    #: the register map the meter serves (schemas.site.REGISTER_MAPS)
+    meter_map: str = "ieee754-float"
     speed: float = 1.0
     seed: int = 7
     data_dir: Path = Path("var/sim")
@@ -110,7 +112,8 @@ class Farm:
         self.rng = random.Random(c.seed)
         self.grid = GridModel(nominal_hz=c.nominal_hz, seed=c.seed)
         self.pool = UpstreamPool()
-        self.meter = MeterServer(self.grid, load_kw=self.load_kw, clock=self.t)
+        self.meter = MeterServer(self.grid, load_kw=self.load_kw, clock=self.t,
+                                 register_map=c.meter_map)
         self.coordinator = CoordinatorState(api_keys={c.coordinator_api_key})
         self.models = [ModelEndpoint(f"sim-llm-{i + 1}", latency_ms=150 + 150 * i,
                                      failure_rate=0.01 + 0.03 * i, quality=0.95 - 0.15 * i,
@@ -336,8 +339,7 @@ class Farm:
                        "dialect": a.firmware, "nameplate_w": a.model.nominal_w}
                       for a in self.asics],
             "modbus": {"host": self.meter.host, "port": self.meter.port, "unit": 1,
-                       "registers": "holding", "word_order": "big",
-                       "register_map": REGISTERS, "nominal_hz": c.nominal_hz},
+                       "register_map": self.meter.map_name, "nominal_hz": c.nominal_hz},
             "mqtt": {"host": c.mqtt_host, "port": c.mqtt_port,
                      "topics": [f.topic(c.site) for f in self.feeds],
                      "feeds": [{"id": f.feed_id, "topic": f.topic(c.site),
@@ -380,7 +382,7 @@ class Farm:
             "rigs": [{"nvml": r["nvml_url"], **{k: r[k] for k in (
                 "id", "api_url", "config_dir", "log_path", "gpus")}} for r in e["rigs"]],
             "meter": {"host": e["modbus"]["host"], "port": e["modbus"]["port"], "unit": 1,
-                      "register_map": "ieee754-float",
+                      "register_map": e["modbus"]["register_map"],
                       "nominal_hz": int(e["modbus"]["nominal_hz"])},
             "mqtt": {"url": f"mqtt://{e['mqtt']['host']}:{e['mqtt']['port']}"},
             "feeds": [{"id": f["id"], "topic": f["topic"], "capacity_kw": f["capacity_kw"]}

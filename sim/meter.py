@@ -1,8 +1,10 @@
 """The site's grid meter: a Modbus TCP server modelled on a SEL-735-class revenue meter.
 
-Register map (holding registers, function code 3; the same values mirrored as input
-registers, function code 4).  Each value is an IEEE-754 float32 in two registers, high word
-first (big-endian words, the SEL default):
+It serves one of the register maps of ``schemas.site.REGISTER_MAPS`` (holding registers,
+function code 3; the same values mirrored as input registers, function code 4):
+
+``ieee754-float`` (the default): each value an IEEE-754 float32 in two registers, high
+word first (big-endian words, the SEL default):
 
   address  name                   unit
   0-1      frequency              Hz
@@ -14,7 +16,11 @@ first (big-endian words, the SEL default):
   12-13    active energy import   kWh
   14-15    nominal frequency      Hz    (50 or 60)
 
-Reading past register 15 gets Modbus exception 2 (illegal data address); an unsupported
+``sel-735``: the SEL-735's own map: IA 350, VAB 364, W3 370, Q3 374 as 32-bit integers
+(most significant word first) in hundredths, FREQ 900 in hundredths of a hertz.  The
+registers between read 0, as the meter's reserved addresses do.
+
+Reading past the map gets Modbus exception 2 (illegal data address); an unsupported
 function gets exception 1 (illegal function), as from the real meter.  Frequency wanders like
 a real grid (Ornstein-Uhlenbeck noise, ~10 mHz) around a set point that scenarios move.
 """
@@ -34,11 +40,10 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-REGISTERS = {
-    "frequency_hz": 0, "voltage_v": 2, "active_power_kw": 4, "reactive_power_kvar": 6,
-    "power_factor": 8, "current_a": 10, "energy_import_kwh": 12, "nominal_hz": 14,
-}
-REGISTER_COUNT = 16
+from schemas.site import REGISTER_MAPS, REGISTER_TYPES, RegisterField, RegisterMap
+
+#: The default (ieee754-float) map's addresses.
+REGISTERS = {name: f.address for name, f in REGISTER_MAPS["ieee754-float"].fields.items()}
 
 
 def encode_float(value: float) -> list[int]:
@@ -50,6 +55,20 @@ def encode_float(value: float) -> list[int]:
 def decode_float(regs: list[int]) -> float:
     """Two registers, high word first -> float."""
     return float(struct.unpack(">f", struct.pack(">HH", regs[0], regs[1]))[0])
+
+
+def encode(value: float, f: RegisterField, word_order: str = "big") -> list[int]:
+    """A quantity as the registers of its field: unscaled, rounded for an integer type and
+    held within the type's range, as a meter's firmware does."""
+    n, fmt = REGISTER_TYPES[f.type]
+    raw: float | int = value / f.scale
+    if f.type != "float32":
+        bits = 16 * n
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if f.type.startswith("int") \
+            else (0, (1 << bits) - 1)
+        raw = max(lo, min(hi, round(raw)))
+    words = list(struct.unpack(f">{n}H", struct.pack(fmt, raw)))
+    return words[::-1] if word_order == "little" else words
 
 
 @dataclass
@@ -98,22 +117,26 @@ class GridModel:
 
 
 class MeterServer:
-    """Serve the register map on host:port; registers are filled from the grid model on
+    """Serve a register map on host:port; registers are filled from the grid model on
     every read (pymodbus device action), so a poll always sees the present value."""
 
     def __init__(self, grid: GridModel, host: str = "127.0.0.1", port: int = 0,
                  load_kw: Callable[[], float] = lambda: 0.0,
-                 clock: Callable[[], float] = lambda: 0.0):
+                 clock: Callable[[], float] = lambda: 0.0,
+                 register_map: str = "ieee754-float"):
         self.grid = grid
         self.host, self.port = host, port
         self.load_kw = load_kw
         self.clock = clock
-        self.regs: list[int] = [0] * REGISTER_COUNT
+        self.map_name = register_map
+        self.rmap: RegisterMap = REGISTER_MAPS[register_map]
+        self.size = max(f.address + f.words for f in self.rmap.fields.values())
+        self.regs: list[int] = [0] * self.size
         self.reads = 0
-        blocks = [SimData(0, values=[0] * REGISTER_COUNT, datatype=DataType.REGISTERS)]
+        blocks = [SimData(0, values=[0] * self.size, datatype=DataType.REGISTERS)]
         # No coils or inputs at the map's addresses: reading them there is an illegal address.
-        none = [SimData(1000, values=[False], datatype=DataType.BITS)]
-        ir = [SimData(0, values=[0] * REGISTER_COUNT, datatype=DataType.REGISTERS)]
+        none = [SimData(self.size + 1000, values=[False], datatype=DataType.BITS)]
+        ir = [SimData(0, values=[0] * self.size, datatype=DataType.REGISTERS)]
         self.device = SimDevice(id=0, simdata=(none, list(none), blocks, ir),
                                 action=self._action)
         self.server: ModbusTcpServer | None = None
@@ -121,10 +144,10 @@ class MeterServer:
     def refresh(self, t: float, load_kw: float) -> None:
         """Advance the grid to ``t`` and recompute the registers."""
         self.grid.advance(t, load_kw)
-        regs: list[int] = [0] * REGISTER_COUNT
-        for name, value in self.grid.values(load_kw).items():
-            addr = REGISTERS[name]
-            regs[addr:addr + 2] = encode_float(value)
+        regs: list[int] = [0] * self.size
+        values = self.grid.values(load_kw)
+        for name, f in self.rmap.fields.items():
+            regs[f.address:f.address + f.words] = encode(values[name], f, self.rmap.word_order)
         self.regs = regs
 
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
@@ -135,7 +158,7 @@ class MeterServer:
         self.refresh(self.clock(), self.load_kw())
         for i in range(len(current_registers)):
             a = start_address + i
-            if 0 <= a < REGISTER_COUNT:
+            if 0 <= a < self.size:
                 current_registers[i] = self.regs[a]
         return None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.settings import Settings
+from schemas.site import REGISTER_MAPS
 from streams.supervise import run
 
 SIM_POOL_DIFFICULTY = 2.0**-24  # ~256 double SHA-256 per share for a simulated miner
@@ -487,7 +488,7 @@ def _farm_config(args: argparse.Namespace, s: Settings) -> Any:
     return FarmConfig(site=s.site, asics=args.asics, gpu_rigs=args.gpu_rigs,
                       scenario=args.scenario, speed=args.speed, nominal_hz=args.nominal_hz,
                       data_dir=s.data_dir / "sim", asic_base_ip=args.asic_base_ip,
-                      firmware_mix=_mix(args.firmware_mix))
+                      firmware_mix=_mix(args.firmware_mix), meter_map=args.meter_map)
 
 
 def _mix(text: str) -> dict[str, int]:
@@ -723,6 +724,9 @@ def farm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nominal-hz", type=float, default=50.0, choices=[50.0, 60.0],
                    help="the simulated grid's nominal frequency (50 or 60 Hz)")
     p.add_argument("--asic-base-ip", default="127.0.1.1", help="first ASIC's address")
+    p.add_argument("--meter-map", default="ieee754-float", choices=sorted(REGISTER_MAPS),
+                   help="the register map the simulated grid meter serves (default "
+                        "ieee754-float; sel-735: the SEL-735's own map)")
     p.add_argument("--site-file", default=None,
                    help="write the farm as a site inventory (TOML) here, its secrets beside "
                         "it (.env)")

@@ -181,10 +181,9 @@ def site_connectors(settings: Settings, publisher: Publisher, site: Site,
             session_timeout_s=settings.worker_session_timeout_s * 3,
             journal=settings.data_dir / "actuators" / "asic.acked")
     if (m := site.meter) is not None:
-        rm = m.registers()
         out["meter"] = grid_meter.GridMeter(
             m.host, m.port, emitter(grid_meter.SOURCE), meter_id=m.id, unit=m.unit,
-            period_s=settings.meter_poll_s, rmap=grid_meter.RegisterMap.of(rm))
+            period_s=settings.meter_poll_s, rmap=m.registers())
     if (q := site.mqtt) is not None and site.feeds:
         maps = [mqtt_power.SensorMapping(
             topic=f.topic, feed_id=f.id, format=f.format,

@@ -11,10 +11,16 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from connectors.base import Emitter, ListSink
-from connectors.grid_meter import GridMeter, MeterDecodeError, RegisterMap, parse_registers
+from connectors.grid_meter import (
+    DEFAULT_MAP,
+    GridMeter,
+    MeterDecodeError,
+    parse_registers,
+)
 from connectors.mqtt_power import PayloadError, PowerSensors, SensorMapping, parse_payload
 from connectors.uplink import UplinkProbe
 from schemas.events import FeedPowerMeasured, GridMeasured, RecordDeadLettered
+from schemas.site import RegisterMap
 from sim.farm import Farm
 from sim.meter import encode_float
 from tests.factories import T0
@@ -25,20 +31,20 @@ def regs(**values: float) -> list[int]:
             "reactive_power_kvar": 97.0, "nominal_hz": 50.0}
     base.update(values)
     out = [0] * 16
-    for name, addr in RegisterMap().addresses.items():
-        out[addr:addr + 2] = encode_float(base[name])
+    for name, f in DEFAULT_MAP.fields.items():
+        out[f.address:f.address + 2] = encode_float(base.get(name, 1.0))
     return out
 
 
 def test_register_block_parses() -> None:
-    v = parse_registers(regs(frequency_hz=49.87), RegisterMap())
+    v = parse_registers(regs(frequency_hz=49.87), DEFAULT_MAP)
     assert v["frequency_hz"] == pytest.approx(49.87, abs=1e-4) and v["nominal_hz"] == 50.0
 
 
 def test_low_word_first_meters_are_a_map_setting() -> None:
     r = regs(frequency_hz=59.98, nominal_hz=60.0)
     swapped = [r[i + 1 - 2 * (i % 2)] for i in range(len(r))]
-    v = parse_registers(swapped, RegisterMap(high_word_first=False))
+    v = parse_registers(swapped, DEFAULT_MAP.model_copy(update={"word_order": "little"}))
     assert v["frequency_hz"] == pytest.approx(59.98, abs=1e-4) and v["nominal_hz"] == 60.0
 
 
@@ -62,7 +68,7 @@ INF = list(struct.unpack(">HH", struct.pack(">f", float("inf"))))
 ])
 def test_malformed_register_blocks_are_refused(name: str, block: list[int]) -> None:
     with pytest.raises(MeterDecodeError):
-        parse_registers(block, RegisterMap())
+        parse_registers(block, DEFAULT_MAP)
 
 
 async def test_meter_connector_reads_the_simulated_meter(farm: Farm) -> None:
@@ -84,8 +90,9 @@ async def test_meter_connector_reads_the_simulated_meter(farm: Farm) -> None:
 async def test_meter_connector_survives_exceptions_and_reconnects(farm: Farm) -> None:
     sink = ListSink()
     emitter = Emitter(sink, source="t", site="s")
-    bad_map = RegisterMap(addresses={"frequency_hz": 30, "voltage_v": 2,
-                                     "active_power_kw": 4, "nominal_hz": 14})
+    bad_map = RegisterMap.model_validate({"fields": {
+        "frequency_hz": {"address": 30}, "voltage_v": {"address": 2},
+        "active_power_kw": {"address": 4}, "nominal_hz": {"address": 14}}})
     meter = GridMeter(farm.meter.host, farm.meter.port, emitter, rmap=bad_map, period_s=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(meter.run(stop))
@@ -96,7 +103,7 @@ async def test_meter_connector_survives_exceptions_and_reconnects(farm: Farm) ->
     reconnects = emitter.stats.reconnects
     assert reconnects >= 1
     await farm.meter.start()  # ... and comes back on the same port
-    meter.rmap = RegisterMap()
+    meter.rmap = DEFAULT_MAP
     for _ in range(50):
         await asyncio.sleep(0.1)
         if any(isinstance(e, GridMeasured) for e in sink.events):

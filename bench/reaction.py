@@ -6,8 +6,10 @@ test.
 
 The whole system runs as in production: the simulated farm here (LuxOS miners on their own
 loopback addresses, the Modbus meter, MQTT feeds), a Tansu broker, and ``hashplane up
---site`` as a child process (meter, feed and ASIC connectors, the ASIC actuator, the
-Faust worker with every agent, the history sink).  Each dip steps the simulated grid to
+--site`` as a child process with its own children, as ``up`` runs by default: feed and
+ASIC telemetry connectors, the history sink and the API in ``up``; the meter and the ASIC
+actuator in ``hashplane connect meter,asic-actuator``; the Faust agents in the control
+lane's worker and the main lane's.  Each dip steps the simulated grid to
 49.4 Hz (the deepest default band: target load 0) at a recorded instant; the clock stops at
 the arrival of the last ``applied`` SleepAsic ack on ``commands.acks``.  Then the grid
 returns to 50 Hz and the fleet is woken before the next dip.  The floor, measured in the same
@@ -136,16 +138,19 @@ FLEETS: dict[str, dict[str, int]] = {
 
 
 def stack_pids(up: subprocess.Popen[bytes]) -> list[int]:
-    """``up`` and its children (the worker)."""
+    """``up`` and its children (the workers, the control connectors)."""
     return [up.pid, *map(int, subprocess.run(["pgrep", "-P", str(up.pid)], text=True,
                                              capture_output=True).stdout.split())]
 
 
 def process_name(pid: int) -> str:
-    """The hashplane subcommand a process runs (up, worker), else "proc"."""
+    """The hashplane subcommand a process runs (up, worker, worker-control, connect NAME),
+    else "proc"."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     if len(argv) <= 3 or argv[1:3] != [b"-m", b"streams.cli"]:
         return "proc"
+    if argv[3] == b"connect" and len(argv) > 4:
+        return f"connect {argv[4].decode()}"
     lane = argv[argv.index(b"--lane") + 1].decode() if b"--lane" in argv else "all"
     return f"worker-{lane}" if argv[3] == b"worker" and lane == "control" else argv[3].decode()
 

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
         default=True, description="`hashplane up` runs the control path's agents (energy, "
         "scheduler) and the site feed's forwarder in a worker process of their own, "
         "consumer group <app_id>-control")
+    control_process: bool = Field(
+        default=True, description="`hashplane up` runs the control path's connectors (the "
+        "grid meter and the ASIC actuator) in a child process of their own (`hashplane "
+        "connect meter,asic-actuator`), so a grid dip's reading, commands and acks never wait "
+        "behind the sink's, the API's and the telemetry connectors' work")
+    main_lane_nice: int = Field(
+        default=10, ge=0, le=19, description="`hashplane up` runs the main lane's worker (every "
+        "agent off the control path) at this niceness, so the control path's processes get "
+        "the cores first when a fleet's poll arrives in a burst; 0: the same priority")
 
     # ClickHouse history store
     clickhouse_dsn: str = Field(

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -423,11 +424,16 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     _logging(s.log_level)
-    if args.name not in CONNECTORS:
-        print(f"unknown connector {args.name!r}; available: {', '.join(CONNECTORS)}",
-              file=sys.stderr)
+    names = [n for n in args.name.split(",") if n]
+    for name in names or [args.name]:
+        if name not in CONNECTORS:
+            print(f"unknown connector {name!r}; available: {', '.join(CONNECTORS)}",
+                  file=sys.stderr)
+            return 2
+    if "synthetic" in names and len(names) > 1:
+        print("hashplane connect: synthetic runs alone", file=sys.stderr)
         return 2
-    if args.name not in ("synthetic", "alerts") and not args.site:
+    if set(names) - {"synthetic", "alerts"} and not args.site:
         print(f"hashplane connect {args.name} needs --site FILE (the site inventory: "
               "infra/site.example.toml; `hashplane sim --site-file` writes one)",
               file=sys.stderr)
@@ -448,25 +454,27 @@ def cmd_connect(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with Publisher(s.kafka_bootstrap, client_id=f"hashplane-{args.name}") as pub:
-            if args.name == "synthetic":
+        async with Publisher(s.kafka_bootstrap, client_id=f"hashplane-{'-'.join(names)}") \
+                as pub:
+            if names == ["synthetic"]:
                 await run_synthetic(pub, stop, site=s.site, workers=args.workers,
                                     interval_s=args.interval)
             else:
                 from streams.runtime import site_connectors
                 from streams.supervise import Supervisor
 
-                conns = site_connectors(s, pub, devices, frozenset({args.name}),
-                                        shard=shard)
-                if args.name not in conns:
-                    raise SystemExit(
-                        "no alert sink configured: set HASHPLANE_SMS_TO (with TWILIO_ACCOUNT_SID"
-                        ", TWILIO_AUTH_TOKEN, HASHPLANE_SMS_FROM) or HASHPLANE_ALERT_WEBHOOKS"
-                        if args.name == "alerts" else
-                        f"{args.site} describes no {args.name} devices")
-                # a failure the connector did not ride out restarts it, not the process
+                conns = site_connectors(s, pub, devices, frozenset(names), shard=shard)
+                for name in names:
+                    if name not in conns:
+                        raise SystemExit(
+                            "no alert sink configured: set HASHPLANE_SMS_TO (with "
+                            "TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, HASHPLANE_SMS_FROM) or "
+                            "HASHPLANE_ALERT_WEBHOOKS" if name == "alerts" else
+                            f"{args.site} describes no {name} devices")
+                # a failure a connector did not ride out restarts it, not the process
                 sup = Supervisor(stop)
-                sup.task(args.name, lambda: conns[args.name].run(stop))
+                for name, conn in conns.items():
+                    sup.task(name, partial(conn.run, stop))
                 while not stop.is_set():
                     await sup.check()
                     with contextlib.suppress(TimeoutError):
@@ -933,7 +941,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.set_defaults(func=cmd_tuner)
 
     c = common(sub.add_parser("connect", help="run one connector or actuator on its own"))
-    c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}")
+    c.add_argument("name", help=f"connector: {', '.join(CONNECTORS)}; several, comma-"
+                   "separated, run in one process")
     c.add_argument("--site", default=None, help="the site inventory (TOML) naming the devices")
     c.add_argument("--shard", default=None, metavar="I/N",
                    help="only shard I of N of the inventory's devices (as for `up`)")

@@ -30,7 +30,7 @@ from api.app import create_api
 from api.auth import generate_key
 from connectors.synthetic import run_synthetic
 from schemas.settings import Settings
-from schemas.site import Site
+from schemas.site import Site, dump_site
 from streams.broker import BrokerError, EmbeddedBroker, free_port, port_in_use, wait_ready
 from streams.history import HistoryStore
 from streams.httpserve import QuietServer, serve_in_thread
@@ -275,16 +275,39 @@ def worker_lanes(settings: Settings) -> dict[str, str]:
 def spawn_worker(settings: Settings, log_path: Any = None,
                  lane: str = "all") -> subprocess.Popen[bytes]:
     """Start ``hashplane worker --lane LANE`` (the Faust agents) as a child process that
-    dies with us."""
+    dies with us; the main lane's at ``main_lane_nice``."""
     from streams.broker import die_with_parent
 
     out: Any = subprocess.DEVNULL
     if log_path is not None:
         out = open(log_path, "ab")
+    nice = settings.main_lane_nice if lane == "main" else 0
+
+    def prepare() -> None:
+        die_with_parent()
+        if nice:
+            os.nice(nice)
+
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--lane", lane],
         env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent)
+        preexec_fn=prepare)
+
+
+def spawn_connector(settings: Settings, name: str, site_file: Path, log_path: Any = None,
+                    shard: tuple[int, int] = (0, 1)) -> subprocess.Popen[bytes]:
+    """Start ``hashplane connect NAME --site FILE`` as a child process that dies with us
+    (it reads the inventory's secrets from the environment it inherits)."""
+    from streams.broker import die_with_parent
+
+    out: Any = subprocess.DEVNULL
+    if log_path is not None:
+        out = open(log_path, "ab")
+    argv = [sys.executable, "-m", "streams.cli", "connect", name, "--site", str(site_file)]
+    if shard[1] > 1:
+        argv += ["--shard", f"{shard[0]}/{shard[1]}"]
+    return subprocess.Popen(argv, env={**os.environ, **settings_env(settings)}, stdout=out,
+                            stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
@@ -386,8 +409,22 @@ async def run_stack(settings: Settings, opts: StackOptions,
                 interval_s=opts.synthetic_interval_s))
         if devices is not None:
             assert publisher is not None
+            here = DEMO_CONNECTORS
+            control = [n for n, present in (("meter", devices.meter is not None),
+                                            ("asic-actuator", bool(devices.asics))) if present]
+            if settings.control_process and control:
+                # the control path's connectors in a process of their own, on the inventory
+                # as this one has it (its secrets in the environment it inherits)
+                here = here - set(control)
+                site_file = settings.data_dir / "control.site.toml"
+                site_file.parent.mkdir(parents=True, exist_ok=True)
+                site_file.write_text(dump_site(devices, "# written by hashplane up for its "
+                                                        "control connectors' process"))
+                sup.process("control-connectors", partial(
+                    spawn_connector, settings, ",".join(control), site_file,
+                    settings.data_dir / "control-connectors.log", opts.shard))
             # NVML telemetry would repeat what RainbowMiner reports: not in the demo.
-            stack.connectors = site_connectors(settings, publisher, devices, DEMO_CONNECTORS,
+            stack.connectors = site_connectors(settings, publisher, devices, here,
                                                emitters, shard=opts.shard)
         for name, conn in stack.connectors.items():
             sup.task(f"connector-{name}", partial(conn.run, stop))

@@ -6,7 +6,9 @@ applied ``WakeAsic`` sets last-on), so cycles and last-off are event-sourced: re
 acks rebuilds them.  Each ``EnergyHeadroomComputed`` is a decision point:
 
 * ASIC budget = min(target load, available supply) - non-ASIC load (GPUs).
-* planned = draw of the ASICs running or being woken, minus those being put to sleep.
+* planned = draw of the ASICs running or being woken, minus those being put to sleep.  A
+  woken ASIC whose firmware reports no hashrate while it restarts its hashboards is still
+  being woken for ``boot_s``: a dip meanwhile sleeps it with the rest.
 * planned > budget: sleep running ASICs, fewest cycles first, then oldest last-off, until
   planned <= budget.  ASICs inside their minimum on-dwell are spared unless the plan is
   above available supply (safety beats wear).
@@ -68,6 +70,7 @@ class SchedulerParams:
     wake_interval_s: float = 5.0
     default_kw: float = 3.25
     ttl_s: float = 10.0
+    boot_s: float = 300.0
 
 
 @dataclass(slots=True)
@@ -126,7 +129,7 @@ def step(state: SchedulerState, event: SchedulerInput, p: SchedulerParams = Sche
         a = state.asics.setdefault(event.device_id, Asic(draw_kw=p.default_kw))
         t = event.ts.timestamp()
         if t >= a.seen:
-            a.seen, a.state = t, event.state
+            a.seen, a.state = t, booting(a, event.state, t, p)
             if event.state == "running" and event.power_w > 0:
                 a.draw_kw = event.power_w / 1000.0
                 if event.hashrate_ths > 0:
@@ -136,6 +139,19 @@ def step(state: SchedulerState, event: SchedulerInput, p: SchedulerParams = Sche
         _ack(state, event)
         return state, []
     return state, decide(state, event, p)
+
+
+def booting(a: Asic, reported: str, t: float, p: SchedulerParams) -> str:
+    """The state to keep of a reading: a miner we woke that reports no hashrate yet (the
+    firmware's "error": Antminer stock, Whatsminer and VNish while they restart their
+    hashboards) is still waking for ``boot_s`` after its wake's ack.  It is about to draw its
+    full power, so a grid dip in the meantime puts it back to sleep with the rest; an ASIC
+    that was not woken, or still hashes nothing after ``boot_s``, stays in error: neither
+    load nor a candidate."""
+    if reported == "error" and a.state == "waking" and a.last_on is not None \
+            and t - a.last_on < p.boot_s:
+        return "waking"
+    return reported
 
 
 #: A miner's efficiency is the best of its last few readings: one that has just woken
@@ -289,7 +305,7 @@ def params(s: Settings) -> SchedulerParams:
         min_on_s=s.sched_min_on_s, min_off_s=s.sched_min_off_s,
         hysteresis_kw=s.sched_hysteresis_kw, wake_batch=s.sched_wake_batch,
         wake_interval_s=s.sched_wake_interval_s, default_kw=s.asic_default_w / 1000.0,
-        ttl_s=s.command_ttl_s)
+        ttl_s=s.command_ttl_s, boot_s=s.sched_boot_s)
 
 
 def _save(state: SchedulerState, device: str) -> list[Any] | None:

@@ -96,9 +96,11 @@ class Acks:
         await self.consumer.stop()
 
 
-def print_trace(acks: Acks, t0: float, w0: float, seen: int) -> None:
+def print_trace(acks: Acks, t0: float, w0: float, seen: int,
+                firmware: dict[str, str] | None = None) -> None:
     """When the low reading, the shed headroom, the commands and the acks arrived (s after
-    the step), and when the commands were issued and acked by their own timestamps."""
+    the step), and when the commands were issued and acked by their own timestamps; the
+    commands issued over a second after the first, by the miner's firmware."""
     for topic in ("grid.readings", "metrics.energy", "commands.asic"):
         arr = [at - t0 for at, tp, e in acks.other if tp == topic and at > t0
                and (topic != "grid.readings" or e.frequency_hz < 49.5)
@@ -115,6 +117,13 @@ def print_trace(acks: Acks, t0: float, w0: float, seen: int) -> None:
     print(f"  issued {issued[0]:.3f}..{issued[-1]:.3f} acked {acked[0]:.3f}..{acked[-1]:.3f} "
           f"arrived {arrived[0]:.3f}..{arrived[-1]:.3f} "
           f"statuses {sorted({a.status for a in sl})}")
+    late: dict[str, int] = {}
+    for a in sl:
+        if a.ts.timestamp() - a.latency_ms / 1000 - w0 > issued[0] + 1.0:
+            fw = (firmware or {}).get(a.device_id, "?")
+            late[fw] = late.get(fw, 0) + 1
+    if late:
+        print(f"  issued over 1 s after the first, by firmware: {late}")
 
 
 async def until(pred: Any, timeout_s: float, what: str) -> None:
@@ -193,6 +202,7 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
     await broker.start()
     await ensure_topics(broker.bootstrap)
     devices = farm.write_site(work / "site.toml")
+    firmware = {a["id"]: a["dialect"] for a in farm.endpoints()["asics"]}
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHPLANE_")}
     env.update(PYTHONPATH=str(ROOT), HASHPLANE_KAFKA_BOOTSTRAP=broker.bootstrap,
                HASHPLANE_DATA_DIR=str(work / "data"), HASHPLANE_API_PORT="0",
@@ -256,13 +266,13 @@ async def run(n: int, dips: int, work: Path, trace: bool = False,
                 print(f"  {fleet} dip {len(last) + len(failed) + 1}: {exc} ({len(done)} of "
                       f"{n} acked)", flush=True)
                 if trace:
-                    print_trace(acks, t0, w0, seen)
+                    print_trace(acks, t0, w0, seen, firmware)
                 failed.append(len(done))
                 step_grid(farm, 50.0)
                 continue
             times = [at - t0 for at in slept()]
             if trace:
-                print_trace(acks, t0, w0, seen)
+                print_trace(acks, t0, w0, seen, firmware)
             last.append(max(times))
             every += times
             step_grid(farm, 50.0)

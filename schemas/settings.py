@@ -138,6 +138,10 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="Spare budget kept when waking ASICs, kW")
     sched_wake_batch: int = Field(default=20, ge=1, description="ASICs woken per stagger step")
     sched_wake_interval_s: float = Field(default=5.0, ge=0, description="Stagger step, s")
+    sched_boot_s: float = Field(
+        default=300.0, ge=0, description="A woken ASIC reporting no hashrate yet (restarting "
+        "its hashboards) counts as waking this long after its wake's ack: load a dip sheds; "
+        "after it, a miner still hashing nothing is in error, s")
     asic_default_w: float = Field(
         default=3250.0, gt=0, description="Draw assumed for an ASIC never seen running, W")
     command_ttl_s: float = Field(default=10.0, gt=0, description="Agents' commands expire after")

@@ -171,3 +171,22 @@ def test_telemetry_reconciles_a_miner_that_restarted_onto_the_wrong_pool() -> No
     events = [tele(0, "m0"), probe(1, False), probe(2, False)]
     _, out = failover_fold([*events, tele(30, "m0")], FP)  # m0 still on upstream, cmd expired
     assert len(out) == 2 and out[1].ts == at(30)
+
+
+def test_a_woken_miner_restarting_its_hashboards_is_shed_by_a_dip() -> None:
+    """Woken, acked, then read with no hashrate (state error) while it boots: still waking
+    for boot_s, so a dip sleeps it; a miner that never got our wake, or is still hashing
+    nothing after boot_s, is in error: not shed, not counted."""
+    p = SchedulerParams(min_on_s=0, min_off_s=0, hysteresis_kw=1, wake_batch=100,
+                        wake_interval_s=0, ttl_s=10, boot_s=60)
+    start = [tele(0, "a0", state="sleeping"), tele(0, "a1", state="sleeping"),
+             tele(0, "a2", state="error"), energy(1, target=100)]
+    _, woken = fold(start, p)
+    assert {c.device_id for c in woken} == {"a0", "a1"}
+    booting = [*start, *[ack(2, c) for c in woken], tele(5, "a0", state="error"),
+               tele(5, "a1", state="error"), tele(5, "a2", state="error")]
+    _, out = fold([*booting, energy(6, target=0)], p)
+    assert {c.device_id for c in out if isinstance(c, SleepAsic)} == {"a0", "a1"}
+    _, late = fold([*booting, tele(70, "a0", state="error"), tele(70, "a1", state="error"),
+                    energy(71, target=0)], p)
+    assert not [c for c in late if isinstance(c, SleepAsic)]

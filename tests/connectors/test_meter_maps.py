@@ -21,16 +21,27 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "meter" / "sel735_poll.json"
 SEL = REGISTER_MAPS["sel-735"]
 
 
-def poll() -> dict[str, Any]:
+def recorded() -> dict[str, Any]:
     return dict(json.loads(FIXTURE.read_text()))
+
+
+async def poll(meter: GridMeter, times: int = 1) -> None:
+    """Poll ``meter`` ``times`` over one real Modbus TCP connection."""
+    client = AsyncModbusTcpClient(meter.host, port=meter.port)
+    await client.connect()
+    try:
+        for _ in range(times):
+            await meter.poll(client)
+    finally:
+        client.close()
 
 
 def registers(doc: dict[str, Any]) -> dict[int, int]:
     return {r["start"] + i: v for r in doc["reads"] for i, v in enumerate(r["registers"])}
 
 
-def test_the_sel735_map_reads_a_recorded_poll() -> None:
-    doc = poll()
+def test_the_sel735_map_reads_a_recorded_recorded() -> None:
+    doc = recorded()
     values = parse_registers(registers(doc), SEL)
     for name, want in doc["expect"].items():
         assert values[name] == pytest.approx(want, abs=1e-9), name
@@ -38,7 +49,7 @@ def test_the_sel735_map_reads_a_recorded_poll() -> None:
 
 def test_the_sel735_map_is_read_in_the_two_requests_the_recording_holds() -> None:
     plan = read_plan(SEL)
-    assert plan == [(r["start"], len(r["registers"])) for r in poll()["reads"]]
+    assert plan == [(r["start"], len(r["registers"])) for r in recorded()["reads"]]
     assert all(count <= 125 for _, count in plan)  # the meter's limit per read
 
 
@@ -89,7 +100,7 @@ HOSTILE = {
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_sel735_polls_are_refused(case: str) -> None:
     with pytest.raises(MeterDecodeError):
-        parse_registers(registers(HOSTILE[case](poll())), SEL)
+        parse_registers(registers(HOSTILE[case](recorded())), SEL)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTER_MAPS))
@@ -101,13 +112,9 @@ async def test_the_connector_reads_the_simulated_meter_on_each_map(name: str) ->
     sink = ListSink()
     meter = GridMeter(server.host, server.port, Emitter(sink, source="t", site="s"),
                       rmap=REGISTER_MAPS[name])
-    client = AsyncModbusTcpClient(server.host, port=server.port)
-    await client.connect()
     try:
-        for _ in range(3):
-            await meter.poll(client)
+        await poll(meter, 3)
     finally:
-        client.close()
         await server.stop()
     readings = [e for e in sink.events if isinstance(e, GridMeasured)]
     assert len(readings) == 3, sink.events
@@ -126,12 +133,9 @@ async def test_a_meter_read_on_the_wrong_map_goes_to_dlq_not_to_a_decision() -> 
     sink = ListSink()
     meter = GridMeter(server.host, server.port, Emitter(sink, source="t", site="s"),
                       rmap=REGISTER_MAPS["ieee754-float"])
-    client = AsyncModbusTcpClient(server.host, port=server.port)
-    await client.connect()
     try:
-        await meter.poll(client)
+        await poll(meter)
     finally:
-        client.close()
         await server.stop()
     dead = [e for e in sink.events if isinstance(e, RecordDeadLettered)]
     assert not any(isinstance(e, GridMeasured) for e in sink.events)
@@ -142,8 +146,6 @@ async def test_a_site_whose_meter_is_an_sel735_runs_its_meter_on_that_map(
         tmp_path: Path) -> None:
     """The farm's meter speaks the SEL-735 map; the inventory it writes names it; the
     runtime's meter connector reads it from that file over the socket."""
-    from pymodbus.client import AsyncModbusTcpClient as Client
-
     from schemas.settings import Settings
     from schemas.site import load_site
     from sim.farm import Farm
@@ -162,12 +164,7 @@ async def test_a_site_whose_meter_is_an_sel735_runs_its_meter_on_that_map(
                                 frozenset({"meter"}))
         meter = conns["meter"]
         assert meter.rmap == SEL
-        client = Client(meter.host, port=meter.port)
-        await client.connect()
-        try:
-            await meter.poll(client)
-        finally:
-            client.close()
+        await poll(meter)
     finally:
         await farm.stop()
     (r,) = [e for e in sink.events if isinstance(e, GridMeasured)]

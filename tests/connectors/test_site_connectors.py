@@ -8,7 +8,6 @@ import json
 import struct
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
 from connectors.base import Emitter, ListSink
 from connectors.grid_meter import (
@@ -23,6 +22,7 @@ from schemas.events import FeedPowerMeasured, GridMeasured, RecordDeadLettered
 from schemas.site import RegisterMap
 from sim.farm import Farm
 from sim.meter import encode_float
+from tests.connectors.test_meter_maps import poll
 from tests.factories import T0
 
 
@@ -74,13 +74,7 @@ def test_malformed_register_blocks_are_refused(name: str, block: list[int]) -> N
 async def test_meter_connector_reads_the_simulated_meter(farm: Farm) -> None:
     sink = ListSink()
     meter = GridMeter(farm.meter.host, farm.meter.port, Emitter(sink, source="t", site="s"))
-    client = AsyncModbusTcpClient(farm.meter.host, port=farm.meter.port)
-    await client.connect()
-    try:
-        for _ in range(3):
-            await meter.poll(client)
-    finally:
-        client.close()
+    await poll(meter, 3)
     readings = [e for e in sink.events if isinstance(e, GridMeasured)]
     assert len(readings) == 3
     assert all(abs(r.frequency_hz - 50) < 0.1 and r.active_power_kw > 0 for r in readings)

@@ -272,42 +272,40 @@ def worker_lanes(settings: Settings) -> dict[str, str]:
         else {"worker": "all"}
 
 
-def spawn_worker(settings: Settings, log_path: Any = None,
-                 lane: str = "all") -> subprocess.Popen[bytes]:
-    """Start ``hashplane worker --lane LANE`` (the Faust agents) as a child process that
-    dies with us; the main lane's at ``main_lane_nice``."""
+def spawn_child(settings: Settings, args: list[str], log_path: Any = None,
+                nice: int = 0) -> subprocess.Popen[bytes]:
+    """Start ``hashplane ARGS`` with ``settings`` as a child process that dies with us (and
+    inherits our environment: the inventory's secrets), at niceness ``nice``."""
     from streams.broker import die_with_parent
 
     out: Any = subprocess.DEVNULL
     if log_path is not None:
         out = open(log_path, "ab")
-    nice = settings.main_lane_nice if lane == "main" else 0
 
     def prepare() -> None:
         die_with_parent()
         if nice:
             os.nice(nice)
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--lane", lane],
-        env={**os.environ, **settings_env(settings)}, stdout=out, stderr=subprocess.STDOUT,
-        preexec_fn=prepare)
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args],
+                            env={**os.environ, **settings_env(settings)}, stdout=out,
+                            stderr=subprocess.STDOUT, preexec_fn=prepare)
+
+
+def spawn_worker(settings: Settings, log_path: Any = None,
+                 lane: str = "all") -> subprocess.Popen[bytes]:
+    """Start ``hashplane worker --lane LANE`` (the Faust agents) as a child process; the
+    main lane's at ``main_lane_nice``."""
+    return spawn_child(settings, ["worker", "--lane", lane], log_path,
+                       settings.main_lane_nice if lane == "main" else 0)
 
 
 def spawn_connector(settings: Settings, name: str, site_file: Path, log_path: Any = None,
                     shard: tuple[int, int] = (0, 1)) -> subprocess.Popen[bytes]:
-    """Start ``hashplane connect NAME --site FILE`` as a child process that dies with us
-    (it reads the inventory's secrets from the environment it inherits)."""
-    from streams.broker import die_with_parent
-
-    out: Any = subprocess.DEVNULL
-    if log_path is not None:
-        out = open(log_path, "ab")
-    argv = [sys.executable, "-m", "streams.cli", "connect", name, "--site", str(site_file)]
-    if shard[1] > 1:
-        argv += ["--shard", f"{shard[0]}/{shard[1]}"]
-    return subprocess.Popen(argv, env={**os.environ, **settings_env(settings)}, stdout=out,
-                            stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    """Start ``hashplane connect NAME --site FILE`` as a child process."""
+    shards = ["--shard", f"{shard[0]}/{shard[1]}"] if shard[1] > 1 else []
+    return spawn_child(settings, ["connect", name, "--site", str(site_file), *shards],
+                       log_path)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:

@@ -713,8 +713,9 @@ def _banner(stack: Any, embedded: bool) -> None:
            f"  inventory  {stack.endpoints_file}"] if stack.farm else []),
         f"  ClickHouse {s.history_dsn} (database {s.clickhouse_database})",
         f"  logs       {s.data_dir}/worker.log"
-        f"{f', {s.data_dir}/worker-control.log' if s.control_lane else ''}, "
-        f"{s.data_dir}/broker.log",
+        f"{f', {s.data_dir}/worker-control.log' if s.control_lane else ''}"
+        f"{f', {s.data_dir}/control-connectors.log' if s.control_process and stack.farm else ''}"
+        f", {s.data_dir}/broker.log",
         "  Ctrl-C stops everything; the history stays readable.",
         "",
     ]

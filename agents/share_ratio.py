@@ -14,9 +14,9 @@ event after a crash produces the same metric ids and the history store collapses
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from agents.spec import AgentSpec
@@ -29,9 +29,9 @@ SEEN_IDS = 16  # producer re-sends arrive close together: a short memory is enou
 _NS = uuid5(NAMESPACE_URL, "hashplane:share_ratio")
 
 
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """Shares folded into one window."""
+class Counts(NamedTuple):
+    """Shares folded into one window (a tuple: a window's counts are replaced on every
+    event, and a tuple is the cheapest immutable record Python builds)."""
 
     accepted: int = 0
     rejected: int = 0
@@ -42,13 +42,15 @@ class Counts:
 
     def add(self, e: ShareCountsObserved) -> Counts:
         return Counts(
-            self.accepted + e.accepted, self.rejected + e.rejected, self.stale + e.stale,
-            self.difficulty_accepted + e.difficulty_accepted,
-            self.difficulty_rejected + e.difficulty_rejected, self.events + 1)
+            self[0] + e.accepted, self[1] + e.rejected, self[2] + e.stale,
+            self[3] + e.difficulty_accepted, self[4] + e.difficulty_rejected, self[5] + 1)
 
     @property
     def total(self) -> int:
         return self.accepted + self.rejected + self.stale
+
+
+_EMPTY = Counts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,7 @@ class WindowState:
 
     def to_primitive(self) -> list[Any]:
         return [
-            [[k, [c.accepted, c.rejected, c.stale, c.difficulty_accepted,
-                  c.difficulty_rejected, c.events]] for k, c in sorted(self.windows.items())],
+            [[k, list(c)] for k, c in sorted(self.windows.items())],
             None if self.watermark == float("-inf") else self.watermark,
             self.late,
             sorted(self.revised.items()),
@@ -140,27 +141,30 @@ def fold_window(
     t = event.ts.timestamp()
     start = int(t // window_s) * window_s
     if start + window_s + grace_s <= state.watermark:
-        return replace(state, late=state.late + 1), []
+        return WindowState(state.windows, state.watermark, state.late + 1, state.revised), []
     windows = dict(state.windows)
-    windows[start] = windows.get(start, Counts()).add(event)
+    windows[start] = windows.get(start, _EMPTY).add(event)
     watermark = max(state.watermark, t)
-    revised = dict(state.revised)
+    revised = state.revised
     out: list[ShareRatioComputed] = []
-    key = f"{scope}/{subject}/{window_s}"
-    closed = [k for k in windows if k + window_s + grace_s <= watermark]
-    for w in sorted(closed):
-        revised.pop(w, None)
-        out.append(ratio(windows.pop(w), site=event.site, scope=scope, subject=subject,
-                         window_s=window_s, ts=event.ts, start=w, final=True,
-                         event_id=uuid5(_NS, f"{key}/{w}/final")))
+    span = window_s + grace_s
+    if len(windows) > 1 or start + span <= watermark:  # else one window, still open
+        closed = sorted(k for k in windows if k + span <= watermark)
+        if closed:
+            revised = {k: v for k, v in revised.items() if k not in closed}
+        key = f"{scope}/{subject}/{window_s}"
+        for w in closed:
+            out.append(ratio(windows.pop(w), site=event.site, scope=scope, subject=subject,
+                             window_s=window_s, ts=event.ts, start=w, final=True,
+                             event_id=uuid5(_NS, f"{key}/{w}/final")))
     every = max(update_s, window_s // 12) if update_s else 0
     if t - revised.get(start, start) >= every:
-        revised[start] = t
+        revised = {**revised, start: t}
         out.append(ratio(windows[start], site=event.site, scope=scope, subject=subject,
                          window_s=window_s, ts=event.ts, start=start, final=False,
-                         event_id=uuid5(_NS, f"{key}/{start}/{event.event_id}")))
-    return WindowState(windows=windows, watermark=watermark, late=state.late,
-                       revised=revised), out
+                         event_id=uuid5(_NS, f"{scope}/{subject}/{window_s}/{start}/"
+                                             f"{event.event_id}")))
+    return WindowState(windows, watermark, state.late, revised), out
 
 
 def step(
@@ -230,30 +234,48 @@ def params(s: Settings) -> RatioParams:
     return RatioParams(tuple(s.share_windows_s), s.share_grace_s, s.share_update_s)
 
 
-def device_step(saved: dict[str, Any], event: ShareCountsObserved, p: RatioParams,
+#: A device's entry: its worker's and its own windows, by ``scope/subject``.
+DeviceShares = dict[str, SubjectState]
+
+
+def load_device(raw: Any) -> DeviceShares:
+    """A device's entry from its table value (``save_device``'s form; None: empty)."""
+    return {k: SubjectState.from_primitive(v) for k, v in (raw or {}).items()}
+
+
+def save_device(state: DeviceShares) -> dict[str, Any]:
+    """A device's entry as the table keeps it: ``scope/subject`` -> ``to_primitive``."""
+    return {k: s.to_primitive() for k, s in state.items()}
+
+
+def device_step(state: DeviceShares, event: ShareCountsObserved, p: RatioParams,
                 position: tuple[int, int] | None = None,
-                ) -> tuple[dict[str, Any], list[ShareRatioComputed]]:
-    """Fold one event into its device's entry (worker and device scope, as primitives).
+                ) -> tuple[DeviceShares, list[ShareRatioComputed]]:
+    """Fold one event into its device's entry (worker and device scope).
 
     A worker's state lives on its device's partition: a worker name shared by several
     devices is aggregated at pool and site scope, not here.  The entry is returned
     unchanged (the same object) when nothing in it changed."""
-    changed: dict[str, Any] = {}
+    changed: DeviceShares = {}
     out: list[ShareRatioComputed] = []
-    for scope in ("worker", "device"):
-        subject = SUBJECTS[scope](event)
+    for scope, subject in (("worker", event.worker), ("device", event.device_id)):
         key = f"{scope}/{subject}"
-        before = SubjectState.from_primitive(saved.get(key))
-        after, metrics = step(before, event, scope=scope, subject=subject, position=position,
-                              windows=p.windows, grace_s=p.grace_s, update_s=p.update_s)
+        before = state.get(key) or _NONE
+        after, metrics = step(before, event, scope=scope, subject=subject,  # type: ignore[arg-type]
+                              position=position, windows=p.windows, grace_s=p.grace_s,
+                              update_s=p.update_s)
         if after is not before:
-            changed[key] = after.to_primitive()
+            changed[key] = after
         out += metrics
-    return ({**saved, **changed} if changed else saved), out
+    return ({**state, **changed} if changed else state), out
+
+
+_NONE = SubjectState()
 
 
 #: Worker and device ratios on the shares topic's own partitions (one table entry per
 #: device holds both scopes' windows).
 SPEC = AgentSpec[dict[str, Any], RatioParams](
     name="share_ratio", source=SOURCE, inputs=(ShareCountsObserved,), params=params,
-    state=dict, step=device_step, scope="partition", partition_table="share_ratio_devices")
+    state=dict, step=device_step, scope="partition", partition_table="share_ratio_devices",
+    load=load_device, save=save_device)

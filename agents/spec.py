@@ -83,6 +83,11 @@ class AgentSpec(Generic[S, P]):
     durable: Durable[S] | None = None  # site scope: kept per key in ``durable.table``
     #: partition scope: the table holding each key's whole state ("" = stateless)
     partition_table: str = ""
+    #: partition scope: a key's state from what its table holds (None: nothing yet), and
+    #: back; the runner keeps each key's live state beside the table and loads it again
+    #: only when the table's value is not the one it last saved (restored, rebalanced)
+    load: Callable[[Any], S] | None = None
+    save: Callable[[S], Any] | None = None
     #: narrower than the input union: only these records are folded (and forwarded)
     accepts: Callable[[Event], bool] | None = None
     #: what the live agent publishes of a step's outputs, given the processing time (a

@@ -42,11 +42,13 @@ from schemas.events import (
     GridMeasured,
     ShareCountsObserved,
 )
+from schemas.registry import topic as topic_spec
 from schemas.registry import topic_of
 from schemas.settings import Settings
 from streams import worker as runner
 from streams.app import BATCH_HEADER, create_app, decoded, pack
 from streams.broker import EmbeddedBroker
+from streams.cli import long_running_gc
 from streams.codec import encode, encode_key
 from streams.topics import SITE_FEED, ensure_topics
 
@@ -134,8 +136,12 @@ def as_records(events: list[Event], feed: bool) -> list[tuple[str, bytes, bytes,
 
 
 async def run_agent(settings: Settings, name: str, register: Callable[[faust.App], Any],
-                    n: int) -> tuple[float, int]:
-    """Run one agent until its stream has seen ``n`` events; (seconds, outputs sent)."""
+                    n: int, shared: Path | None = None) -> tuple[float, int]:
+    """Run one agent until its stream has seen ``n`` events; (seconds, outputs sent).
+
+    ``shared``: one of several workers of one group (``group``): write "first-event-time
+    events-seen" (system-wide monotonic clock) to that file every 10 ms and run until the
+    parent creates ``<shared>.stop``."""
     app = create_app(settings, app_id=f"bench-{name}", broker_commit_interval=1.0,
                      broker_client_id=f"bench-{name}")
     sent = [0]
@@ -154,14 +160,18 @@ async def run_agent(settings: Settings, name: str, register: Callable[[faust.App
     while time.perf_counter() < deadline:
         seen = app.monitor.events_total
         if seen and first is None:
-            first = time.perf_counter()
-        if seen >= n:
+            first = time.monotonic()
+        if shared is not None:
+            shared.write_text(f"{first or 0} {seen}")
+            if shared.with_suffix(".stop").exists():
+                break
+        elif seen >= n:
             break
         await asyncio.sleep(0.01)
     else:
         raise SystemExit(f"{name}: saw {app.monitor.events_total} of {n} events in 600 s")
     assert first is not None
-    elapsed = time.perf_counter() - first
+    elapsed = time.monotonic() - first
     await worker.stop()
     task.cancel()
     return elapsed, sent[0]
@@ -188,11 +198,43 @@ AGENTS: dict[str, Callable[[Settings], Callable[[faust.App], Any]]] = {
 }
 
 
-async def one(name: str, bootstrap: str, n: int) -> None:
-    """Child mode: one agent in a fresh process (one Faust app per process)."""
+async def one(name: str, bootstrap: str, n: int, shared: Path | None = None) -> None:
+    """Child mode: one agent in a fresh process (one Faust app per process), with the
+    garbage collector set as ``hashplane worker`` sets it."""
+    long_running_gc()
     s = Settings(data_dir=Path(tempfile.mkdtemp()), kafka_bootstrap=bootstrap)
-    t, out = await run_agent(s, name, AGENTS[name](s), n)
+    t, out = await run_agent(s, name, AGENTS[name](s), n, shared)
     print(f"RESULT {t} {out}", flush=True)
+
+
+def group(name: str, bootstrap: str, n: int, workers: int, work: Path) -> float:
+    """``workers`` processes of one agent in one consumer group over the same records:
+    seconds from the first event any of them saw until together they have seen ``n``."""
+    files = [work / f"{name}-{i}.progress" for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--one", name, "--bootstrap",
+                               bootstrap, "--events", str(n), "--shared", str(f)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for f in files]
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            got = [f.read_text().split() for f in files if f.exists()]
+            got = [(float(a), int(b)) for a, b in (g for g in got if len(g) == 2)]
+            if sum(seen for _, seen in got) >= n:
+                done = time.monotonic()
+                return done - min(first for first, seen in got if seen)
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit(f"{name}: a worker of the group exited early")
+            time.sleep(0.01)
+        raise SystemExit(f"{name}: {workers} workers did not see {n} events in 900 s")
+    finally:
+        for f in files:
+            f.with_suffix(".stop").touch()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def child(name: str, bootstrap: str, n: int) -> tuple[float, int]:
@@ -251,11 +293,28 @@ async def main(n: int) -> None:
     step_s = time.perf_counter() - t0
     rows.append(("energy headroom (telemetry, meter, feeds)", t, out, raw_s, noop_s, step_s))
 
+    scaling = []
+    for workers in (1, 2):
+        broker = EmbeddedBroker(log_file=work / f"broker-group-{workers}.log")
+        await broker.start()
+        try:
+            await ensure_topics(broker.bootstrap)
+            await produce(broker.bootstrap, as_records(shares, feed=False))
+            scaling.append(await asyncio.to_thread(group, "share-ratio", broker.bootstrap, n,
+                                                   workers, work))
+        finally:
+            await broker.stop()
+
     print(f"\n{'agent':42} {'agent ev/s':>11} {'outputs':>8} {'raw consume':>12} "
           f"{'ratio':>6} {'no-op Faust':>12} {'step only':>11}")
     for name, t, out, raw, nop, step in rows:
         print(f"{name:42} {n / t:>11,.0f} {out:>8,} {n / raw:>12,.0f} {raw / t:>6.3f} "
               f"{n / nop:>12,.0f} {n / step:>11,.0f}")
+    one_w, two_w = (n / t for t in scaling)
+    print(f"\nshare ratio, workers in one consumer group (shares has "
+          f"{topic_spec('shares').partitions} partitions): 1 worker {one_w:,.0f} ev/s, "
+          f"2 workers {two_w:,.0f} ev/s = {two_w / one_w:.2f}x one (goal >= 1.7x; "
+          f"{os.cpu_count()} cores shared with the broker)")
     print("\nratio = agent / raw aiokafka consume of the same records (goal >= 0.25).  no-op "
           "Faust: an agent that only decodes, the ceiling Faust's per-event machinery leaves "
           "on this machine.  step only: the pure fold, no Kafka (what replay runs).")
@@ -266,8 +325,10 @@ if __name__ == "__main__":
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--one", choices=sorted(AGENTS), help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--shared", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        asyncio.run(one(args.one, args.bootstrap, args.events))
+        asyncio.run(one(args.one, args.bootstrap, args.events,
+                        Path(args.shared) if args.shared else None))
     else:
         asyncio.run(main(args.events))

@@ -95,9 +95,13 @@ class SiteFold:
     """The durable site agents' states (agents/registry.py), folded from recorded events
     with their own step functions and parameters: nothing of an agent is restated here."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, agents: Iterable[str] | None = None) -> None:
+        """``agents``: fold only the durable site agents of these names (a benchmark's
+        per-agent figure); default every enabled one."""
         self.settings = settings
-        self.specs = [a for a in durable_site_agents() if a.enabled(settings)]
+        names = set(agents) if agents is not None else None
+        self.specs = [a for a in durable_site_agents() if a.enabled(settings)
+                      and (names is None or a.name in names)]
         self.params = {a.name: a.params(settings) for a in self.specs}
         self.states: dict[str, dict[str, Any]] = {a.name: {} for a in self.specs}
         self.events = 0

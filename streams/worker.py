@@ -271,6 +271,20 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
                       partitions=topic(name).partitions) \
         if spec.partition_table else None
 
+    load, save = spec.load, spec.save
+    # key -> (the table value last saved, the live state it was saved from): a key's state is
+    # loaded from the table again only when the table holds another value (a restore from
+    # the changelog, a partition back from another worker)
+    live: dict[str, tuple[Any, Any]] = {}
+
+    def state_of(key: str) -> Any:
+        raw = table[key] if table is not None else None
+        kept = live.get(key)
+        if kept is not None and kept[0] is raw:
+            return kept[1]
+        s = load(raw) if load is not None else raw
+        return s if s is not None else spec.state()
+
     @app.agent(raw_topic(app, name), name=spec.name)
     async def agent(stream: faust.StreamT[Any]) -> None:
         async for event in decoded(stream, name, out_to, settings.site, spec.source):
@@ -279,10 +293,13 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
             msg = stream.current_event.message if stream.current_event else None
             position = (msg.partition, msg.offset) if msg is not None else None
             key = event.device_id
-            before = (table[key] if table is not None else None) or spec.state()
+            before = state_of(key)
             after, out = spec.step(before, event, p, position)
             if table is not None and after is not before:
-                table[key] = after
+                raw = save(after) if save is not None else after
+                table[key] = raw
+                if save is not None:
+                    live[key] = (raw, after)
                 if drain is not None:
                     await drain()
             await publish_all(out_to, out)

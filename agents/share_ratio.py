@@ -147,12 +147,12 @@ def fold_window(
     watermark = max(state.watermark, t)
     revised = state.revised
     out: list[ShareRatioComputed] = []
+    key = f"{scope}/{subject}/{window_s}"
     span = window_s + grace_s
     if len(windows) > 1 or start + span <= watermark:  # else one window, still open
         closed = sorted(k for k in windows if k + span <= watermark)
         if closed:
             revised = {k: v for k, v in revised.items() if k not in closed}
-        key = f"{scope}/{subject}/{window_s}"
         for w in closed:
             out.append(ratio(windows.pop(w), site=event.site, scope=scope, subject=subject,
                              window_s=window_s, ts=event.ts, start=w, final=True,
@@ -162,8 +162,7 @@ def fold_window(
         revised = {**revised, start: t}
         out.append(ratio(windows[start], site=event.site, scope=scope, subject=subject,
                          window_s=window_s, ts=event.ts, start=start, final=False,
-                         event_id=uuid5(_NS, f"{scope}/{subject}/{window_s}/{start}/"
-                                             f"{event.event_id}")))
+                         event_id=uuid5(_NS, f"{key}/{start}/{event.event_id}")))
     return WindowState(windows, watermark, state.late, revised), out
 
 
@@ -236,6 +235,7 @@ def params(s: Settings) -> RatioParams:
 
 #: A device's entry: its worker's and its own windows, by ``scope/subject``.
 DeviceShares = dict[str, SubjectState]
+_NONE = SubjectState()  # a subject not seen yet
 
 
 def load_device(raw: Any) -> DeviceShares:
@@ -258,19 +258,16 @@ def device_step(state: DeviceShares, event: ShareCountsObserved, p: RatioParams,
     unchanged (the same object) when nothing in it changed."""
     changed: DeviceShares = {}
     out: list[ShareRatioComputed] = []
-    for scope, subject in (("worker", event.worker), ("device", event.device_id)):
+    for scope in ("worker", "device"):
+        subject = SUBJECTS[scope](event)
         key = f"{scope}/{subject}"
         before = state.get(key) or _NONE
-        after, metrics = step(before, event, scope=scope, subject=subject,  # type: ignore[arg-type]
-                              position=position, windows=p.windows, grace_s=p.grace_s,
-                              update_s=p.update_s)
+        after, metrics = step(before, event, scope=scope, subject=subject, position=position,
+                              windows=p.windows, grace_s=p.grace_s, update_s=p.update_s)
         if after is not before:
             changed[key] = after
         out += metrics
     return ({**state, **changed} if changed else state), out
-
-
-_NONE = SubjectState()
 
 
 #: Worker and device ratios on the shares topic's own partitions (one table entry per

@@ -91,7 +91,9 @@ class AgentSpec(Generic[S, P]):
     #: narrower than the input union: only these records are folded (and forwarded)
     accepts: Callable[[Event], bool] | None = None
     #: what the live agent publishes of a step's outputs, given the processing time (a
-    #: guard the fold of recorded history does not apply)
+    #: guard the fold of recorded history does not apply); called for a step with outputs
+    #: and for the first event a process folds into a state (a telemetry reading that
+    #: decides nothing skips it: the site agents fold tens of thousands a second)
     live: Callable[[S, Event, list[Event], datetime, P], list[Event]] | None = None
     #: whether a step may take long (a model fit): the runner runs it off the event loop
     offload: Callable[[S, Event, P], bool] | None = None

@@ -48,6 +48,7 @@ from schemas.registry import TOPICS, topic_of
 from schemas.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.codec import encode, encode_key
+from streams.feed import group_id as feed_group
 from streams.runtime import settings_env
 from streams.topics import SITE_FEED, ensure_topics
 
@@ -133,12 +134,12 @@ async def one_size(asics: int, polls: int, work: Path) -> dict[str, tuple[int, i
         events = site_events(asics, polls, datetime.now(UTC))
         procs = {name: start(name, s, work) for name in ("worker", "sink")}
         await produce(broker.bootstrap, events)
-        worker_topics = ["asic.telemetry", "shares", "grid.readings", "power.readings",
-                         SITE_FEED]
-        groups = {"worker": (s.app_id, worker_topics),
-                  "sink": (s.sink_group, [t.name for t in TOPICS])}
+        groups = [("worker", s.app_id, ["shares", "grid.readings", "power.readings", SITE_FEED]),
+                  # the worker's site feed forwarder (streams/feed.py), a group of its own
+                  ("worker", feed_group(s.app_id), ["asic.telemetry", "shares"]),
+                  ("sink", s.sink_group, [t.name for t in TOPICS])]
         deadline = time.monotonic() + 900
-        for name, (group, topics) in groups.items():
+        for name, group, topics in groups:
             # twice at zero, a second apart: the site feed's last batch may still linger
             settled = False
             while (left := await lag(broker.bootstrap, group, topics)) > 0 or not settled:

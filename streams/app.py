@@ -148,9 +148,14 @@ async def _unbatched(ev: faust.types.EventT[Any], publish: Publish, site: str,
     hit = _BATCHES.get(id(value))
     if hit is not None and hit[0] is value:
         return hit[1]
-    events = [e for name, raw in unpack(value)
-              if (e := await decode_one(ev, name, raw, publish, site, source, checked=True))
-              is not None]
+    events = []
+    for name, raw in unpack(value):
+        try:  # the common case without a coroutine per reading
+            events.append(decode(name, raw))
+        except DecodeError:  # again, with its letter to dlq
+            if (e := await decode_one(ev, name, raw, publish, site, source,
+                                      checked=True)) is not None:
+                events.append(e)
     _BATCHES[id(value)] = (value, events)
     while len(_BATCHES) > _BATCHES_KEPT:
         _BATCHES.popitem(last=False)

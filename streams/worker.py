@@ -7,9 +7,11 @@ and publishes the outputs on their registry topics.
 * **Partition-scoped** agents fold per-device state on their input topic's own partitions
   and scale out with them (share ratios, endpoint scores).
 * **Site-scoped** agents fold a whole site, which needs every partition of several topics
-  in one place.  ``site_feed`` forwards the records of the partitioned topics they read,
-  validated, to the single-partition internal topic ``hashplane.site-feed``, many to a
-  record (``streams.app.pack``: each with its source topic, gathered for a few ms).  Each
+  in one place.  The site feed's forwarder (``streams.feed``, a task of the worker that
+  reads with aiokafka's batch fetch, not a Faust agent) forwards the records of the
+  partitioned topics they read, validated, to the single-partition internal topic
+  ``hashplane.site-feed``, many to a record (``streams.app.pack``: each with its source
+  topic, gathered for a few ms).  Each
   site agent reads the feed in one lane and the single-partition topics of its input union
   (grid, feeds, uplink, headroom, operator commands) in another, both folding into one state:
   control-path records (meter -> energy -> scheduler) never take the forwarding hop and
@@ -39,16 +41,9 @@ from agents.spec import AgentSpec, table_key
 from schemas.envelope import Event
 from schemas.registry import TOPICS, topic, topic_of
 from schemas.settings import Settings
-from streams.app import (
-    BATCH_HEADER,
-    create_app,
-    decode_one,
-    decoded,
-    pack,
-    raw_topic,
-    record_topic,
-)
+from streams.app import create_app, decoded, raw_topic
 from streams.codec import encode, encode_key
+from streams.feed import SiteFeed
 from streams.topics import SITE_FEED
 
 log = logging.getLogger(__name__)
@@ -57,7 +52,6 @@ log = logging.getLogger(__name__)
 SLOW_S = 0.1
 
 Publish = Callable[[Event], Awaitable[None]]
-Forward = Callable[[bytes, bytes, dict[str, bytes]], Awaitable[Any]]
 Clock = Callable[[], datetime]
 
 
@@ -146,47 +140,38 @@ def lane_app_id(settings: Settings, lane: Lane) -> str:
     return f"{settings.app_id}-control" if lane == "control" else settings.app_id
 
 
-#: The site feed gathers what it forwards into one record per batch: at most
-#: ``FEED_BATCH`` records, forwarded at the latest ``FEED_LINGER_S`` after the first (the
-#: site agents then pay Faust's per-record cost once per batch, not once per reading).
-FEED_BATCH, FEED_LINGER_S = 1000, 0.005
+def forwards(lane: Lane) -> bool:
+    """Whether a lane's worker runs the site feed's forwarder (the control path's does: what
+    the scheduler folds never waits behind the main lane)."""
+    return lane != "main"
 
 
-def register_site_feed(app: faust.App, settings: Settings, publish: Publish | None = None,
-                       forward: Forward | None = None) -> faust.types.AgentT[Any]:
+def register_site_feed(app: faust.App, settings: Settings,
+                       read_by_agents: Iterable[str] = ()) -> SiteFeed:
     """Forward what the site agents fold of the partitioned topics to the site feed, in
-    batches (validated; undecodable records go to dlq here, once)."""
-    publish = publish or topic_publisher(app)
-    feed = app.topic(SITE_FEED, key_serializer="raw", value_serializer="raw")
+    batches (validated; undecodable records go to dlq here, once): ``streams.feed``, run as
+    a task of the worker, sending through the worker's producer.  ``read_by_agents``: the
+    topics the worker's own Faust agents read (``SiteFeed.carry_over``)."""
     readers = [s for s in site_agents() if s.enabled(settings)]
-    key = settings.site.encode()
 
-    async def to_feed(key: bytes, value: bytes, headers: dict[str, bytes]) -> Any:
-        return await feed.send(key=key, value=value, headers=headers)
+    async def send(topic: str, key: bytes | None, value: bytes,
+                   headers: list[tuple[str, bytes]]) -> Any:
+        return await app.producer.send(topic, key, value, None, None, headers or None)
 
-    forward = forward or to_feed
-    channel = app.topic(*forwarded_topics(readers), key_serializer="raw",
-                        value_serializer="raw")
+    feed = SiteFeed(settings, app.conf.id, forwarded_topics(readers), readers, send, SITE_FEED,
+                    read_by_agents=read_by_agents)
 
-    @app.agent(channel, name="site_feed")
-    async def site_feed_agent(stream: faust.StreamT[Any]) -> None:
-        # take_events acks a batch's source records only after the body is done with it:
-        # a crash before the batch is forwarded leaves them to be read again
-        async for records in stream.take_events(  # type: ignore[attr-defined]
-                FEED_BATCH, within=FEED_LINGER_S):
-            entries = []
-            for ev in records:
-                name = record_topic(ev)
-                event = await decode_one(ev, name, ev.value, publish, settings.site,
-                                         "agent:site_feed")
-                if event is not None and any(s.wants(event) for s in readers):
-                    # re-encoded, not forwarded as received: the current version, and JSON
-                    # without a raw newline (``pack`` separates records by newline)
-                    entries.append((topic_of(type(event)).name, encode(event)))
-            if entries:
-                await forward(key, pack(entries), {BATCH_HEADER: b"1"})
+    @app.task  # type: ignore[untyped-decorator]
+    async def site_feed() -> None:
+        while True:
+            try:
+                await feed.run()
+                return
+            except Exception:  # a failure not foreseen must not end the forwarding
+                log.exception("site feed: the forwarder failed; starting it again in 1 s")
+                await asyncio.sleep(1.0)
 
-    return site_feed_agent
+    return feed
 
 
 def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
@@ -223,6 +208,7 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
             if not spec.wants(event):
                 continue
             t0 = time.perf_counter()
+            first = event.site not in states
             s = state_of(event.site)
             if spec.offload is not None and spec.offload(s, event, p):
                 s, out = await asyncio.to_thread(spec.step, s, event, p)
@@ -237,13 +223,14 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
                 if drain is not None:
                     await drain()
             out = list(out)
-            if spec.live is not None:
+            if spec.live is not None and (out or first):
                 out = spec.live(s, event, out, clock(), p)
             t2 = time.perf_counter()
             if out and flush is not None:
                 await flush()  # the state is durable before what it decided goes out
             t3 = time.perf_counter()
-            await publish_all(out_to, out)
+            if out:
+                await publish_all(out_to, out)
             if (t4 := time.perf_counter()) - t0 > SLOW_S:
                 log.warning("%s: %s took %.0f ms (step %.0f, table %.0f, flush %.0f, publish "
                             "%d: %.0f)", spec.name, event.kind, 1000 * (t4 - t0),
@@ -340,8 +327,10 @@ def build_app(settings: Settings, watchdog_s: float = 2.0, lane: Lane = "all",
         # An operator (and the scale-out test) sees which worker holds what.
         log.info("partitions assigned: %s", describe_assignment(assigned))
 
-    if lane != "main":
-        register_site_feed(app, settings)  # forwards for every lane's site agents
+    if forwards(lane):  # forwards for every lane's site agents
+        register_site_feed(app, settings, {
+            t for spec in enabled(settings, lane)
+            for t in (input_topics(spec) if spec.scope == "partition" else direct_topics(spec))})
     for spec in enabled(settings, lane):
         register(app, settings, spec)
     if watchdog_s > 0:

@@ -8,13 +8,15 @@ to be wiring only.
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from agents import alerts, compute, energy, failover, scheduler, site_shares, tuning
 from agents.energy import fold as energy_fold
+from agents.registry import site_agents
 from agents.scheduler import fold as scheduler_fold
 from agents.spec import AgentSpec
 from schemas.alerts import AlertFired
@@ -40,6 +42,7 @@ from schemas.settings import Settings
 from streams import worker
 from streams.app import BATCH_HEADER, TOPIC_HEADER, create_app, pack, unpack
 from streams.codec import encode
+from streams.feed import gather
 from tests.factories import T0
 
 
@@ -175,21 +178,28 @@ async def test_compute_and_alert_agents(settings) -> None:  # type: ignore[no-un
     assert firing["site-1/grid_frequency_low/meter"][:2] == ["grid_frequency_low", "warning"]
 
 
-async def test_site_feed_forwards_validated_records_and_dead_letters_bad_ones(settings) -> None:  # type: ignore[no-untyped-def]
-    sent: list[tuple[bytes, bytes, Any]] = []
+def test_site_feed_gathers_validated_records_and_letters_bad_ones(settings: Settings) -> None:
+    readers = [s for s in site_agents() if s.enabled(settings)]
+    good, spaced = tele(0, "a0"), tele(0, "a2")
+    # valid JSON with a raw newline, which would split a packed batch: encoded again
+    spaced_raw = encode(spaced).replace(b',"kind"', b',\n"kind"')
 
-    async def forward(key: bytes, value: bytes, headers: dict[str, bytes]) -> None:
-        sent.append((key, value, headers))
+    def rec(offset: int, value: bytes, key: bytes = b"a0") -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord("asic.telemetry", 3, offset, 1_700_000_000_000, 0, key, value,
+                              None, len(key), len(value), [])
 
-    agent, published = make(settings, partial(worker.register_site_feed, forward=forward))
-    good = tele(0, "a0")
-    async with agent.test_context() as a:
-        await a.put(encode(good), key=b"a0", headers={TOPIC_HEADER: b"asic.telemetry"})
-        await a.put(b"{oops", key=b"a1", headers={TOPIC_HEADER: b"asic.telemetry"})
-    # one batch record for what arrived together, each record with its source topic
-    assert [(k, h) for k, _, h in sent] == [(b"site-1", {BATCH_HEADER: b"1"})]
-    assert unpack(sent[0][1]) == [("asic.telemetry", encode(good))]
-    assert [type(m) for m in published] == [RecordDeadLettered]
+    got = gather([rec(10, encode(good)), rec(11, b"{oops", b"a1"), rec(12, spaced_raw, b"a2")],
+                 readers, "site-1", at(1))
+    assert got.entries == [("asic.telemetry", encode(good)), ("asic.telemetry", encode(spaced))]
+    (letter,) = got.letters
+    assert (letter.source_topic, letter.device_id, letter.partition, letter.offset) == \
+        ("asic.telemetry", "a1", 3, 11)
+    assert letter.reason.startswith("not JSON")
+    assert got.last == {TopicPartition("asic.telemetry", 3): 12}
+    # the same record again gets the same letter (lettered once downstream)
+    again = gather([rec(11, b"{oops", b"a1")], readers, "site-1", at(2))
+    assert again.letters[0].event_id == letter.event_id
+    assert unpack(pack(got.entries)) == got.entries
 
 
 async def test_tuner_agent_commands_a_bounded_first_trial_for_gpus_in_tuning_mode(
@@ -230,8 +240,11 @@ def test_the_lanes_split_the_agents_between_two_workers_that_keep_the_changelog_
             for lane, app in apps.items()}
     # the site feed's forwarder runs with the control path: what the scheduler folds
     # (telemetry, acks) never waits behind the main lane's share ratios
-    assert agents["control"] == ["energy", "energy-feed", "scheduler", "scheduler-feed",
-                                 "site_feed"]
+    assert agents["control"] == ["energy", "energy-feed", "scheduler", "scheduler-feed"]
+    # (a task of the worker, not a Faust agent: streams/feed.py)
+    assert [worker.forwards(lane) for lane in ("all", "control", "main")] == [True, True, False]
+    assert [len(app._app_tasks) - len(apps["main"]._app_tasks)
+            for lane, app in apps.items()] == [1, 1, 0]
     assert sorted(agents["control"] + agents["main"]) == agents["all"]
     assert logs["control"] | logs["main"] == logs["all"]
     assert not logs["control"] & logs["main"]
@@ -256,3 +269,48 @@ async def test_a_site_agent_folds_a_feed_batch_as_the_records_it_holds(settings)
             await a.put(encode(g), key=b"meter", headers={TOPIC_HEADER: b"grid.readings"})
     _, expected = energy_fold(events, energy.params(settings))
     assert published == expected and published[-1].load_kw == 150.0
+
+
+async def test_a_feed_batch_s_undecodable_reading_is_dead_lettered_alone(
+        settings: Settings) -> None:
+    settings = settings.model_copy(update={"supply_feeds": ["f1"]})
+    telemetry = [tele(0, f"a{i}") for i in range(3)]
+    events: list[Any] = [feed(0, 200), *telemetry, grid(1, 50.0)]
+    agent, published = make(settings, energy.SPEC)
+    lines = [("asic.telemetry", encode(telemetry[0])), ("asic.telemetry", b'{"kind": 1}'),
+             *[("asic.telemetry", encode(t)) for t in telemetry[1:]]]
+    async with agent.test_context() as a:
+        await a.put(encode(events[0]), key=b"f1", headers={TOPIC_HEADER: b"power.readings"})
+        await a.put(pack(lines), key=b"site-1", headers={BATCH_HEADER: b"1"})
+        await a.put(encode(events[-1]), key=b"meter", headers={TOPIC_HEADER: b"grid.readings"})
+    letters = [e for e in published if isinstance(e, RecordDeadLettered)]
+    _, expected = energy_fold(events, energy.params(settings))
+    assert [(x.source_topic, x.reason) for x in letters] == [("asic.telemetry", "missing 'kind'")]
+    assert [e for e in published if not isinstance(e, RecordDeadLettered)] == expected
+    assert expected[-1].load_kw == 9.0
+
+
+async def test_the_energy_agent_warms_up_from_its_first_event_even_one_deciding_nothing(
+        settings: Settings) -> None:
+    """The restart guard counts from the first record folded; a telemetry reading, which
+    decides nothing and skips the live guard's call, still starts the warm-up."""
+    settings = settings.model_copy(update={"supply_feeds": ["f1"], "energy_warmup_s": 5.0})
+    app = create_app(settings, app_id="agent-test")
+    app.finalize()
+    published: list[Event] = []
+    now = [at(0)]
+
+    async def record(event: Event) -> None:
+        published.append(event)
+
+    agent = worker.register(app, settings, energy.SPEC, publish=record, clock=lambda: now[0])
+    # (event, processing time): the meter at 4 s after the first record is in the warm-up,
+    # at 6 s it is not
+    timed: list[tuple[Any, float]] = [(tele(0, "a0"), 0), (feed(0, 20), 1), (grid(1, 50.0), 4),
+                                      (grid(2, 49.7), 6)]
+    async with agent.test_context() as a:
+        for e, t in timed:
+            now[0] = at(t)
+            await a.put(encode(e), key=e.device_id.encode(),
+                        headers={TOPIC_HEADER: topic_of(type(e)).name.encode()})
+    assert [(m.ts, m.band) for m in published] == [(at(2), "below-49.8Hz")]

@@ -38,20 +38,26 @@ from tests.sim.conftest import farm_config
 pytestmark = pytest.mark.integration
 
 ASICS = 12
-ASSIGNED = re.compile(r"partitions assigned: (.*)$", re.M)
+#: a worker's Faust agents' assignment, and its site feed forwarder's (streams/feed.py: a
+#: consumer group of its own, whose partitions are named "feed:<topic>" here)
+ASSIGNED = (("", re.compile(r"partitions assigned: (.*)$", re.M)),
+            ("feed:", re.compile(r"site feed assigned: (.*)$", re.M)))
 
 
 def holdings(p: Proc) -> set[tuple[str, int]] | None:
-    """The input partitions a worker holds now (its last assignment), None before one."""
-    lines = ASSIGNED.findall(p.log.read_text(errors="replace")) if p.log.exists() else []
-    if not lines:
-        return None
-    if lines[-1].strip() == "(none)":
-        return set()
-    out = set()
-    for part in lines[-1].split():
-        topic, _, nums = part.partition("[")
-        out |= {(topic, int(n)) for n in nums.rstrip("]").split(",")}
+    """The input partitions a worker holds now (the last assignment of its agents and of
+    its forwarder), None before both have one."""
+    text = p.log.read_text(errors="replace") if p.log.exists() else ""
+    out: set[tuple[str, int]] = set()
+    for group, pattern in ASSIGNED:
+        lines = pattern.findall(text)
+        if not lines:
+            return None
+        if lines[-1].strip() == "(none)":
+            continue
+        for part in lines[-1].split():
+            topic, _, nums = part.partition("[")
+            out |= {(group + topic, int(n)) for n in nums.rstrip("]").split(",")}
     return out
 
 
@@ -91,7 +97,7 @@ async def test_two_workers_share_partitions_and_a_killed_ones_move_without_loss(
     await until(shared, 120, 0.5, what="both workers holding partitions, none twice")
     held = [holdings(w) or set() for w in workers]
     everything = held[0] | held[1]
-    assert {t for t, _ in everything} >= {"asic.telemetry", "shares", "commands.site"}
+    assert {t for t, _ in everything} >= {"feed:asic.telemetry", "shares", "commands.site"}
     site_worker, survivor = ((workers[0], workers[1]) if ("commands.site", 0) in held[0]
                              else (workers[1], workers[0]))
     devices = {a["id"] for a in farm.endpoints()["asics"]}

@@ -30,6 +30,7 @@ from schemas.events import (
 from schemas.registry import topic_of
 from schemas.settings import Settings
 from streams.codec import decode
+from streams.feed import group_id as feed_group
 from streams.publish import Publisher
 from streams.topics import SITE_FEED, committed_total
 from tests.conftest import until
@@ -94,10 +95,11 @@ async def publish_phase(pub: Publisher, bootstrap: str, events: list[Event],
     await pub.publish_many(events)
     if barrier == SITE_FEED:
         source = topic_of(type(events[0])).name
-        for name in (source, SITE_FEED):
+        # the forwarder's own group on the source, then the agents' on the feed
+        for name, group in ((source, feed_group("hashplane")), (SITE_FEED, "hashplane")):
             end = await records_on(bootstrap, name)
-            await until(lambda name=name, end=end: committed_total_ge(bootstrap, name, end),
-                        60, what=f"agents committed {end} records of {name}")
+            await until(lambda name=name, end=end, group=group: committed_total_ge(
+                bootstrap, name, end, group), 60, what=f"{group} committed {end} of {name}")
         return 0
     target = before + (len(events) if topic_of(type(events[0])).name == barrier else 0)
     await until(lambda: committed_total_ge(bootstrap, barrier, target), 60,
@@ -128,8 +130,9 @@ async def records_on(bootstrap: str, topic_name: str) -> int:
         await consumer.stop()
 
 
-async def committed_total_ge(bootstrap: str, topic_name: str, n: int) -> bool:
-    return await committed_total(bootstrap, "hashplane", topic_name) >= n
+async def committed_total_ge(bootstrap: str, topic_name: str, n: int,
+                             group: str = "hashplane") -> bool:
+    return await committed_total(bootstrap, group, topic_name) >= n
 
 
 async def test_recorded_stream_yields_exactly_the_step_functions_commands(

@@ -344,10 +344,17 @@ async def loaded(work: Path, rate: int, seconds: float, topic: bool) -> dict[str
         async def run(until: float, telemetry: int, stop_when: Callable[[], bool]) -> None:
             """Meter every 0.2 s, feed every 1 s, ``telemetry`` readings a second."""
             t0 = time.monotonic()
-            ticks = 0
+            ticks, next_meter, next_feed = 0, 0.0, 0.0
             while (m := time.monotonic()) < until and not stop_when():
                 now, ts = _stamp()
-                await control(now, meter=ticks % 40 == 0, feed=ticks % 200 == 0)
+                # by the clock, not by turns of this loop: a turn that sent many readings
+                # takes longer than its 5 ms
+                meter, feed = m - t0 >= next_meter, m - t0 >= next_feed
+                if meter:
+                    next_meter = (int((m - t0) / 0.2) + 1) * 0.2
+                if feed:
+                    next_feed = float(int(m - t0) + 1)
+                await control(now, meter=meter, feed=feed)
                 due = int((m - t0) * telemetry) - sent["readings"] if telemetry else 0
                 while due > 0 and topic:
                     i = sent["readings"]

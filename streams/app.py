@@ -136,18 +136,40 @@ async def decode_one(ev: faust.types.EventT[Any], name: str, raw: bytes | None,
         return None
 
 
-#: The last site-feed batches decoded in this process, by the record's value (every site
-#: agent of a worker reads the same feed records: the first to reach one decodes it).
-_BATCHES: OrderedDict[int, tuple[bytes, list[Event]]] = OrderedDict()
-_BATCHES_KEPT = 64
+class DecodedBatches:
+    """The last site-feed batches decoded in this process, by the record's value (every site
+    agent of a worker reads the same feed records: the first to reach one decodes it).
+
+    Kept up to ``events`` events (~4 KiB each decoded, with its JSON): a batch holds up to
+    1,000 readings, and 64 full batches kept 176 MiB more in the worker at 10,000 ASICs
+    (``bench/memory.py``); an agent further behind than that decodes a batch again."""
+
+    def __init__(self, batches: int = 64, events: int = 16_384):
+        self.kept: OrderedDict[int, tuple[bytes, list[Event]]] = OrderedDict()
+        self.max_batches, self.max_events, self.events = batches, events, 0
+
+    def get(self, value: bytes) -> list[Event] | None:
+        hit = self.kept.get(id(value))
+        return hit[1] if hit is not None and hit[0] is value else None
+
+    def put(self, value: bytes, events: list[Event]) -> None:
+        if (old := self.kept.pop(id(value), None)) is not None:  # an id reused
+            self.events -= len(old[1])
+        self.kept[id(value)] = (value, events)
+        self.events += len(events)
+        while len(self.kept) > 1 and (len(self.kept) > self.max_batches
+                                      or self.events > self.max_events):
+            self.events -= len(self.kept.popitem(last=False)[1][1])
+
+
+_BATCHES = DecodedBatches()
 
 
 async def _unbatched(ev: faust.types.EventT[Any], publish: Publish, site: str,
                      source: str) -> list[Event]:
     value = ev.value
-    hit = _BATCHES.get(id(value))
-    if hit is not None and hit[0] is value:
-        return hit[1]
+    if (hit := _BATCHES.get(value)) is not None:
+        return hit
     events = []
     for name, raw in unpack(value):
         try:  # the common case without a coroutine per reading
@@ -156,9 +178,7 @@ async def _unbatched(ev: faust.types.EventT[Any], publish: Publish, site: str,
             if (e := await decode_one(ev, name, raw, publish, site, source,
                                       checked=True)) is not None:
                 events.append(e)
-    _BATCHES[id(value)] = (value, events)
-    while len(_BATCHES) > _BATCHES_KEPT:
-        _BATCHES.popitem(last=False)
+    _BATCHES.put(value, events)
     return events
 
 

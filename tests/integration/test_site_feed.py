@@ -5,8 +5,7 @@ an upgraded worker starting where its Faust group had got to."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,8 +19,10 @@ from streams.codec import decode, encode
 from streams.feed import SiteFeed, group_id
 from streams.topics import SITE_FEED, committed_total
 from tests.conftest import until
+from tests.factories import T0
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+#: the forwarder's clock (its plausibility check's "now"): an input, not the wall clock
+NOW = T0 + timedelta(minutes=5)
 
 
 def reading(i: int) -> AsicTelemetryObserved:
@@ -53,8 +54,7 @@ async def run_until_read(feed: SiteFeed, n: int) -> None:
         await until(lambda: feed.read >= n, 60, what=f"the forwarder reading {n} records")
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 10)  # it stops between batches (a fetch waits <= 1 s)
 
 
 async def test_forwarder_batches_letters_once_commits_and_adopts_the_faust_group(
@@ -86,7 +86,8 @@ async def test_forwarder_batches_letters_once_commits_and_adopts_the_faust_group
         readers = [a for a in site_agents() if a.enabled(s)]
 
         def forwarder() -> SiteFeed:
-            return SiteFeed(s, "hashplane", ["asic.telemetry"], readers, send, SITE_FEED)
+            return SiteFeed(s, "hashplane", ["asic.telemetry"], readers, send, SITE_FEED,
+                            clock=lambda: NOW)
 
         first = forwarder()
         await run_until_read(first, 6)

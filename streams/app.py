@@ -11,9 +11,8 @@ from typing import Any
 import faust
 
 from schemas.envelope import Event
-from schemas.plausibility import implausible
 from schemas.settings import Settings
-from streams.codec import DecodeError, dead_letter, decode, dlq_id
+from streams.codec import DecodeError, dead_letter, decode, decode_plausible, dlq_id
 from streams.topics import changelog_topic
 
 log = logging.getLogger(__name__)
@@ -115,10 +114,7 @@ async def decode_one(ev: faust.types.EventT[Any], name: str, raw: bytes | None,
     """One record decoded (and checked for plausibility unless ``checked``: the site feed
     forwards only what passed); an undecodable one is published to dlq and None returned."""
     try:
-        event = decode(name, raw)
-        if not checked and (why := implausible(event, datetime.now(UTC))) is not None:
-            raise DecodeError(f"implausible: {why}")
-        return event
+        return decode(name, raw) if checked else decode_plausible(name, raw, datetime.now(UTC))[0]
     except DecodeError as exc:
         msg = ev.message
         if name == "dlq":  # never a letter about a letter (it would loop)

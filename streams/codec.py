@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from schemas.envelope import Event
 from schemas.events import RecordDeadLettered
+from schemas.plausibility import implausible
 from schemas.registry import TopicSpec, topic, topic_of
 from schemas.upcast import UpcastError, upcast
 
@@ -97,6 +98,15 @@ def decode_record(topic_name: str, raw: bytes | None) -> tuple[Event, bool]:
 def decode(topic_name: str, raw: bytes | None) -> Event:
     """Decode a record of ``topic_name`` into its event model, or raise DecodeError."""
     return decode_record(topic_name, raw)[0]
+
+
+def decode_plausible(topic_name: str, raw: bytes | None, now: datetime) -> tuple[Event, bool]:
+    """``decode_record``, and a DecodeError for a reading that cannot be real
+    (``schemas.plausibility``; ``now``: the receiver's clock at arrival)."""
+    event, upcast = decode_record(topic_name, raw)
+    if (why := implausible(event, now)) is not None:
+        raise DecodeError(f"implausible: {why}")
+    return event, upcast
 
 
 def dead_letter(

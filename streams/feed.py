@@ -29,11 +29,10 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from agents.spec import AgentSpec
 from schemas.events import RecordDeadLettered
-from schemas.plausibility import implausible
 from schemas.registry import topic_of
 from schemas.settings import Settings
 from streams.app import BATCH_HEADER, pack
-from streams.codec import DecodeError, dead_letter, decode_record, dlq_id, encode, encode_key
+from streams.codec import DecodeError, dead_letter, decode_plausible, dlq_id, encode, encode_key
 from streams.topics import BrokerUnavailable, start_client
 
 log = logging.getLogger(__name__)
@@ -78,9 +77,7 @@ def gather(records: Iterable[ConsumerRecord[bytes, bytes]], readers: Sequence[Ag
     for rec in records:
         name, raw = rec.topic, rec.value
         try:
-            event, upcast = decode_record(name, raw)
-            if (why := implausible(event, now)) is not None:
-                raise DecodeError(f"implausible: {why}")
+            event, upcast = decode_plausible(name, raw, now)
         except DecodeError as exc:
             out.letters.append(dead_letter(
                 source_topic=name, raw=raw, reason=exc.reason, site=site, source=SOURCE,

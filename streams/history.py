@@ -33,7 +33,16 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.registry import TOPICS
-from streams.ddl import ONE_SERVER, Layout, create_typed_table, create_typed_view, typed_columns
+from streams.ddl import (
+    LOG_COLUMNS,
+    ONE_SERVER,
+    Layout,
+    create_inbox,
+    create_typed_table,
+    create_typed_view,
+    inbox,
+    typed_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +51,16 @@ log = logging.getLogger(__name__)
 #: a read is a bug, not an outage.
 STORE_ERRORS: tuple[type[BaseException], ...] = (ClickHouseError, OSError)
 
-EVENT_COLUMNS = (
-    "event_id", "topic", "kind", "schema_version", "site", "device_id", "ts", "ingested_at",
-    "source", "payload", "kafka_partition", "kafka_offset",
+EVENT_COLUMNS = LOG_COLUMNS
+#: Their types, as migration 1 created them (given to the client with each insert, so it
+#: does not ask the table for them first).
+EVENT_TYPES = (
+    "UUID", "LowCardinality(String)", "LowCardinality(String)", "UInt16",
+    "LowCardinality(String)", "String", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')",
+    "LowCardinality(String)", "String", "UInt32", "UInt64",
 )
+#: Each topic's inbox (``streams.ddl.inbox``), where its rows are inserted.
+INBOXES = {spec.name: inbox(spec) for spec in TOPICS}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -95,7 +110,7 @@ def _m2_typed(db: str, layout: Layout) -> list[str]:
     out: list[str] = []
     for spec in TOPICS:
         out += [create_typed_table(db, spec, layout), *layout.distributed(db, spec.table),
-                create_typed_view(db, spec, layout)]
+                create_typed_view(db, spec, layout, source="events")]
     return out
 
 
@@ -106,6 +121,19 @@ def _m3_views_parse_once(db: str, layout: Layout) -> list[str]:
     out: list[str] = []
     for spec in TOPICS:
         out += [f"DROP VIEW IF EXISTS {db}.{spec.table}_mv{layout.on()}",
+                create_typed_view(db, spec, layout, source="events")]
+    return out
+
+
+def _m4_inboxes(db: str, layout: Layout) -> list[str]:
+    # Every view hung off ``events``, so every insert ran all 21 of them (each a few ms to
+    # plan, whatever the insert held).  Each topic's records now go into its own inbox,
+    # which runs two.  Run with the sink stopped, as migration 3: an insert between the
+    # drop and the create would reach the log but not its typed table.
+    out: list[str] = []
+    for spec in TOPICS:
+        out += [*create_inbox(db, spec, layout),
+                f"DROP VIEW IF EXISTS {db}.{spec.table}_mv{layout.on()}",
                 create_typed_view(db, spec, layout)]
     return out
 
@@ -114,6 +142,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "raw event log", _m1_log),
     Migration(2, "typed tables per topic, fed by materialized views", _m2_typed),
     Migration(3, "typed views parse each payload once", _m3_views_parse_once),
+    Migration(4, "each topic inserted through its own inbox and views", _m4_inboxes),
 )
 
 
@@ -229,6 +258,9 @@ class HistoryStore:
             have.setdefault(table, set()).add(name)
         for spec in TOPICS:
             missing = [c for c in typed_columns(spec) if c.name not in have.get(spec.table, set())]
+            if inbox(spec) not in have:  # a topic added since the last migration
+                for stmt in create_inbox(db, spec):
+                    self.client.command(stmt)
             if spec.table not in have:
                 self.client.command(create_typed_table(db, spec))
                 self.client.command(create_typed_view(db, spec))
@@ -245,14 +277,20 @@ class HistoryStore:
     # -- writes and reads -----------------------------------------------------------------
 
     def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert raw-log rows (columns ``EVENT_COLUMNS``) in one atomic insert.  A column's
-        values are all of one form: the event id a ``UUID`` or its ``int``, the times
-        ``datetime`` or ``epoch_ms`` integers (the sink's rows: the client writes those as
-        they are)."""
-        if not rows:
-            return
+        """Insert raw-log rows (columns ``EVENT_COLUMNS``): one insert per topic, into its
+        inbox, which writes the log and the typed table (a topic with no inbox: the log
+        alone).  A column's values are all of one form: the event id a ``UUID`` or its
+        ``int``, the times ``datetime`` or ``epoch_ms`` integers, the payload ``str`` or
+        UTF-8 ``bytes`` (the sink's rows: the client writes those as they are).  Not
+        atomic across topics: a failed call is retried whole, and what a retry stores
+        twice collapses in the ReplacingMergeTree."""
+        by_topic: dict[str, list[Sequence[Any]]] = {}
+        for row in rows:
+            by_topic.setdefault(row[1], []).append(row)
         with self._lock:
-            self.client.insert(f"{self.database}.events", rows, column_names=EVENT_COLUMNS)
+            for topic, part in by_topic.items():
+                self.client.insert(f"{self.database}.{INBOXES.get(topic, 'events')}", part,
+                                   column_names=EVENT_COLUMNS, column_type_names=EVENT_TYPES)
 
     def stored_ids(self, topic: str, keys: Sequence[StoredKey]) -> set[UUID]:
         """Which of these events (site, device, ts, event id) of ``topic`` the log already

@@ -94,14 +94,15 @@ class Batch:
 def to_row(topic: str, rec: ConsumerRecord[bytes, bytes], event: Event, upcast: bool,
            ingested_ms: int) -> tuple[Any, ...]:
     """The raw-log row of a decoded record (payload as received unless it was upcast, in
-    which case the log stores the current version).  The event id goes in as its integer
-    and the times as epoch milliseconds: the client writes those as they are, where it
-    would convert each UUID and datetime in Python (a third of its time per row)."""
+    which case the log stores the current version).  The event id goes in as its integer,
+    the times as epoch milliseconds and the payload as its bytes (the decoder refused
+    anything that is not UTF-8): the client writes those as they are, where it would
+    convert each UUID, datetime and str in Python (a third of its time per row)."""
     payload = encode(event) if upcast or rec.value is None else rec.value
     return (
         event.event_id.int, topic, event.kind, event.schema_version, event.site,
         event.device_id, epoch_ms(event.ts), ingested_ms, event.source,
-        payload.decode("utf-8", "replace"), rec.partition, rec.offset,
+        payload, rec.partition, rec.offset,
     )
 
 

@@ -194,3 +194,25 @@ def test_times_go_into_the_log_as_the_client_would_write_them(store: HistoryStor
     assert by_form["datetime"] == by_form["epoch_ms"]
     assert [ts for ts, _ in by_form["epoch_ms"]] == [
         t.replace(microsecond=t.microsecond // 1000 * 1000) for t in instants]
+
+
+def test_a_payload_goes_into_the_log_as_its_bytes_or_its_text(store: HistoryStore) -> None:
+    """The sink hands the client a payload's bytes as received; stored as bytes or as str,
+    the log and the typed table read back the same text (non-ASCII included)."""
+    import orjson
+
+    from streams.codec import encode
+    from tests.factories import sample
+
+    ids = []
+    for n, as_bytes in enumerate((False, True)):
+        e = sample(ShareCountsObserved, worker="Zürich-ü-💡")
+        raw = encode(e)
+        ids.append(e.event_id)
+        store.insert_events([(e.event_id, "shares", e.kind, e.schema_version, e.site,
+                              e.device_id, e.ts, T0, e.source,
+                              raw if as_bytes else raw.decode(), 0, n)])
+    logged = dict(store.query("SELECT event_id, payload FROM hashplane.events"))
+    typed = dict(store.query("SELECT event_id, worker FROM hashplane.shares"))
+    assert [orjson.loads(logged[i])["worker"] for i in ids] == ["Zürich-ü-💡"] * 2
+    assert [typed[i] for i in ids] == ["Zürich-ü-💡"] * 2

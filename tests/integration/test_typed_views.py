@@ -5,6 +5,9 @@ per column); migration 3 replaces them with one parse into a named tuple.  These
 in the real engine (chdb): every kind of every topic, as our encoder writes it and as a
 foreign producer might (keys in another order, optional fields left out), gives the same
 typed row both ways; and a database migrated before migration 3 is upgraded by ``migrate``.
+Migration 4 moves the views off ``events`` onto each topic's inbox: a database migrated
+before it keeps its rows, and afterwards one insert of many topics fills the log and each
+typed table exactly once.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def foreign(e: Any) -> bytes:
 
 def test_one_parse_gives_every_topic_the_per_column_rows(store: HistoryStore) -> None:
     store.migrate()
-    assert store.query("SELECT max(version) FROM hashplane.schema_migrations")[0][0] == 3
+    assert store.query("SELECT max(version) FROM hashplane.schema_migrations")[0][0] == \
+        history.MIGRATIONS[-1].version
     checked = left_out = 0
     for spec in TOPICS:
         payloads: list[tuple[Any, bytes]] = []
@@ -106,9 +110,37 @@ def test_migrate_replaces_the_views_that_parsed_once_per_column(
            "AND name = 'shares_mv'"
     assert PARSED not in store.query(view)[0][0]
     monkeypatch.setattr(history, "MIGRATIONS", current)
-    assert store.migrate() == [3]
+    assert store.migrate() == [3, 4]
     assert f"AS {PARSED}" in store.query(view)[0][0]
     spec = next(s for s in TOPICS if s.name == "shares")
     e = sample(spec.models[0])
     insert(store, spec, [(e, encode(e))])
     assert rows(store, spec) == log_rows(store, spec) and len(rows(store, spec)) == 1
+
+
+def test_migration_4_feeds_each_topic_through_its_inbox(
+        store: HistoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    current = history.MIGRATIONS
+    monkeypatch.setattr(history, "MIGRATIONS", current[:3])
+    assert store.migrate() == [1, 2, 3]
+    specs = [s for s in TOPICS if s.name in ("shares", "asic.telemetry", "commands.acks")]
+    before = {s.name: sample(s.models[0]) for s in specs}
+    for spec in specs:  # stored the old way: into events, whose views fill the typed tables
+        insert(store, spec, [(before[spec.name], encode(before[spec.name]))])
+    monkeypatch.setattr(history, "MIGRATIONS", current)
+    assert store.migrate() == [4]
+    views_on_log = store.query(
+        "SELECT name FROM system.tables WHERE database = 'hashplane' AND engine = "
+        "'MaterializedView' AND create_table_query LIKE '%FROM hashplane.events %'")
+    assert views_on_log == []  # an insert no longer runs every topic's view
+    after = {s.name: sample(s.models[0]) for s in specs}
+    store.insert_events([  # one call, three topics, as a sink's batch
+        (e.event_id, name, e.kind, e.schema_version, e.site, e.device_id, e.ts, e.ts,
+         e.source, encode(e).decode(), 0, 1) for name, e in after.items()])
+    for spec in specs:
+        typed = rows(store, spec)
+        assert len(typed) == 2 and {r[0] for r in typed} == {
+            before[spec.name].event_id, after[spec.name].event_id}, spec.name
+        assert typed == log_rows(store, spec), spec.name
+    assert store.query("SELECT count() FROM hashplane.events")[0][0] == 2 * len(specs)
+    assert store.query("SELECT count() FROM hashplane.shares_in")[0][0] == 0  # Null: keeps none

@@ -169,6 +169,16 @@ def test_cluster_ddl_goes_through_the_clickhouse_parser() -> None:
     assert ("hashplane.events ON CLUSTER farm AS hashplane.events_local ENGINE = "
             "Distributed(farm, hashplane, events_local, cityHash64(site, device_id))") in script
     assert "TO hashplane.asic_telemetry_local" in script and "FROM hashplane.events_local" in script
+    # migration 4: each shard's inbox writes its own local log and typed table
+    assert ("hashplane.shares_in_local ON CLUSTER farm AS hashplane.events_local ENGINE = Null"
+            in script)
+    assert ("hashplane.shares_in ON CLUSTER farm AS hashplane.shares_in_local ENGINE = "
+            "Distributed(farm, hashplane, shares_in_local, cityHash64(site, device_id))") in script
+    assert ("TO hashplane.events_local AS SELECT event_id, topic, kind, schema_version, site, "
+            "device_id, ts, ingested_at, source, payload, kafka_partition, kafka_offset FROM "
+            "hashplane.shares_in_local") in script
+    assert "TO hashplane.shares_local AS SELECT" in script and \
+        "FROM hashplane.shares_in_local WHERE topic = 'shares'" in script
     with pytest.raises(RuntimeError, match="Syntax error"):
         chdb.query(f"SELECT formatQuery({literal('CREATE TABLE x ON CLUSTR farm (a UInt8)')})")
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
@@ -79,6 +79,55 @@ async def publish_all(publish: Publish, events: Iterable[Event]) -> None:
         await publish(e)
 
 
+#: From this many records at once, they go to the producer as record batches.
+BATCH_FROM = 16
+
+#: (topic, partition or None for the producer's partitioner on the key, key, value)
+Record = tuple[str, int | None, bytes | None, bytes]
+
+
+async def send_records(app: faust.App, records: Sequence[Record]) -> None:
+    """Hand records to the app's producer in order, each to the partition ``send`` would
+    choose (the one given, or the producer's own partitioner on the key).
+
+    Many at once (a fleet's commands, their pending entries) go as the producer's record
+    batches, one per partition, a few microseconds a record: through Faust's and aiokafka's
+    ``send`` each took 50-200 us here, and a grid dip's 1,000 sleep commands 56-226 ms.
+    Order within a partition is kept: the accumulator queues a batch behind what that
+    partition already holds."""
+    if len(records) < BATCH_FROM:
+        for topic, partition, key, value in records:
+            await app.producer.send(topic, key, value, partition, None, None)
+        return
+    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]  # aiokafka's
+    known: set[str] = set()
+    open_batches: dict[tuple[str, int], Any] = {}
+    for topic, partition, key, value in records:
+        if partition is None:
+            if topic not in known:
+                await producer.client._wait_on_metadata(topic)
+                known.add(topic)
+            partition = producer._partition(topic, None, None, None, key, value)
+        batch = open_batches.get((topic, partition))
+        if batch is not None and batch.append(key=key, value=value, timestamp=None) is not None:
+            continue
+        if batch is not None:  # full: it goes, and a new one takes the record
+            await producer.send_batch(batch, topic, partition=partition)
+        batch = open_batches[(topic, partition)] = producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
+    for (topic, partition), batch in open_batches.items():
+        await producer.send_batch(batch, topic, partition=partition)
+
+
+async def send_events(app: faust.App, events: Sequence[Event]) -> None:
+    """Publish events on their registry topics, in order (``send_records``)."""
+    records: list[Record] = []
+    for e in events:
+        spec = topic_of(type(e))
+        records.append((spec.name, None, encode_key(e, spec), encode(e)))
+    await send_records(app, records)
+
+
 async def drain_changelog(app: faust.App) -> None:
     """Hand the table writes Faust buffered to the producer's batching now, in the order
     they were written (writes queued in the same loop turn: the buffer's own sender has not
@@ -116,12 +165,13 @@ async def write_table(app: faust.App, table: Any, entries: Iterable[tuple[str, A
     overtaken by an older one still in Faust's buffer."""
     topic = table.changelog_topic
     name = topic.get_topic_name()
-    send = app.producer.send
+    records: list[Record] = []
     for key, value in entries:
         table.data[key] = value
         k, _ = topic.prepare_key(key, table.key_serializer)
         v, _ = topic.prepare_value(value, table.value_serializer)
-        await send(name, k, v, partition, None, None)
+        records.append((name, partition, k, v))
+    await send_records(app, records)
 
 
 def input_topics(spec: AgentSpec[Any, Any]) -> list[str]:
@@ -249,7 +299,8 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
                 await flush()  # the state is durable before what it decided goes out
             t3 = time.perf_counter()
             if out:
-                await publish_all(out_to, out)
+                await (publish_all(publish, out) if publish is not None else
+                       send_events(app, out))
             if (t4 := time.perf_counter()) - t0 > SLOW_S:
                 log.warning("%s: %s took %.0f ms (step %.0f, table %.0f, flush %.0f, publish "
                             "%d: %.0f)", spec.name, event.kind, 1000 * (t4 - t0),
@@ -309,7 +360,9 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
                     table[key] = raw
                 if save is not None:
                     live[key] = (raw, after)
-            await publish_all(out_to, out)
+            if out:
+                await (publish_all(publish, out) if publish is not None else
+                       send_events(app, list(out)))
 
     return agent
 

@@ -49,6 +49,10 @@ def create_app(settings: Settings, app_id: str | None = None, **overrides: Any) 
         # requests with acks=all left the agents waiting on round trips); the control path
         # (meter -> energy -> scheduler -> actuator) pays it once per hop.
         "producer_linger": 0.005,
+        # A step's many outputs go out as record batches (streams.worker.send_records): a
+        # grid dip's 1,000 commands in one batch per partition, not in 16 KiB pieces that
+        # each wait for the one before them to be sent
+        "producer_max_batch_size": 512 * 1024,
         "web_enabled": False,
         "table_standby_replicas": 0,
         "stream_wait_empty": False,

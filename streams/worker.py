@@ -101,22 +101,24 @@ async def send_records(app: faust.App, records: Sequence[Record]) -> None:
         return
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]  # aiokafka's
     known: set[str] = set()
-    open_batches: dict[tuple[str, int], Any] = {}
+    batches: dict[tuple[str, int], list[Any]] = {}
     for topic, partition, key, value in records:
         if partition is None:
             if topic not in known:
                 await producer.client._wait_on_metadata(topic)
                 known.add(topic)
             partition = producer._partition(topic, None, None, None, key, value)
-        batch = open_batches.get((topic, partition))
-        if batch is not None and batch.append(key=key, value=value, timestamp=None) is not None:
-            continue
-        if batch is not None:  # full: it goes, and a new one takes the record
+        queue = batches.setdefault((topic, partition), [])
+        if not queue or queue[-1].append(key=key, value=value, timestamp=None) is None:
+            queue.append(producer.create_batch())  # full (or none yet): a new one
+            queue[-1].append(key=key, value=value, timestamp=None)  # empty: takes any record
+
+    async def send(topic: str, partition: int, queue: list[Any]) -> None:
+        for batch in queue:  # a partition's batches in order, each queued behind the last
             await producer.send_batch(batch, topic, partition=partition)
-        batch = open_batches[(topic, partition)] = producer.create_batch()
-        batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
-    for (topic, partition), batch in open_batches.items():
-        await producer.send_batch(batch, topic, partition=partition)
+
+    # the partitions side by side: each waits only for its own queue
+    await asyncio.gather(*(send(t, p, q) for (t, p), q in batches.items()))
 
 
 async def send_events(app: faust.App, events: Sequence[Event]) -> None:

@@ -69,8 +69,8 @@ def stamped_now(n: int) -> Iterator[tuple[bytes, bytes]]:
 async def produce(bootstrap: str, recs: Iterator[tuple[bytes, bytes]]) -> float:
     """Send the records, keyed to their partitions as the default partitioner would, in the
     producer's record batches (``create_batch``/``send_batch``): the load stands in for a
-    site's many connectors, which run on their own cores; ``send`` per record costs the
-    shared cores about 20 us a record more and capped the live figure (~32,000/s)."""
+    site's many connectors, which run on their own cores; ``send`` per record cost the
+    shared cores about 15 us a record more and capped the live figure (~32,000/s)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 max_batch_size=1024 * 1024)
     await producer.start()

@@ -92,7 +92,7 @@ async def send_records(app: faust.App, records: Sequence[Record]) -> None:
 
     Many at once (a fleet's commands, their pending entries) go as the producer's record
     batches, one per partition, a few microseconds a record: through Faust's and aiokafka's
-    ``send`` each took 50-200 us here, and a grid dip's 1,000 sleep commands 56-226 ms.
+    ``send`` each took 50-230 us here, and a grid dip's 1,000 sleep commands 52-226 ms.
     Order within a partition is kept: the accumulator queues a batch behind what that
     partition already holds."""
     if len(records) < BATCH_FROM:

@@ -26,6 +26,7 @@ from api.metrics import HashplaneCollector, exposition
 from api.models import ErrorBody, Health, RestoredState
 from schemas.settings import Settings
 from streams.feed import group_id as feed_group
+from streams.feed import partition_group_id
 from streams.history import HistoryStore
 from streams.publish import Publisher
 from streams.replay import restore
@@ -40,9 +41,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 def pipeline_groups(s: Settings) -> list[str]:
     """Consumer groups whose lag /metrics reports (the worker's and its control lane's, and
-    their site feed forwarders')."""
+    their forwarders': the site feed's, the partition feeds')."""
     return [s.app_id, f"{s.app_id}-control", feed_group(s.app_id),
-            feed_group(f"{s.app_id}-control"), s.sink_group, f"{s.app_id}-asic-actuator",
+            feed_group(f"{s.app_id}-control"), partition_group_id(s.app_id), s.sink_group,
+            f"{s.app_id}-asic-actuator",
             f"{s.app_id}-gpu-actuator", f"{s.app_id}-alert-sinks"]
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ async def run_agent(settings: Settings, name: str, register: Callable[[faust.App
         return handle.read if isinstance(handle, SiteFeed) else 0
 
     def read() -> int:
+        if isinstance(handle, Fed):  # frames: the runner counts the records they held
+            return runner.FOLDED[handle.agent]
         return int(app.monitor.events_total) + forwarded()
     worker = Worker(app, loop=asyncio.get_running_loop(), loglevel="WARNING",
                     override_logging=False, quiet=True)
@@ -194,7 +197,25 @@ async def run_agent(settings: Settings, name: str, register: Callable[[faust.App
     elapsed = time.monotonic() - first
     await worker.stop()
     task.cancel()
-    return elapsed, sent[0]
+    return elapsed, sent[0] + (runner.PUBLISHED[handle.agent] if isinstance(handle, Fed) else 0)
+
+
+@dataclass(frozen=True)
+class Fed:
+    """A partition agent run as ``hashplane worker`` runs it: through its partition feed
+    (the forwarder in the same process), publishing straight to the producer."""
+
+    agent: str
+
+
+def fed(s: Settings, spec: Any) -> Callable[[faust.App], Any]:
+    def register(app: faust.App) -> Any:
+        def wire(app: faust.App, publish: Any) -> Fed:
+            runner.register(app, s, spec)
+            runner.register_partition_feed(app, s, runner.input_topics(spec))
+            return Fed(spec.name)
+        return wire
+    return register
 
 
 def noop(topics: tuple[str, ...]) -> Callable[[faust.App], Any]:
@@ -233,7 +254,7 @@ def energy_timed(s: Settings, forwarder: bool) -> Callable[[faust.App], Any]:
 
 
 AGENTS: dict[str, Callable[[Settings], Callable[[faust.App], Any]]] = {
-    "share-ratio": lambda s: lambda app: lambda a, p: runner.register(a, s, share_ratio.SPEC, p),
+    "share-ratio": lambda s: fed(s, share_ratio.SPEC),
     "energy": lambda s: lambda app: lambda a, p: runner.register(a, s, energy.SPEC, p),
     "energy-live": lambda s: energy_timed(s, forwarder=False),
     "energy-live-topic": lambda s: energy_timed(s, forwarder=True),

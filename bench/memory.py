@@ -49,8 +49,9 @@ from schemas.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.codec import encode, encode_key
 from streams.feed import group_id as feed_group
+from streams.feed import partition_group_id
 from streams.runtime import settings_env
-from streams.topics import SITE_FEED, ensure_topics
+from streams.topics import FED, SITE_FEED, ensure_topics, partition_feed
 
 POLL_S = 10.0
 DRAW_W = 3050.0
@@ -134,9 +135,12 @@ async def one_size(asics: int, polls: int, work: Path) -> dict[str, tuple[int, i
         events = site_events(asics, polls, datetime.now(UTC))
         procs = {name: start(name, s, work) for name in ("worker", "sink")}
         await produce(broker.bootstrap, events)
-        groups = [("worker", s.app_id, ["shares", "grid.readings", "power.readings", SITE_FEED]),
-                  # the worker's site feed forwarder (streams/feed.py), a group of its own
-                  ("worker", feed_group(s.app_id), ["asic.telemetry", "shares"]),
+        # the worker's forwarders first (streams/feed.py: groups of their own), then what
+        # its Faust agents read of the feeds they filled
+        groups = [("worker", feed_group(s.app_id), ["asic.telemetry", "shares"]),
+                  ("worker", partition_group_id(s.app_id), list(FED)),
+                  ("worker", s.app_id, [*map(partition_feed, FED), "grid.readings",
+                                        "power.readings", SITE_FEED]),
                   ("sink", s.sink_group, [t.name for t in TOPICS])]
         deadline = time.monotonic() + 900
         for name, group, topics in groups:

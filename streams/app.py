@@ -73,7 +73,8 @@ TOPIC_HEADER = "hashplane-topic"
 BATCH_HEADER = "hashplane-batch"
 
 
-def _header(ev: faust.types.EventT[Any], name: str) -> bytes | None:
+def header(ev: faust.types.EventT[Any], name: str) -> bytes | None:
+    """A record's header ``name`` (None: it has none)."""
     headers = ev.headers or {}
     raw = headers.get(name) if isinstance(headers, dict) else \
         next((v for k, v in headers if k == name), None)
@@ -82,7 +83,7 @@ def _header(ev: faust.types.EventT[Any], name: str) -> bytes | None:
 
 def record_topic(ev: faust.types.EventT[Any], default: str | None = None) -> str:
     """The contract topic of a record: the forwarding header, else the topic it is on."""
-    raw = _header(ev, TOPIC_HEADER)
+    raw = header(ev, TOPIC_HEADER)
     if raw:
         return raw.decode()
     return default or ev.message.topic
@@ -192,7 +193,7 @@ async def decoded(
     a site-feed batch (``BATCH_HEADER``) yields each of its records.
     """
     async for ev in stream.events():
-        if topic_name is None and _header(ev, BATCH_HEADER):
+        if topic_name is None and header(ev, BATCH_HEADER):
             for each in await _unbatched(ev, publish, site, source):
                 yield each
             continue

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from schemas.registry import TOPICS, TopicSpec
+from schemas.registry import TOPICS, TopicSpec, topic
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,22 @@ FETCH_MAX_WAIT_MS = 100
 #: Internal topics (not part of the contract, not stored): the site agents' single-partition
 #: feed of the partitioned topics they fold (see streams/worker.py).
 SITE_FEED = "hashplane.site-feed"
-INTERNAL: tuple[tuple[str, int, int], ...] = ((SITE_FEED, 1, 24 * 3_600_000),)
+
+#: The partitioned topics whose partition-scoped agents read them through a partition feed:
+#: each source partition's records, many to a record, on the same partition of
+#: ``partition_feed(topic)`` (``streams.feed.PartitionFeed``).  A fleet's share counts
+#: arrive faster than Faust hands records to an agent one by one (~5,000 a second here).
+FED = ("shares",)
+
+
+def partition_feed(name: str) -> str:
+    """The internal topic a fed topic's partition agents read (``FED``)."""
+    return f"hashplane.{name}.feed"
+
+
+INTERNAL: tuple[tuple[str, int, int], ...] = (
+    (SITE_FEED, 1, 24 * 3_600_000),
+    *((partition_feed(n), topic(n).partitions, 24 * 3_600_000) for n in FED))
 
 
 def changelog_topic(app_id: str, table: str) -> str:

@@ -5,7 +5,9 @@ keeps each agent's state, calls its ``step``, writes the changed durable keys to
 and publishes the outputs on their registry topics.
 
 * **Partition-scoped** agents fold per-device state on their input topic's own partitions
-  and scale out with them (share ratios, endpoint scores).
+  and scale out with them (share ratios, endpoint scores).  A fed topic's records
+  (``streams.topics.FED``: share counts) come through its partition feed, many to a record
+  (``streams.feed.PartitionFeed``, a task of the worker), each folded at its own position.
 * **Site-scoped** agents fold a whole site, which needs every partition of several topics
   in one place.  The site feed's forwarder (``streams.feed``, a task of the worker that
   reads with aiokafka's batch fetch, not a Faust agent) forwards the records of the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -41,10 +44,10 @@ from agents.spec import AgentSpec, table_key
 from schemas.envelope import Event
 from schemas.registry import TOPICS, topic, topic_of
 from schemas.settings import Settings
-from streams.app import create_app, decoded, raw_topic
-from streams.codec import encode, encode_key
-from streams.feed import SiteFeed
-from streams.topics import SITE_FEED
+from streams.app import create_app, decode_one, decoded, header, raw_topic
+from streams.codec import DecodeError, dead_letter, decode_plausible, dlq_id, encode, encode_key
+from streams.feed import FRAMES_HEADER, Forwarder, PartitionFeed, SiteFeed, unframe
+from streams.topics import FED, SITE_FEED, partition_feed
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,35 @@ def forwards(lane: Lane) -> bool:
     return lane != "main"
 
 
+def _forever(app: faust.App, forwarder: Forwarder) -> None:
+    """Run a forwarder as a task of the worker, started again after a failure."""
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def forward() -> None:
+        while True:
+            try:
+                await forwarder.run()
+                return
+            except Exception:  # a failure not foreseen must not end the forwarding
+                log.exception("%s: the forwarder failed; starting it again in 1 s",
+                              forwarder.label)
+                await asyncio.sleep(1.0)
+
+
+def register_partition_feed(app: faust.App, settings: Settings,
+                            topics: list[str]) -> PartitionFeed:
+    """Forward the fed topics the worker's partition agents read to their partition feeds
+    (``streams.feed.PartitionFeed``), as a task of the worker, through its producer."""
+
+    async def send(topic: str, partition: int, value: bytes,
+                   headers: list[tuple[str, bytes]]) -> Any:
+        return await app.producer.send(topic, None, value, partition, None, headers)
+
+    feed = PartitionFeed(settings, app.conf.id, topics, send)
+    _forever(app, feed)
+    return feed
+
+
 def register_site_feed(app: faust.App, settings: Settings,
                        read_by_agents: Iterable[str] = ()) -> SiteFeed:
     """Forward what the site agents fold of the partitioned topics to the site feed, in
@@ -229,17 +261,7 @@ def register_site_feed(app: faust.App, settings: Settings,
 
     feed = SiteFeed(settings, app.conf.id, forwarded_topics(readers), readers, send, SITE_FEED,
                     read_by_agents=read_by_agents)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def site_feed() -> None:
-        while True:
-            try:
-                await feed.run()
-                return
-            except Exception:  # a failure not foreseen must not end the forwarding
-                log.exception("site feed: the forwarder failed; starting it again in 1 s")
-                await asyncio.sleep(1.0)
-
+    _forever(app, feed)
     return feed
 
 
@@ -319,9 +341,66 @@ def register(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
     return agents[0]
 
 
+#: Records each agent has folded in this process (a frame of a partition feed counts its
+#: records) and outputs it has published: what the benchmarks read.
+FOLDED: Counter[str] = Counter()
+PUBLISHED: Counter[str] = Counter()
+
+
+def partition_input(spec: AgentSpec[Any, Any]) -> str:
+    """The topic a partition-scoped agent reads: its input topic, or that topic's partition
+    feed if it is fed (``streams.topics.FED``)."""
+    (name,) = input_topics(spec)
+    return partition_feed(name) if name in FED else name
+
+
+Positioned = list[tuple[tuple[int, int], Event]]
+
+
+async def _framed(ev: faust.types.EventT[Any], name: str, source_partition: bytes,
+                  publish: Publish, site: str, source: str) -> Positioned:
+    """A partition-feed record's events, each with its position in ``name`` (the source
+    partition, its offset); a record that does not decode goes to dlq under that position
+    (the id the sink gives its letter of the same record), a feed record that is not a
+    frame under its own."""
+    msg = ev.message
+    now = datetime.now(UTC)
+    try:
+        partition = int(source_partition)
+        records = unframe(ev.value)
+    except ValueError as exc:  # FrameError, or a header that is not a partition
+        letter = dead_letter(
+            source_topic=msg.topic, raw=ev.value, reason=f"not a partition-feed frame: {exc}",
+            site=site, source=source, ts=now, key=ev.key, partition=msg.partition,
+            offset=msg.offset, event_id=dlq_id(msg.topic, msg.partition, msg.offset,
+                                               None, ev.value))
+        log.warning("dead-lettered %s@%s:%s: %s", msg.topic, msg.partition, msg.offset,
+                    letter.reason)
+        await publish(letter)
+        return []
+    out: Positioned = []
+    for r in records:
+        try:
+            out.append(((partition, r.offset), decode_plausible(name, r.value, now)[0]))
+        except DecodeError as exc:
+            letter = dead_letter(
+                source_topic=name, raw=r.value, reason=exc.reason, site=site, source=source,
+                ts=now, key=r.key, partition=partition, offset=r.offset,
+                event_id=dlq_id(name, partition, r.offset, r.timestamp, r.value))
+            log.warning("dead-lettered %s@%s:%s: %s", name, partition, r.offset, exc.reason)
+            await publish(letter)
+    return out
+
+
 def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, Any],
                      publish: Publish | None) -> faust.types.AgentT[Any]:
-    """A partition-scoped spec: one state per record key, on the input topic's partitions."""
+    """A partition-scoped spec: one state per record key, on the input topic's partitions.
+
+    A fed topic is read through its partition feed (``streams.feed.PartitionFeed``): a
+    frame of one source partition's records is folded record by record, each at its own
+    position, and then the frame's table entries (each key's last state) and outputs go to
+    the producer together (``send_records``).  A record without the frame header is folded
+    as a record of the input topic itself (an unfed topic; the agent tests' ``put``)."""
     out_to = publish or topic_publisher(app)
     direct = publish is None  # a real broker: table writes straight to the producer
     p = spec.params(settings)
@@ -344,27 +423,50 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
         s = load(raw) if load is not None else raw
         return s if s is not None else spec.state()
 
-    @app.agent(raw_topic(app, name), name=spec.name)
-    async def agent(stream: faust.StreamT[Any]) -> None:
-        async for event in decoded(stream, name, out_to, settings.site, spec.source):
+    async def fold(events: Positioned, partition: int) -> None:
+        """Fold events of one partition, then write each changed key once (its changelog
+        partition: the record's) and publish what they decided."""
+        changed: dict[str, Any] = {}
+        outputs: list[Event] = []
+        for position, event in events:
             if not spec.wants(event):
                 continue
-            msg = stream.current_event.message if stream.current_event else None
-            position = (msg.partition, msg.offset) if msg is not None else None
             key = event.device_id
-            before = state_of(key)
+            before = changed[key] if key in changed else state_of(key)
             after, out = spec.step(before, event, p, position)
-            if table is not None and after is not before:
+            if after is not before:
+                changed[key] = after
+            outputs += out
+        FOLDED[spec.name] += len(events)
+        if table is not None and changed:
+            entries = []
+            for key, after in changed.items():
                 raw = save(after) if save is not None else after
-                if direct and msg is not None:  # the key's changelog partition: its record's
-                    await write_table(app, table, [(key, raw)], msg.partition)
-                else:
-                    table[key] = raw
+                entries.append((key, raw))
                 if save is not None:
                     live[key] = (raw, after)
-            if out:
-                await (publish_all(publish, out) if publish is not None else
-                       send_events(app, list(out)))
+            if direct:
+                await write_table(app, table, entries, partition)
+            else:  # agent tests: Faust's own table, no broker
+                for key, raw in entries:
+                    table[key] = raw
+        if outputs:
+            PUBLISHED[spec.name] += len(outputs)
+            await (publish_all(publish, outputs) if publish is not None else
+                   send_events(app, outputs))
+
+    @app.agent(raw_topic(app, partition_input(spec)), name=spec.name)
+    async def agent(stream: faust.StreamT[Any]) -> None:
+        async for ev in stream.events():
+            msg = ev.message
+            if (source_partition := header(ev, FRAMES_HEADER)) is not None:
+                events = await _framed(ev, name, source_partition, out_to, settings.site,
+                                       spec.source)
+            else:
+                event = await decode_one(ev, name, ev.value, out_to, settings.site,
+                                         spec.source)
+                events = [] if event is None else [((msg.partition, msg.offset), event)]
+            await fold(events, msg.partition)
 
     return agent
 
@@ -402,11 +504,16 @@ def build_app(settings: Settings, watchdog_s: float = 2.0, lane: Lane = "all",
         # An operator (and the scale-out test) sees which worker holds what.
         log.info("partitions assigned: %s", describe_assignment(assigned))
 
+    specs = enabled(settings, lane)
     if forwards(lane):  # forwards for every lane's site agents
         register_site_feed(app, settings, {
-            t for spec in enabled(settings, lane)
-            for t in (input_topics(spec) if spec.scope == "partition" else direct_topics(spec))})
-    for spec in enabled(settings, lane):
+            t for spec in specs
+            for t in ([partition_input(spec)] if spec.scope == "partition"
+                      else direct_topics(spec))})
+    if fed := [t for spec in specs if spec.scope == "partition"
+               for t in input_topics(spec) if t in FED]:
+        register_partition_feed(app, settings, sorted(set(fed)))
+    for spec in specs:
         register(app, settings, spec)
     if watchdog_s > 0:
         watchdog = ChangelogWatchdog(app, settings, cluster_id=cluster_id)

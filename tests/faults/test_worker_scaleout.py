@@ -38,10 +38,12 @@ from tests.sim.conftest import farm_config
 pytestmark = pytest.mark.integration
 
 ASICS = 12
-#: a worker's Faust agents' assignment, and its site feed forwarder's (streams/feed.py: a
-#: consumer group of its own, whose partitions are named "feed:<topic>" here)
+#: a worker's Faust agents' assignment, and its forwarders' (streams/feed.py: consumer
+#: groups of their own, whose partitions are named "feed:<topic>" (the site feed) and
+#: "partition-feed:<topic>" here)
 ASSIGNED = (("", re.compile(r"partitions assigned: (.*)$", re.M)),
-            ("feed:", re.compile(r"site feed assigned: (.*)$", re.M)))
+            ("feed:", re.compile(r"site feed assigned: (.*)$", re.M)),
+            ("partition-feed:", re.compile(r"partition feed assigned: (.*)$", re.M)))
 
 
 def holdings(p: Proc) -> set[tuple[str, int]] | None:
@@ -97,7 +99,8 @@ async def test_two_workers_share_partitions_and_a_killed_ones_move_without_loss(
     await until(shared, 120, 0.5, what="both workers holding partitions, none twice")
     held = [holdings(w) or set() for w in workers]
     everything = held[0] | held[1]
-    assert {t for t, _ in everything} >= {"feed:asic.telemetry", "shares", "commands.site"}
+    assert {t for t, _ in everything} >= {"feed:asic.telemetry", "partition-feed:shares",
+                                          "hashplane.shares.feed", "commands.site"}
     site_worker, survivor = ((workers[0], workers[1]) if ("commands.site", 0) in held[0]
                              else (workers[1], workers[0]))
     devices = {a["id"] for a in farm.endpoints()["asics"]}

@@ -16,7 +16,7 @@ from schemas.events import AsicTelemetryObserved, RecordDeadLettered
 from schemas.settings import Settings
 from streams.app import BATCH_HEADER, unpack
 from streams.codec import decode, encode
-from streams.feed import SiteFeed, group_id
+from streams.feed import Forwarder, SiteFeed, group_id
 from streams.topics import SITE_FEED, committed_total
 from tests.conftest import until
 from tests.factories import T0
@@ -47,7 +47,7 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, Any]]:
     return out
 
 
-async def run_until_read(feed: SiteFeed, n: int) -> None:
+async def run_until_read(feed: Forwarder, n: int) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(feed.run(stop))
     try:

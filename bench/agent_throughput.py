@@ -8,7 +8,9 @@ measured numbers; not a test.
 Each agent runs alone in a Faust worker (its own process) on a fresh Tansu broker, over records
 produced beforehand, publishing its outputs to the real topics; throughput is input events
 over the time from the agent's first event to its last (Faust's monitor counts them; the
-forwarder counts its own).  Also printed, same run and same records: a no-op Faust agent
+forwarder counts its own; the share-ratio agent, which reads frames of its partition feed
+with the feed's forwarder in its process as ``hashplane worker`` runs it, is counted by the
+runner: ``streams.worker.FOLDED``).  Also printed, same run and same records: a no-op Faust agent
 (the ceiling Faust's per-event machinery leaves) and the pure step functions alone (no
 Kafka; what replay runs).  Then share-ratio workers in one consumer group, and the headroom
 agent under live telemetry (``loaded``): how long a meter reading takes to become a

@@ -5,7 +5,8 @@ what to do, in plain words:
 
 * the configuration (``Settings`` from the environment and ``--env-file``) and the site
   inventory (every problem with its place);
-* Kafka: reachable, and the contract topics created;
+* Kafka: reachable, the contract topics created, each partition feed as many partitions as
+  its topic;
 * ClickHouse: reachable and migrated (the embedded engine: its directory, and whether
   another process holds it);
 * the API (``HASHPLANE_STATE_URL``, what a worker restores from), when set;
@@ -67,6 +68,7 @@ async def check_kafka(bootstrap: str) -> list[Finding]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     from schemas.registry import TOPICS
+    from streams.topics import FED, partition_feed
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     if why := await reachable(host, int(port) if port.isdigit() else 9092):
@@ -76,17 +78,29 @@ async def check_kafka(bootstrap: str) -> list[Finding]:
     try:
         await admin.start()
         have = set(await admin.list_topics())
+        fed = [n for n in FED if n in have and partition_feed(n) in have]
+        counts = {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(
+            [*fed, *map(partition_feed, fed)])} if fed else {}
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
         return [Finding("FAIL", f"Kafka {bootstrap}", f"answers TCP but not Kafka: {exc}")]
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+    # the partition feed's forwarder sends a source partition's records to the same
+    # partition of the feed (streams/feed.py PartitionFeed)
+    unequal = [Finding("FAIL", f"Kafka {bootstrap}", f"{partition_feed(n)} has "
+                       f"{counts.get(partition_feed(n))} partitions and {n} {counts.get(n)}: "
+                       f"the share-ratio worker forwards partition p of {n} to partition p of "
+                       f"its feed; give both the same count (kafka-topics --alter "
+                       f"--partitions)") for n in fed
+               if counts.get(n) != counts.get(partition_feed(n))]
     missing = [t.name for t in TOPICS if t.name not in have]
     if missing:
-        return [Finding("warn", f"Kafka {bootstrap}", f"{len(missing)} contract topics missing "
-                        f"({', '.join(missing[:4])}...): `hashplane topics --create` (the "
-                        "services also create them at start)")]
-    return [Finding("ok", f"Kafka {bootstrap}", f"{len(TOPICS)} contract topics")]
+        return [*unequal, Finding(
+            "warn", f"Kafka {bootstrap}", f"{len(missing)} contract topics missing "
+            f"({', '.join(missing[:4])}...): `hashplane topics --create` (the services also "
+            "create them at start)")]
+    return unequal or [Finding("ok", f"Kafka {bootstrap}", f"{len(TOPICS)} contract topics")]
 
 
 def check_clickhouse(dsn: str, database: str) -> list[Finding]:

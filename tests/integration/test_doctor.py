@@ -70,3 +70,31 @@ async def test_doctor_checks_every_part_and_says_what_is_wrong(
     rc, text = await doctor(settings, tmp_path / "hole.toml", env)
     assert rc == 1 and "FAIL inventory" in text and "asics[0].host" in text, text
     assert "Traceback" not in text
+
+
+async def test_doctor_fails_a_partition_feed_with_another_partition_count(
+        tmp_path: Path) -> None:
+    """An operator who gave ``shares`` more partitions on a cluster and not its partition
+    feed is told which topics and what to do (the forwarder sends partition p to p)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.broker import EmbeddedBroker
+    from streams.doctor import check_kafka
+    from streams.topics import ensure_topics, partition_feed
+
+    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+    await broker.start()
+    try:
+        assert [f.status for f in await check_kafka(broker.bootstrap)] == ["warn"]
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(partition_feed("shares"), 3, 1)])
+        finally:
+            await admin.close()
+        await ensure_topics(broker.bootstrap)  # the rest, shares with its 8
+        (finding,) = await check_kafka(broker.bootstrap)
+        assert finding.status == "FAIL", finding
+        assert "hashplane.shares.feed has 3 partitions and shares 8" in finding.detail
+    finally:
+        await broker.stop()

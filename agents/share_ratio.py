@@ -86,8 +86,8 @@ class SubjectState:
 
     Two kinds of duplicates: a producer re-sending an event (same ``event_id``, another
     offset: ``seen`` remembers the last ids) and Kafka redelivering records after a crash
-    (same offsets: ``offsets`` keeps the highest folded offset per partition, exact at
-    any distance).
+    (same offsets: ``offsets`` keeps the last folded offset per partition, exact at any
+    distance within one log; a log begun again is told by event time: ``step``).
     """
 
     windows: dict[int, WindowState] = field(default_factory=dict)  # window length -> state
@@ -111,6 +111,11 @@ class SubjectState:
     @property
     def late(self) -> int:
         return sum(s.late for s in self.windows.values())
+
+    @property
+    def watermark(self) -> float:
+        """The newest event time folded (epoch s; -inf: none)."""
+        return max((s.watermark for s in self.windows.values()), default=float("-inf"))
 
 
 def ratio(
@@ -173,14 +178,19 @@ def step(
 ) -> tuple[SubjectState, list[ShareRatioComputed]]:
     """Fold one share-count event into every window length of a subject; return the new
     state and the ratio revisions it causes.  A duplicate (same event id, or a Kafka
-    ``position`` (partition, offset) at or before one already folded) changes nothing."""
+    ``position`` (partition, offset) at or before one already folded) changes nothing.
+
+    Except where the log began again: an event at or before a folded position but newer
+    than anything the subject has folded cannot have been folded (a broker that came back
+    empty numbers its records from 0 again); it is folded, and the partition's position
+    starts again from it."""
     eid = str(event.event_id)
     if eid in state.seen:
         return state, []
     offsets = state.offsets
     if position is not None:
         partition, offset = position
-        if offset <= offsets.get(partition, -1):
+        if offset <= offsets.get(partition, -1) and event.ts.timestamp() <= state.watermark:
             return state, []
         offsets = {**offsets, partition: offset}
     subject = subject if subject is not None else event.worker

@@ -127,3 +127,42 @@ async def test_a_killed_worker_folds_every_share_once(
                if isinstance(m, RecordDeadLettered) and m.source_topic == "shares"}
     assert [(x.partition, x.offset) for x in letters.values()] == [(1, bad.offset)]
     assert worker.alive and worker.stop() == 0, worker.tail()
+
+
+async def test_share_ratios_go_on_after_the_broker_restarts_empty(
+        fault_settings: Settings, broker_proc: Broker, spawn) -> None:  # type: ignore[no-untyped-def]
+    """The embedded broker comes back empty: offsets start again at 0, below the positions
+    the worker's states have folded.  The share counts after it are new, not redeliveries:
+    the worker folds them (their ratios appear), and only once."""
+    s = fault_settings
+    bootstrap = s.kafka_bootstrap
+    await ensure_topics(bootstrap)
+    before, after = shares(8, 30), shares(8, 12, first=30)
+    worker = spawn("worker", "worker")
+    async with Publisher(bootstrap) as pub:
+        await pub.publish_many(before)
+
+    async def folded(n: int) -> bool:
+        return await committed_total(bootstrap, s.app_id, FEED) > 0 and \
+            await committed_total(bootstrap, f"{s.app_id}-partition-feed", "shares") >= n
+    await until(lambda: folded(len(before)), 120, 0.5, what="the first counts forwarded")
+    await until(lambda: ratios(bootstrap), 60, 0.5, what="the first ratios")
+
+    broker_proc.kill_tansu()  # its supervisor starts it again, empty, on the same port
+    await until(lambda: "tansu broker restarted" in broker_proc.tail(), 30,
+                what="the broker restarted by its supervisor")
+    async with Publisher(bootstrap) as pub:
+        await pub.publish_many(after)
+    _, expected = fold(before + after, scopes=("worker", "device"),
+                       windows=tuple(s.share_windows_s), grace_s=s.share_grace_s,
+                       update_s=s.share_update_s)
+    # the ratios the counts after the restart decide (their windows' revisions, finals)
+    want = {str(m.event_id): m for m in expected if m.ts >= after[0].ts}
+
+    async def all_new() -> bool:
+        return set(want) <= set(await ratios(bootstrap))
+    await until(all_new, 120, 0.5, what="the ratios of the counts after the restart")
+    got = await ratios(bootstrap)
+    for eid in want:
+        assert all(m == want[eid] for m in got[eid]), f"{eid}: {got[eid]} != {want[eid]}"
+    assert worker.alive, worker.tail()

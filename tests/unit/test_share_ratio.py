@@ -135,3 +135,18 @@ def test_kafka_redelivery_is_skipped_by_position_at_any_distance() -> None:
     assert out == [] and again is s
     _, out = step(s, shares(60, 1), position=(4, 0))  # another partition is its own sequence
     assert out
+
+
+def test_a_log_begun_again_is_folded_and_its_redeliveries_are_not() -> None:
+    """A broker that came back empty numbers its records from 0 again: a record at or before
+    a folded position but newer than anything folded is new; the positions go on from it."""
+    s = SubjectState()
+    for off in range(100, 110):
+        s, _ = step(s, shares(off - 100, 1), position=(3, off), windows=(60,))
+    s, out = step(s, shares(20, 4), position=(3, 0), windows=(60,))  # the new log's first
+    assert [m.accepted for m in out] == [14] and s.offsets == {3: 0}
+    for sec in (20, 5):  # redelivered: the new log's first again (another id: a re-send
+        again, out = step(s, shares(sec, 9), position=(3, 0), windows=(60,))  # too); an
+        assert out == [] and again is s  # older time at a folded position
+    s, out = step(s, shares(21, 1), position=(3, 1), windows=(60,))
+    assert [m.accepted for m in out] == [15]

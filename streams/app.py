@@ -62,9 +62,11 @@ def create_app(settings: Settings, app_id: str | None = None, **overrides: Any) 
     return faust.App(app_id or settings.app_id, **conf)
 
 
-def raw_topic(app: faust.App, name: str) -> faust.TopicT:
-    """A Faust topic carrying raw bytes; the hashplane codec decodes at the edge."""
-    return app.topic(name, key_serializer="raw", value_serializer="raw")
+def raw_topic(app: faust.App, name: str, maxsize: int | None = None) -> faust.TopicT:
+    """A Faust topic carrying raw bytes; the hashplane codec decodes at the edge.
+    ``maxsize``: records Faust fetches ahead of the agent (default
+    ``stream_buffer_maxsize``, 4,096)."""
+    return app.topic(name, key_serializer="raw", value_serializer="raw", maxsize=maxsize)
 
 
 #: Header naming the contract topic a forwarded record came from (the site feed).

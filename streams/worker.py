@@ -357,8 +357,8 @@ def partition_input(spec: AgentSpec[Any, Any]) -> str:
 Positioned = list[tuple[tuple[int, int], Event]]
 
 #: Frames of a partition feed Faust fetches ahead of its agent (a frame holds up to
-#: ``streams.feed.FEED_BATCH`` records): at Faust's default of 4,096 records, a backlog of
-#: share counts filled the worker's memory with frames waiting to be folded.
+#: ``streams.feed.FEED_BATCH`` records): Faust's default, 4,096 records, would let a long
+#: backlog of share counts fill the worker with over a GB of frames waiting to be folded.
 FRAMES_AHEAD = 32
 
 
@@ -460,7 +460,8 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
             await (publish_all(publish, outputs) if publish is not None else
                    send_events(app, outputs))
 
-    @app.agent(raw_topic(app, partition_input(spec), FRAMES_AHEAD), name=spec.name)
+    @app.agent(raw_topic(app, partition_input(spec), FRAMES_AHEAD if name in FED else None),
+               name=spec.name)
     async def agent(stream: faust.StreamT[Any]) -> None:
         async for ev in stream.events():
             msg = ev.message

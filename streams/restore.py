@@ -222,7 +222,10 @@ async def prepare_changelogs(settings: Settings, lane: str = "all") -> str:
                 f"({sealed} partitions sealed)")
     restored = await fetch_restored(settings)
     if restored is None:
-        return "site state NOT restored (no history source): starting from empty tables"
+        # the other tables' changelogs (share ratios') are recovered all the same
+        sealed = await seal_changelogs(settings.kafka_bootstrap, settings.app_id, sealing)
+        return (f"site state NOT restored (no history source): starting from empty site "
+                f"tables ({sealed} partitions of the others sealed)")
     restored = {t: v for t, v in restored.items() if t in tables}
     n = await seed_changelogs(settings.kafka_bootstrap, settings.app_id, restored,
                               settings.topic_replication)

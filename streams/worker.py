@@ -89,18 +89,22 @@ BATCH_FROM = 16
 Record = tuple[str, int | None, bytes | None, bytes]
 
 
-async def send_records(app: faust.App, records: Sequence[Record]) -> None:
+async def send_records(app: faust.App, records: Sequence[Record], acked: bool = False) -> None:
     """Hand records to the app's producer in order, each to the partition ``send`` would
-    choose (the one given, or the producer's own partitioner on the key).
+    choose (the one given, or the producer's own partitioner on the key); ``acked``: and
+    wait until the broker has acknowledged every one.
 
     Many at once (a fleet's commands, their pending entries) go as the producer's record
     batches, one per partition, a few microseconds a record: through Faust's and aiokafka's
     ``send`` each took 50-230 us here, and a grid dip's 1,000 sleep commands 52-226 ms.
     Order within a partition is kept: the accumulator queues a batch behind what that
     partition already holds."""
+    delivered: list[Any] = []
     if len(records) < BATCH_FROM:
         for topic, partition, key, value in records:
-            await app.producer.send(topic, key, value, partition, None, None)
+            delivered.append(await app.producer.send(topic, key, value, partition, None, None))
+        if acked:
+            await asyncio.gather(*delivered)
         return
     producer = app.producer._ensure_producer()  # type: ignore[attr-defined]  # aiokafka's
     known: set[str] = set()
@@ -118,19 +122,21 @@ async def send_records(app: faust.App, records: Sequence[Record]) -> None:
 
     async def send(topic: str, partition: int, queue: list[Any]) -> None:
         for batch in queue:  # a partition's batches in order, each queued behind the last
-            await producer.send_batch(batch, topic, partition=partition)
+            delivered.append(await producer.send_batch(batch, topic, partition=partition))
 
     # the partitions side by side: each waits only for its own queue
     await asyncio.gather(*(send(t, p, q) for (t, p), q in batches.items()))
+    if acked:
+        await asyncio.gather(*delivered)
 
 
-async def send_events(app: faust.App, events: Sequence[Event]) -> None:
+async def send_events(app: faust.App, events: Sequence[Event], acked: bool = False) -> None:
     """Publish events on their registry topics, in order (``send_records``)."""
     records: list[Record] = []
     for e in events:
         spec = topic_of(type(e))
         records.append((spec.name, None, encode_key(e, spec), encode(e)))
-    await send_records(app, records)
+    await send_records(app, records, acked)
 
 
 async def drain_changelog(app: faust.App) -> None:
@@ -429,8 +435,14 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
         return s if s is not None else spec.state()
 
     async def fold(events: Positioned, partition: int) -> None:
-        """Fold events of one partition, then write each changed key once (its changelog
-        partition: the record's) and publish what they decided."""
+        """Fold events of one partition, publish what they decided, then write each changed
+        key once (its changelog partition: the record's).
+
+        The outputs reach the broker before the state that says they were decided: a
+        worker killed in between folds the records again from the state before them (Faust
+        commits a record's offset only after the producer has flushed) and publishes the
+        same outputs under the same ids again, where the other order would skip the
+        records as folded and their outputs would be lost."""
         changed: dict[str, Any] = {}
         outputs: list[Event] = []
         for position, event in events:
@@ -443,6 +455,10 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
                 changed[key] = after
             outputs += out
         FOLDED[spec.name] += len(events)
+        if outputs:
+            PUBLISHED[spec.name] += len(outputs)
+            await (publish_all(publish, outputs) if publish is not None else
+                   send_events(app, outputs, acked=bool(changed) and table is not None))
         if table is not None and changed:
             entries = []
             for key, after in changed.items():
@@ -455,10 +471,6 @@ def _partition_agent(app: faust.App, settings: Settings, spec: AgentSpec[Any, An
             else:  # agent tests: Faust's own table, no broker
                 for key, raw in entries:
                     table[key] = raw
-        if outputs:
-            PUBLISHED[spec.name] += len(outputs)
-            await (publish_all(publish, outputs) if publish is not None else
-                   send_events(app, outputs))
 
     @app.agent(raw_topic(app, partition_input(spec), FRAMES_AHEAD if name in FED else None),
                name=spec.name)

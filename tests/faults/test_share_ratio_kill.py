@@ -92,7 +92,16 @@ async def test_a_killed_worker_folds_every_share_once(
 
     async def all_out() -> bool:
         return len(await ratios(bootstrap)) >= len(want)
-    await until(all_out, 120, 0.5, what="every ratio after the restart")
+    try:
+        await until(all_out, 120, 0.5, what="every ratio after the restart")
+    except AssertionError:
+        got = await ratios(bootstrap)
+        lost = sorted((m.subject, m.scope, m.window_s, m.window_start, m.final, m.accepted)
+                      for k, m in want.items() if k not in got)
+        extra = sorted((ms[0].subject, ms[0].scope, ms[0].window_s, ms[0].window_start,
+                        ms[0].final, ms[0].accepted) for k, ms in got.items() if k not in want)
+        raise AssertionError(f"{len(lost)} ratios lost, e.g. {lost[:6]}; {len(extra)} not "
+                             f"of the fold, e.g. {extra[:6]}\n{worker.tail(3000)}") from None
 
     # a forwarder killed after sending, before committing, sends its frames again: the
     # worst case, every frame of the feed twice
@@ -120,7 +129,9 @@ async def test_a_killed_worker_folds_every_share_once(
     await until(folded_all, 120, 0.5, what="the worker folding the frames sent again")
 
     got = await ratios(bootstrap)
-    assert set(got) == set(want), "every ratio of the step functions, and no other"
+    assert set(got) == set(want), ("every ratio of the step functions, and no other", sorted(
+        (ms[0].subject, ms[0].scope, ms[0].window_s, ms[0].window_start, ms[0].final)
+        for k, ms in got.items() if k not in want)[:6], len(set(want) - set(got)))
     for eid, copies in got.items():
         assert all(m == want[eid] for m in copies), f"{eid} folded twice: {copies}"
     letters = {str(m.event_id): m for _, _, m in await read_topic(bootstrap, "dlq")

@@ -454,8 +454,16 @@ def cmd_connect(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with Publisher(s.kafka_bootstrap, client_id=f"hashplane-{'-'.join(names)}") \
-                as pub:
+        stats: dict[str, Any] = {}
+        pub = Publisher(s.kafka_bootstrap, client_id=f"hashplane-{'-'.join(names)}")
+        try:
+            await _connect(pub, stop, stats)
+        finally:
+            logging.getLogger("hashplane.connect").info(
+                "hashplane connect %s stopped: %s", args.name, _connect_summary(pub, stats))
+
+    async def _connect(pub: Publisher, stop: asyncio.Event, stats: dict[str, Any]) -> None:
+        async with pub:
             if names == ["synthetic"]:
                 await run_synthetic(pub, stop, site=s.site, workers=args.workers,
                                     interval_s=args.interval)
@@ -463,7 +471,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 from streams.runtime import site_connectors
                 from streams.supervise import Supervisor
 
-                conns = site_connectors(s, pub, devices, frozenset(names), shard=shard)
+                conns = site_connectors(s, pub, devices, frozenset(names), shard=shard,
+                                        stats=stats)
                 for name in names:
                     if name not in conns:
                         raise SystemExit(
@@ -486,6 +495,21 @@ def cmd_connect(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _connect_summary(pub: Any, stats: dict[str, Any]) -> str:
+    """What a connector process read and what became of it, one line at its stop: the
+    events per kind its connectors published, the dead letters, and the publisher's count of
+    records the broker acknowledged, dropped from a full outbox, and left unsent."""
+    kinds: dict[str, int] = {}
+    for st in stats.values():
+        for kind, n in st.by_kind.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    events = " ".join(f"{k}={n}" for k, n in sorted(kinds.items())) or "none"
+    letters = sum(st.dlq for st in stats.values())
+    p = pub.stats
+    return (f"events {events}; dead letters {letters}; acknowledged {p.sent}; "
+            f"dropped {p.dropped}; not sent {pub.unsent}; sent again {p.resent}")
 
 
 def _farm_config(args: argparse.Namespace, s: Settings) -> Any:

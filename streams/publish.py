@@ -106,6 +106,11 @@ class Publisher:
         """Records acknowledged by the broker."""
         return self.stats.sent
 
+    @property
+    def unsent(self) -> int:
+        """Records waiting in the outbox (after ``stop``: the ones it could not send)."""
+        return len(self._outbox)
+
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,

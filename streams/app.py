@@ -11,8 +11,9 @@ from typing import Any
 import faust
 
 from schemas.envelope import Event
+from schemas.events import RecordDeadLettered
 from schemas.settings import Settings
-from streams.codec import DecodeError, dead_letter, decode, decode_plausible, dlq_id
+from streams.codec import DecodeError, decode, decode_plausible, record_letter
 from streams.topics import changelog_topic
 
 log = logging.getLogger(__name__)
@@ -128,15 +129,18 @@ async def decode_one(ev: faust.types.EventT[Any], name: str, raw: bytes | None,
             log.error("undecodable record on dlq at %s:%s: %s", msg.partition, msg.offset,
                       exc.reason)
             return None
-        letter = dead_letter(
-            source_topic=name, raw=raw, reason=exc.reason, site=site,
-            source=source, ts=datetime.now(UTC), key=ev.key, partition=msg.partition,
-            offset=msg.offset,
-            event_id=dlq_id(name, msg.partition, msg.offset, _timestamp_ms(msg), raw))
-        log.warning("dead-lettered %s@%s:%s: %s", name, msg.partition, msg.offset,
-                    exc.reason)
-        await publish(letter)
+        await publish_letter(publish, record_letter(
+            topic=name, partition=msg.partition, offset=msg.offset,
+            timestamp_ms=_timestamp_ms(msg), raw=raw, key=ev.key, reason=exc.reason,
+            site=site, source=source, ts=datetime.now(UTC)))
         return None
+
+
+async def publish_letter(publish: Publish, letter: RecordDeadLettered) -> None:
+    """Log a record's dead letter and publish it."""
+    log.warning("dead-lettered %s@%s:%s: %s", letter.source_topic, letter.partition,
+                letter.offset, letter.reason)
+    await publish(letter)
 
 
 class DecodedBatches:

@@ -140,6 +140,16 @@ def dead_letter(
     return letter if event_id is None else letter.model_copy(update={"event_id": event_id})
 
 
+def record_letter(*, topic: str, partition: int, offset: int, timestamp_ms: int | None,
+                  raw: bytes | None, key: bytes | None, reason: str, site: str, source: str,
+                  ts: datetime) -> RecordDeadLettered:
+    """The dead letter of the Kafka record at ``topic``/``partition``/``offset``, under the
+    id every process that refuses that record gives it (``dlq_id``)."""
+    return dead_letter(source_topic=topic, raw=raw, reason=reason, site=site, source=source,
+                       ts=ts, key=key, partition=partition, offset=offset,
+                       event_id=dlq_id(topic, partition, offset, timestamp_ms, raw))
+
+
 def dlq_id(topic_name: str, partition: int, offset: int, timestamp_ms: int | None,
            raw: bytes | None) -> UUID:
     """Id of the dead letter of one Kafka record: whoever refuses the record (the sink, an

@@ -39,7 +39,7 @@ from schemas.events import RecordDeadLettered
 from schemas.registry import topic_of
 from schemas.settings import Settings
 from streams.app import BATCH_HEADER, pack
-from streams.codec import DecodeError, dead_letter, decode_plausible, dlq_id, encode, encode_key
+from streams.codec import DecodeError, decode_plausible, encode, encode_key, record_letter
 from streams.topics import BrokerUnavailable, partition_feed, start_client
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,10 @@ def gather(records: Iterable[ConsumerRecord[bytes, bytes]], readers: Sequence[Ag
         try:
             event, upcast = decode_plausible(name, raw, now)
         except DecodeError as exc:
-            out.letters.append(dead_letter(
-                source_topic=name, raw=raw, reason=exc.reason, site=site, source=SOURCE,
-                ts=now, key=rec.key, partition=rec.partition, offset=rec.offset,
-                event_id=dlq_id(name, rec.partition, rec.offset, rec.timestamp, raw)))
+            out.letters.append(record_letter(
+                topic=name, partition=rec.partition, offset=rec.offset,
+                timestamp_ms=rec.timestamp, raw=raw, key=rec.key, reason=exc.reason,
+                site=site, source=SOURCE, ts=now))
         else:
             if any(s.wants(event) for s in readers):
                 plain = raw is not None and not upcast and b"\n" not in raw

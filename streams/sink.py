@@ -34,7 +34,7 @@ from schemas.events import RecordDeadLettered
 from schemas.plausibility import implausible
 from schemas.registry import TOPICS
 from schemas.settings import Settings
-from streams.codec import DecodeError, dead_letter, decode_record, dlq_id, encode
+from streams.codec import DecodeError, decode_record, encode, record_letter
 from streams.history import HistoryStore, StoredKey, epoch_ms
 from streams.publish import Publisher, PublishError
 from streams.topics import BrokerUnavailable, start_client
@@ -239,12 +239,11 @@ class HistorySink:
         if tp.topic == "dlq":
             log.error("undecodable record on dlq itself at %s@%d: %s", tp, rec.offset, reason)
             return
-        self.batch.dead.setdefault(tp, []).append(dead_letter(
-            source_topic=tp.topic, raw=rec.value, reason=reason,
-            site=self.settings.site, source="history-sink", ts=ingested, key=rec.key,
-            partition=rec.partition, offset=rec.offset,
-            # Same record, same letter: a redelivery does not dead-letter it twice.
-            event_id=dlq_id(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.value)))
+        # Same record, same letter: a redelivery does not dead-letter it twice.
+        self.batch.dead.setdefault(tp, []).append(record_letter(
+            topic=tp.topic, partition=tp.partition, offset=rec.offset,
+            timestamp_ms=rec.timestamp, raw=rec.value, key=rec.key, reason=reason,
+            site=self.settings.site, source="history-sink", ts=ingested))
         self.batch.size += 1
 
     async def run(self, stop: asyncio.Event) -> None:

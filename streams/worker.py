@@ -44,8 +44,8 @@ from agents.spec import AgentSpec, table_key
 from schemas.envelope import Event
 from schemas.registry import TOPICS, topic, topic_of
 from schemas.settings import Settings
-from streams.app import create_app, decode_one, decoded, header, raw_topic
-from streams.codec import DecodeError, dead_letter, decode_plausible, dlq_id, encode, encode_key
+from streams.app import create_app, decode_one, decoded, header, publish_letter, raw_topic
+from streams.codec import DecodeError, decode_plausible, encode, encode_key, record_letter
 from streams.feed import FRAMES_HEADER, Forwarder, PartitionFeed, SiteFeed, unframe
 from streams.topics import FED, SITE_FEED, partition_feed
 
@@ -380,26 +380,19 @@ async def _framed(ev: faust.types.EventT[Any], name: str, source_partition: byte
         partition = int(source_partition)
         records = unframe(ev.value)
     except ValueError as exc:  # FrameError, or a header that is not a partition
-        letter = dead_letter(
-            source_topic=msg.topic, raw=ev.value, reason=f"not a partition-feed frame: {exc}",
-            site=site, source=source, ts=now, key=ev.key, partition=msg.partition,
-            offset=msg.offset, event_id=dlq_id(msg.topic, msg.partition, msg.offset,
-                                               None, ev.value))
-        log.warning("dead-lettered %s@%s:%s: %s", msg.topic, msg.partition, msg.offset,
-                    letter.reason)
-        await publish(letter)
+        await publish_letter(publish, record_letter(
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, timestamp_ms=None,
+            raw=ev.value, key=ev.key, reason=f"not a partition-feed frame: {exc}",
+            site=site, source=source, ts=now))
         return []
     out: Positioned = []
     for r in records:
         try:
             out.append(((partition, r.offset), decode_plausible(name, r.value, now)[0]))
         except DecodeError as exc:
-            letter = dead_letter(
-                source_topic=name, raw=r.value, reason=exc.reason, site=site, source=source,
-                ts=now, key=r.key, partition=partition, offset=r.offset,
-                event_id=dlq_id(name, partition, r.offset, r.timestamp, r.value))
-            log.warning("dead-lettered %s@%s:%s: %s", name, partition, r.offset, exc.reason)
-            await publish(letter)
+            await publish_letter(publish, record_letter(
+                topic=name, partition=partition, offset=r.offset, timestamp_ms=r.timestamp,
+                raw=r.value, key=r.key, reason=exc.reason, site=site, source=source, ts=now))
     return out
 
 

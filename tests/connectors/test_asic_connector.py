@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,19 +29,21 @@ def endpoints(farm: Farm) -> list[AsicEndpoint]:
 
 async def test_sweeps_publish_telemetry_then_share_deltas(fast_farm: Farm) -> None:
     sink = ListSink()
+    now = [datetime.now(UTC)]  # the connector's clock: an input, moved by the test
     conn = AsicTelemetry(endpoints(fast_farm), Emitter(sink, source="connector:asic",
-                                                       site="site-1"))
+                                                       site="site-1", clock=lambda: now[0]))
     assert await conn.sweep() == 4
     first = list(sink.events)
     assert [type(e) for e in first] == [AsicTelemetryObserved] * 4  # baseline, no deltas
     assert {e.model for e in first} >= {"Antminer S19j Pro"}  # type: ignore[attr-defined]
     await asyncio.sleep(1.0)  # two simulated minutes
+    now[0] += timedelta(seconds=1.0)
     sink.events.clear()
     await conn.sweep()
     shares = [e for e in sink.events if isinstance(e, ShareCountsObserved)]
     assert len(shares) == 4 and all(s.accepted > 0 and not s.counter_reset for s in shares)
     assert shares[0].worker == "hashplane.asic00001"
-    assert shares[0].interval_s == pytest.approx(1.0, abs=0.5)  # event time at the source
+    assert shares[0].interval_s == 1.0  # event time at the source (its clock)
 
     # A miner restarts: the next delta counts from zero, flagged, never negative.
     fast_farm.asics[1].restart(fast_farm.t())

@@ -13,11 +13,15 @@ import time
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.settings import Settings
 from schemas.site import REGISTER_MAPS
 from streams.supervise import run
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from connectors.base import ConnectorStats
+    from streams.publish import Publisher
 
 SIM_POOL_DIFFICULTY = 2.0**-24  # ~256 double SHA-256 per share for a simulated miner
 
@@ -454,7 +458,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stats: dict[str, Any] = {}
+        stats: dict[str, ConnectorStats] = {}
         pub = Publisher(s.kafka_bootstrap, client_id=f"hashplane-{'-'.join(names)}")
         try:
             await _connect(pub, stop, stats)
@@ -462,7 +466,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
             logging.getLogger("hashplane.connect").info(
                 "hashplane connect %s stopped: %s", args.name, _connect_summary(pub, stats))
 
-    async def _connect(pub: Publisher, stop: asyncio.Event, stats: dict[str, Any]) -> None:
+    async def _connect(pub: Publisher, stop: asyncio.Event,
+                       stats: dict[str, ConnectorStats]) -> None:
         async with pub:
             if names == ["synthetic"]:
                 await run_synthetic(pub, stop, site=s.site, workers=args.workers,
@@ -497,7 +502,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect_summary(pub: Any, stats: dict[str, Any]) -> str:
+def _connect_summary(pub: Publisher, stats: dict[str, ConnectorStats]) -> str:
     """What a connector process read and what became of it, one line at its stop: the
     events per kind its connectors published, the dead letters, and the publisher's count of
     records the broker acknowledged, dropped from a full outbox, and left unsent."""

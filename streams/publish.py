@@ -19,9 +19,11 @@ acknowledged but no consumer had read yet die with it.  The publisher therefore 
 records of the broker's last ``resend_s`` seconds of acknowledgements (at most
 ``recent_max``) and watches the broker's cluster id (a restarted embedded broker has a new
 one); when it changes, it waits until the topics exist again (Tansu acknowledges records
-for a topic it does not have, and drops them) and sends those records again.  They keep
-their event ids, so the history sink stores each once.  Against a real Kafka cluster the id
-never changes and nothing is re-sent.
+for a topic it does not have, and drops them) and sends those records again.  Records in
+flight while it does are sent again too (their acknowledgement may be the new broker's,
+from before its topics existed), and a publisher that stops takes one last look first (the
+watcher looks every second).  They keep their event ids, so the history sink stores each
+once.  Against a real Kafka cluster the id never changes and nothing is re-sent.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ log = logging.getLogger(__name__)
 
 #: What a broker outage looks like from the producer (aiokafka's errors, sockets, timeouts).
 BROKER_ERRORS = (KafkaError, OSError, TimeoutError)
+
+#: How long a restarted broker's new topics are given before the records it lost are sent
+#: again (Tansu answers UnknownError, and acknowledges records it does not keep, for a
+#: moment after it created them).
+SETTLE_S = 1.0
 
 #: One record on its way: topic (without prefix), key, value, event kind (for counters).
 Record = tuple[str, bytes | None, bytes | None, str]
@@ -100,6 +107,12 @@ class Publisher:
         self._flusher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
+        self._known: str | None = None  # the cluster id the acknowledgements came from
+        self._admin: AIOKafkaAdminClient | None = None
+        self._checking = asyncio.Lock()
+        # counts the broker restarts handled: an acknowledgement that comes back across one
+        # may be the new broker's, for a topic it did not have yet (acknowledged, dropped)
+        self._incarnation = 0
 
     @property
     def sent(self) -> int:
@@ -143,20 +156,10 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(self.retry_max_s, delay * 2)
         if self.resend_s > 0:
-            admin: AIOKafkaAdminClient | None = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-            known: str | None = None
-            try:  # the incarnation the first acknowledgements come from
-                assert admin is not None
-                await admin.start()
-                known = (await admin.describe_cluster()).get("cluster_id")
-            except Exception:  # noqa: BLE001 - learnt by the watcher instead
-                if admin is not None:
-                    with contextlib.suppress(Exception):
-                        await admin.close()
-                admin = None
-            self._watcher = asyncio.create_task(self._watch(known, admin),
-                                                name=f"{self.client_id}-watch")
+            # the incarnation the first acknowledgements come from (else the watcher's
+            # first look learns it)
+            self._known = await self._cluster_id()
+            self._watcher = asyncio.create_task(self._watch(), name=f"{self.client_id}-watch")
 
     async def stop(self, flush_s: float = 5.0) -> None:
         """Send what the outbox holds (for at most ``flush_s``), then disconnect."""
@@ -165,6 +168,13 @@ class Publisher:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
+            # a broker that restarted empty since the watcher's last look (it looks every
+            # second) gets what it lost before the publisher goes
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._check(), flush_s)
+            if self._admin is not None:
+                with contextlib.suppress(Exception):
+                    await self._admin.close()
         if self._flusher is not None:
             self._wake.set()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -212,12 +222,18 @@ class Publisher:
             return [], ""
         futures: list[Any] = []
         error = ""
+        incarnation = self._incarnation
         try:
             for topic, key, value, _ in batch:
                 futures.append(await self.producer.send(self.prefix + topic, value, key=key))
         except (*BROKER_ERRORS, PublishError) as exc:  # PublishError: not started yet
             error = f"{type(exc).__name__}: {exc}"
         results = await asyncio.gather(*futures, return_exceptions=True)
+        if incarnation != self._incarnation:
+            # the broker restarted empty while these were in flight and its lost records
+            # were already queued again: an acknowledgement may be the new broker's from
+            # before its topics existed, so send them again too (same event ids)
+            results = [PublishError("sent across a broker restart") for _ in results]
         now = time.monotonic()
         failed: list[Record] = []
         for rec, r in zip(batch, results, strict=False):
@@ -308,51 +324,66 @@ class Publisher:
 
     # -- a broker that restarted empty ------------------------------------------------------
 
-    async def _watch(self, known: str | None, admin: AIOKafkaAdminClient | None,
-                     every_s: float = 1.0) -> None:
-        """Re-send the recently acknowledged records when the broker's cluster id changes."""
+    async def _cluster_id(self) -> str | None:
+        """The broker's cluster id, or None while it cannot be asked."""
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                                  request_timeout_ms=5000)
+                await self._admin.start()
+            cluster: str | None = (await self._admin.describe_cluster()).get("cluster_id")
+            return cluster
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - broker away: look again later
+            if self._admin is not None:
+                with contextlib.suppress(Exception):
+                    await self._admin.close()
+            self._admin = None
+            return None
+
+    async def _watch(self, every_s: float = 1.0) -> None:
+        """Look at the broker's cluster id every ``every_s`` (``_check``)."""
         while True:
             await asyncio.sleep(every_s)
-            try:
-                if admin is None:
-                    admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                                request_timeout_ms=5000)
-                    await admin.start()
-                cluster = (await admin.describe_cluster()).get("cluster_id")
-            except asyncio.CancelledError:
-                if admin is not None:
-                    with contextlib.suppress(Exception):
-                        await admin.close()
-                raise
-            except Exception:  # noqa: BLE001 - broker away: look again later
-                if admin is not None:
-                    with contextlib.suppress(Exception):
-                        await admin.close()
-                admin = None
-                continue
-            if known is not None and cluster != known:
-                # Tansu acknowledges records for a topic it does not have (yet) and drops
-                # them: until the topics are recreated, acks mean nothing.  Wait for them,
-                # then send again everything acknowledged since the broker's last minutes.
-                wanted = {self.prefix + rec[0] for _, rec in self._recent}
-                for _ in range(150):
-                    try:
-                        if wanted <= set(await admin.list_topics()):
-                            break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:  # noqa: BLE001 - not answering yet
-                        pass
-                    await asyncio.sleep(0.2)
-                again = [rec for _, rec in self._recent]
-                self._recent.clear()
-                if again:
-                    self.stats.resent += len(again)
-                    log.warning("%s: the broker restarted empty (cluster %s -> %s); sending "
-                                "again the %d records it acknowledged in the last %.0f s",
-                                self.client_id, known, cluster, len(again), self.resend_s)
-                    self._enqueue(again, front=True)
-            known = cluster
+            await self._check()
+
+    async def _check(self) -> None:
+        """When the broker's cluster id changed, send again the records it acknowledged in
+        its last ``resend_s`` (the new broker never had them)."""
+        async with self._checking:
+            cluster, known = await self._cluster_id(), self._known
+            if cluster is None or cluster == known:
+                return
+            if known is None:  # the first look: this is the incarnation
+                self._known = cluster
+                return
+            # Tansu acknowledges records for a topic it does not have (yet) and drops them:
+            # until the topics are recreated, acks mean nothing.  Wait for them, then send
+            # again everything acknowledged since the broker's last minutes.
+            wanted = {self.prefix + rec[0] for _, rec in self._recent}
+            for _ in range(150):
+                try:
+                    assert self._admin is not None
+                    if wanted <= set(await self._admin.list_topics()):
+                        break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - not answering yet
+                    pass
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(SETTLE_S)
+            # known only now: a look cancelled while waiting (a stop) leaves it to the next
+            again = [rec for _, rec in self._recent]
+            self._recent.clear()
+            self._incarnation += 1
+            self._known = cluster
+            if again:
+                self.stats.resent += len(again)
+                log.warning("%s: the broker restarted empty (cluster %s -> %s); sending "
+                            "again the %d records it acknowledged in the last %.0f s",
+                            self.client_id, known, cluster, len(again), self.resend_s)
+                self._enqueue(again, front=True)
 
     # -- raw records ---------------------------------------------------------------------------
 

@@ -451,23 +451,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return 2
     shard = _shard_or_exit(args)
 
-    async def main() -> None:
-        import signal
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        stats: dict[str, ConnectorStats] = {}
-        pub = Publisher(s.kafka_bootstrap, client_id=f"hashplane-{'-'.join(names)}")
-        try:
-            await _connect(pub, stop, stats)
-        finally:
-            logging.getLogger("hashplane.connect").info(
-                "hashplane connect %s stopped: %s", args.name, _connect_summary(pub, stats))
-
-    async def _connect(pub: Publisher, stop: asyncio.Event,
-                       stats: dict[str, ConnectorStats]) -> None:
+    async def connect(pub: Publisher, stop: asyncio.Event,
+                      stats: dict[str, ConnectorStats]) -> None:
+        """Run the named connectors until ``stop`` (their counters into ``stats``)."""
         async with pub:
             if names == ["synthetic"]:
                 await run_synthetic(pub, stop, site=s.site, workers=args.workers,
@@ -494,6 +480,21 @@ def cmd_connect(args: argparse.Namespace) -> int:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.5)
                 await sup.shutdown()
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stats: dict[str, ConnectorStats] = {}
+        pub = Publisher(s.kafka_bootstrap, client_id=f"hashplane-{'-'.join(names)}")
+        try:
+            await connect(pub, stop, stats)
+        finally:
+            logging.getLogger("hashplane.connect").info(
+                "hashplane connect %s stopped: %s", args.name, _connect_summary(pub, stats))
 
     try:
         run(main())
